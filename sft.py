@@ -1,0 +1,164 @@
+"""sft.py: Step 1 of RLHF, supervised fine-tuning: maximise E log π(y|x) on IMDb review openings.
+
+x (prompt) = the first 2–8 tokens of a review; y (response) = the rest of its opening, up to
+--max-len tokens, cut after its last full sentence and closed with end-of-text so that the model
+learns to stop. The loss counts response tokens only (prompt tokens are masked out). From scratch
+by default (a 2.6M-parameter GPT-2, 4096 BPE ranks); --init gpt2 starts from a real GPT-2.
+Writes out/sft/: the model (Hugging Face format, also π_ref of every later step), metrics.jsonl,
+loss.png, samples.txt, and the SFT point (gold reward of its samples, KL 0) in out/results.jsonl.
+
+Left out: packing several openings into one row, multi-GPU, gradient accumulation.
+Run: python sft.py            (GPU, real GPT-2: python sft.py --init gpt2 --lr 1e-4 --steps 1000)
+"""
+import math, os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+import common as c
+
+
+@dataclass
+class Config:
+    out: str = "out"  # root directory of every stage's outputs
+    init: str = ""  # start from this Hugging Face GPT-2 (hub name or directory); '' = from scratch
+    n_ranks: int = 4096  # BPE ranks kept for a from-scratch model (vocab = ranks + eot + pad)
+    n_layer: int = 4  # from-scratch model: transformer blocks
+    n_head: int = 4  # from-scratch model: attention heads
+    n_embd: int = 192  # from-scratch model: width
+    max_len: int = 64  # tokens per review opening (prompt + response)
+    steps: int = 1500  # optimiser steps
+    batch_size: int = 64  # openings per step
+    lr: float = 3e-3  # peak learning rate (AdamW), after linear warmup, cosine decay to lr/10
+    warmup: int = 100  # warmup steps
+    weight_decay: float = 0.1  # AdamW weight decay on matrices
+    eval_every: int = 250  # steps between held-out loss evaluations and checkpoints
+    n_eval_prompts: int = 256  # held-out prompts for the final sample-and-score evaluation
+    max_new_tokens: int = 48  # response length cap when sampling
+    seed: int = 0  # random seed
+
+
+def openings(split, enc, max_len, n=None):
+    """Rows of max_len + 1 tokens (right-padded) and targets with the prompt and padding set to -100,
+    the ignore_index of cross_entropy: the loss is −log π(y|x) over response tokens only."""
+    ends = {i for i in range(enc.eot_token) if enc.decode_single_token_bytes(i).rstrip()[-1:]
+            in (b".", b"!", b"?")}
+    pad = enc.eot_token + 1
+    rows, targets, n_bytes = [], [], 0
+    texts = c.imdb()[split][:n]
+    for i, ids in enumerate(enc.encode_ordinary_batch([t[:1000] for t in texts])):
+        n_prompt = 2 + i % 7  # the same prompt lengths as c.prompts()
+        ids = ids[:max_len]
+        cut = max([j + 1 for j, t in enumerate(ids) if t in ends and j >= n_prompt], default=0)
+        ids = ids[:cut] + [enc.eot_token] if cut else ids  # no full sentence: keep the window
+        n_bytes += len(c.decode(enc, ids[n_prompt:]).encode())
+        row = ids + [pad] * (max_len + 1 - len(ids))
+        rows.append(row)
+        targets.append([-100] * (n_prompt - 1) + row[n_prompt:])
+    x = torch.tensor(rows)[:, :-1]  # (N, max_len) inputs
+    y = torch.tensor(targets)  # (N, max_len) next tokens, -100 where no loss
+    y[y == pad] = -100
+    return x, y, n_bytes
+
+
+def sft_loss(model, x, y):
+    """Mean −log π(y_t | x, y_<t) over response tokens (nats/token); ignore_index masks the rest."""
+    logits = model(x).logits  # (B, T, V); right padding: real tokens never attend to it
+    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100)
+
+
+@torch.no_grad()
+def heldout_loss(model, x, y, n_bytes, device, batch_size=128):
+    """Held-out nats/token and bits/byte (comparable across vocabularies) of response tokens."""
+    total, count = 0.0, 0
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        with c.autocast(device):
+            n = (yb != -100).sum().item()
+            total += sft_loss(model, xb, yb).item() * n
+            count += n
+    return total / count, total / math.log(2) / n_bytes
+
+
+def main():
+    cfg = c.parse_config(Config, __doc__)
+    device = c.setup(cfg.seed)
+    out_dir = os.path.join(cfg.out, "sft")
+
+    # model: from scratch, or any Hugging Face GPT-2
+    if cfg.init:
+        model = c.load_model(cfg.init)
+    else:
+        model = c.build_model(cfg.n_ranks, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.max_len + 64)
+    model.to(device).train()
+    enc = c.tokenizer(model.config.bpe_ranks)
+    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters,"
+          f" vocabulary {model.config.vocab_size}, device {device}")
+
+    # data: review openings of the train and validation splits
+    x, y, _ = openings("train", enc, cfg.max_len)
+    val_x, val_y, val_bytes = openings("valid", enc, cfg.max_len)
+
+    # AdamW, weight decay on matrices only; linear warmup then cosine decay to lr/10
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+
+    def lr_at(step):
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    logger = c.Logger(out_dir, cfg.steps)
+    order = torch.randperm(len(x))
+    for step in range(1, cfg.steps + 1):
+        # 1. a batch of openings (epochs in a fixed shuffled order)
+        idx = order[torch.arange((step - 1) * cfg.batch_size, step * cfg.batch_size) % len(x)]
+        xb, yb = x[idx].to(device), y[idx].to(device)
+        # 2. loss on response tokens, 3. update
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step - 1)
+        with c.autocast(device):
+            loss = sft_loss(model, xb, yb)
+        if not torch.isfinite(loss):
+            c.die(f"non-finite loss at step {step}; the last good checkpoint is in {out_dir};"
+                  " try a lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        # 4. log; every eval_every steps also the held-out loss and a checkpoint
+        metrics = {"loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr_at(step - 1)}
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            model.eval()
+            metrics["val_loss"], metrics["val_bpb"] = heldout_loss(model, val_x, val_y,
+                                                                   val_bytes, device)
+            c.save_model(model, out_dir)
+            model.train()
+        logger.log(step, **metrics)
+
+    # final: held-out samples, their gold reward (the baseline of every later plot), plots
+    model.eval()
+    prompt_ids = c.prompts("eval", enc, cfg.n_eval_prompts)
+    ev = c.evaluate(model, model, enc, prompt_ids, cfg.max_new_tokens)
+    results = os.path.join(cfg.out, "results.jsonl")
+    if os.path.exists(results):  # a new π_ref makes earlier points incomparable
+        os.replace(results, results + ".old")
+        print(f"new SFT model: earlier results moved to {results}.old")
+    c.append_result(results, {"run": "sft", "algo": "sft", "beta": None, "step": cfg.steps,
+                              "kl": 0.0, "gold": ev["gold"], "proxy": None,
+                              "entropy": ev["entropy"], "length": ev["length"]})
+    with open(os.path.join(out_dir, "samples.txt"), "w") as f:
+        f.write(f"SFT samples on held-out prompts (mean gold reward {ev['gold']:.3f}"
+                f" over {len(prompt_ids)} prompts)\n\n" + "\n\n".join(ev["samples"]) + "\n")
+    c.plot_metrics(out_dir, [("loss", "val_loss"), "val_bpb", "lr"], "loss.png")
+    print(f"held-out loss {metrics['val_loss']:.3f} nats/token = {metrics['val_bpb']:.3f}"
+          f" bits/byte | gold reward of samples {ev['gold']:.3f} | saved {out_dir}")
+    print("sample:", ev["samples"][0])
+
+
+if __name__ == "__main__":
+    c.run(main)
