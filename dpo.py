@@ -1,0 +1,205 @@
+"""dpo.py: Direct Preference Optimisation (Rafailov et al. 2023), and IPO, SLiC, online DPO.
+
+The KL-regularised objective max E[r] − β·KL(π‖π_ref) has the optimum π* ∝ π_ref·exp(r/β), so
+r = β log π*/π_ref + const, and the Bradley–Terry reward loss becomes a policy loss on the
+preference pairs of out/preferences.jsonl (the same pairs reward_model.py learned from):
+  h = log π(y_w|x)/π_ref(y_w|x) − log π(y_l|x)/π_ref(y_l|x)
+  sigmoid (DPO):  −log σ(β·h)      ipo (IPO):  (h − 1/(2β))²      hinge (SLiC):  max(0, 1 − β·h)
+1. a batch of (x, y_w, y_l) pairs (--online: sample two responses per prompt from the current
+policy and let r_φ pick the chosen one); 2. summed response log-probs of the policy; those of the
+frozen reference were computed once before training; 3. the loss; 4. update; 5. log the implicit
+rewards β·log π/π_ref of chosen and rejected, their margin and accuracy, and evaluate.
+
+Left out: label smoothing (cDPO), reference-free variants, multi-GPU.
+Run: python dpo.py          (builds out/preferences.jsonl first if it is missing)
+"""
+import json, os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import GPT2ForSequenceClassification
+
+import common as c
+
+LOSSES = ["sigmoid", "ipo", "hinge"]
+
+
+@dataclass
+class Config:
+    out: str = "out"  # root directory: reads out/sft, out/preferences.jsonl; writes out/dpo
+    loss: str = "sigmoid"  # sigmoid (DPO), ipo (IPO) or hinge (SLiC)
+    beta: float = 0.1  # β: strength of the implicit KL regularisation
+    online: bool = False  # sample pairs from the current policy, judged by r_φ (online DPO)
+    steps: int = 500  # optimiser steps
+    batch_size: int = 32  # preference pairs per step
+    lr: float = 1e-4  # AdamW learning rate (20 warmup steps)
+    max_new_tokens: int = 48  # response length cap (online sampling and evaluation)
+    eval_every: int = 50  # steps between held-out evaluations and checkpoints
+    n_eval_prompts: int = 256  # held-out prompts of the shared evaluation
+    seed: int = 0  # random seed
+
+
+def preference_loss(logps_chosen, logps_rejected, ref_chosen, ref_rejected, beta, kind):
+    """Per-pair losses and the implicit rewards β·log π/π_ref of chosen and rejected."""
+    chosen_rewards = beta * (logps_chosen - ref_chosen)
+    rejected_rewards = beta * (logps_rejected - ref_rejected)
+    h = (logps_chosen - ref_chosen) - (logps_rejected - ref_rejected)
+    if kind == "sigmoid":  # DPO, eq. 7: the Bradley–Terry likelihood of the implicit reward
+        losses = -F.logsigmoid(beta * h)
+    elif kind == "ipo":  # IPO (Azar et al. 2023, eq. 17): regress h onto 1/(2β)
+        losses = (h - 1 / (2 * beta)) ** 2
+    else:  # hinge, SLiC (Zhao et al. 2023): a margin of 1 on β·h
+        losses = torch.relu(1 - beta * h)
+    return losses, chosen_rewards, rejected_rewards
+
+
+def read_preferences(path, enc):
+    """Pairs of preferences.jsonl as token lists; a malformed record stops with its line number."""
+    pairs = {"train": [], "valid": []}
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            try:
+                r = json.loads(line)
+                ids = [r.get(k + "_ids") or enc.encode_ordinary(r[k])
+                       for k in ("prompt", "chosen", "rejected")]
+                pairs[r.get("split", "train")].append(ids)
+            except (ValueError, KeyError, TypeError) as e:
+                c.die(f"{path} line {n} is not a preference record ({type(e).__name__}: {e});"
+                      " each line needs prompt, chosen and rejected; delete the file to rebuild it")
+    if not pairs["train"]:
+        c.die(f"{path} holds no training pairs; delete it to rebuild it with reward_model.py")
+    return pairs
+
+
+def batch_logps(model, pairs, device):
+    """Summed response log-probs of chosen and rejected: (n,) each, in one forward pass."""
+    prompts = [p for p, _, _ in pairs] * 2
+    tokens, mask = c.collate(prompts, [y for _, y, _ in pairs] + [y for _, _, y in pairs],
+                             model.config.pad_token_id)
+    P = tokens.shape[1] - mask.shape[1]
+    logps = c.sequence_logprobs(model, tokens.to(device), mask.to(device), P)
+    return logps[:len(pairs)], logps[len(pairs):]
+
+
+@torch.no_grad()
+def reference_logps(ref, pairs, device, batch_size=64):
+    """log π_ref of chosen and rejected of every pair, computed once (the reference is frozen)."""
+    with c.autocast(device):
+        out = [batch_logps(ref, pairs[i:i + batch_size], device)
+               for i in range(0, len(pairs), batch_size)]
+    return torch.cat([a for a, _ in out]), torch.cat([b for _, b in out])
+
+
+def main():
+    cfg = c.parse_config(Config, __doc__, {"loss": LOSSES})
+    device = c.setup(cfg.seed)
+    sft_dir, rm_dir = os.path.join(cfg.out, "sft"), os.path.join(cfg.out, "reward_model")
+    pref_path = os.path.join(cfg.out, "preferences.jsonl")
+    c.require(pref_path, "reward_model.py", ["--out", cfg.out])
+    c.require(rm_dir, "reward_model.py", ["--out", cfg.out])
+    run_name = f"dpo-{cfg.loss}{'-online' if cfg.online else ''} β={cfg.beta}"
+    out_dir = os.path.join(cfg.out, "dpo")
+
+    # models: policy and frozen reference from SFT; r_φ judges online pairs and gives the proxy
+    policy = c.load_model(sft_dir).to(device).train()
+    ref = c.load_model(sft_dir).to(device).eval().requires_grad_(False)
+    rm = c.load_model(rm_dir, GPT2ForSequenceClassification).to(device).eval().requires_grad_(False)
+    enc = c.tokenizer(policy.config.bpe_ranks)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
+
+    # data: the preference pairs and their reference log-probs (once); held-out prompts
+    pairs = read_preferences(pref_path, enc)
+    train, val = pairs["train"], pairs["valid"][:512]
+    if not cfg.online:
+        ref_chosen, ref_rejected = reference_logps(ref, train, device)
+    val_ref = reference_logps(ref, val, device) if val else None
+    train_prompts = c.prompts("train", enc)
+    eval_prompts = c.prompts("eval", enc, cfg.n_eval_prompts)
+    results = os.path.join(cfg.out, "results.jsonl")
+    c.drop_results(results, run_name)
+
+    def evaluate(step):
+        policy.eval()
+        ev = c.evaluate(policy, ref, enc, eval_prompts, cfg.max_new_tokens, rm)
+        if val:
+            with torch.no_grad(), c.autocast(device):
+                logps = [batch_logps(policy, val[i:i + 64], device) for i in range(0, len(val), 64)]
+            losses, cr, rr = preference_loss(torch.cat([a for a, _ in logps]),
+                                             torch.cat([b for _, b in logps]), *val_ref,
+                                             cfg.beta, cfg.loss)
+            ev["val_loss"], ev["val_acc"] = losses.mean().item(), (cr > rr).float().mean().item()
+        c.append_result(results, {"run": run_name, "algo": "dpo", "beta": cfg.beta, "step": step,
+                                  **{k: v for k, v in ev.items() if k != "samples"}})
+        policy.train()
+        return ev
+
+    before = evaluate(0)
+    logger = c.Logger(out_dir, cfg.steps)
+    order = torch.randperm(len(train))
+    for step in range(1, cfg.steps + 1):
+        # 1. a batch of pairs: from the file, or sampled now from the policy and judged by r_φ
+        if cfg.online:
+            idx = torch.randint(len(train_prompts), (cfg.batch_size,)).tolist()
+            prompt_ids = [train_prompts[i] for i in idx for _ in range(2)]
+            with torch.no_grad(), c.autocast(device):
+                policy.eval()
+                tokens, mask = c.sample(policy, prompt_ids, cfg.max_new_tokens)
+                policy.train()
+                score = c.reward(rm, tokens).view(-1, 2)  # (batch, 2)
+            responses = [row[m].tolist() for row, m in zip(tokens[:, -mask.shape[1]:], mask)]
+            first = (score[:, 0] >= score[:, 1]).tolist()
+            batch = [(prompt_ids[2 * i], responses[2 * i + 1 - f], responses[2 * i + f])
+                     for i, f in enumerate(first)]
+            b_ref_chosen, b_ref_rejected = reference_logps(ref, batch, device)
+        else:
+            idx = order[torch.arange((step - 1) * cfg.batch_size, step * cfg.batch_size)
+                        % len(train)]
+            batch = [train[i] for i in idx.tolist()]
+            b_ref_chosen, b_ref_rejected = ref_chosen[idx], ref_rejected[idx]
+        # 2. policy log-probs of chosen and rejected; 3. the loss
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, step / 20)
+        with c.autocast(device):
+            logps_chosen, logps_rejected = batch_logps(policy, batch, device)
+        losses, chosen_rewards, rejected_rewards = preference_loss(
+            logps_chosen, logps_rejected, b_ref_chosen, b_ref_rejected, cfg.beta, cfg.loss)
+        loss = losses.mean()
+        if not torch.isfinite(loss):
+            c.die(f"non-finite loss at step {step}; the last good policy is in {out_dir};"
+                  " try a lower --lr")
+        # 4. update
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        opt.step()
+
+        # 5. log; evaluate and checkpoint every eval_every steps
+        metrics = {"loss": loss.item(), "chosen_reward": chosen_rewards.mean().item(),
+                   "rejected_reward": rejected_rewards.mean().item(),
+                   "margin": (chosen_rewards - rejected_rewards).mean().item(),
+                   "accuracy": (chosen_rewards > rejected_rewards).float().mean().item(),
+                   "logps_chosen": logps_chosen.mean().item(),
+                   "logps_rejected": logps_rejected.mean().item()}
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            ev = evaluate(step)
+            metrics.update({f"eval_{k}": ev[k] for k in ("gold", "proxy", "kl", "val_acc")
+                            if k in ev})
+            c.save_model(policy, out_dir)
+            print("  sample:", ev["samples"][0][:150])
+        logger.log(step, **metrics)
+
+    # final: samples before/after, plots
+    after = ev
+    c.write_samples(os.path.join(out_dir, "samples.txt"), before, after)
+    print(f"held-out: gold {before['gold']:.3f} → {after['gold']:.3f} | proxy"
+          f" {before['proxy']:.3f} → {after['proxy']:.3f} | KL {after['kl']:.2f} nats |"
+          f" pair accuracy {before.get('val_acc', 0):.3f} → {after.get('val_acc', 0):.3f}")
+    c.plot_metrics(out_dir, [("chosen_reward", "rejected_reward", "margin"),
+                             ("logps_chosen", "logps_rejected"), ("accuracy", "eval_val_acc"),
+                             ("eval_gold", "eval_proxy"), "eval_kl"])
+    c.plot_frontier(results, os.path.join(out_dir, "reward_vs_kl.png"))
+
+
+if __name__ == "__main__":
+    c.run(main)

@@ -1,0 +1,200 @@
+"""reward_model.py: Step 2 of RLHF: comparisons from a labeler, then a Bradley–Terry reward model.
+
+1. For each prompt, sample K responses from π_SFT.
+2. The labeler ranks them: Bradley–Terry on the gold (VADER) reward with noise temperature τ,
+   P(y1 ≻ y2) = σ((r*(y1) − r*(y2)) / τ). A ranking becomes all K(K−1)/2 (chosen, rejected)
+   pairs, as in InstructGPT → out/preferences.jsonl (dpo.py trains on this same file).
+3. r_φ(x, y) = the SFT trunk + a scalar head read at the last real token, trained on
+   −log σ(r_φ(x, y_w) − r_φ(x, y_l)); all pairs of a prompt share one batch, so each response
+   is forwarded once per step (InstructGPT's trick against overfitting to repeated responses).
+4. Shift r_φ to mean 0 on SFT samples (folded into the final LayerNorm's bias, so the saved
+   model gives normalised rewards in any library).
+Reports on held-out pairs: accuracy against the labeler, against the noiseless gold order, and
+the labeler's own agreement with that order (the ceiling); correlation of r_φ with gold.
+
+Left out: a separate labeler pool per split, ties ("equally good") as labels, reward ensembles.
+Run: python reward_model.py
+"""
+import json, os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import GPT2ForSequenceClassification
+
+import common as c
+
+
+@dataclass
+class Config:
+    out: str = "out"  # root directory: reads out/sft, writes out/reward_model, out/preferences.jsonl
+    k: int = 4  # responses per prompt ranked by the labeler → k(k−1)/2 pairs
+    tau: float = 0.1  # labeler noise temperature τ (0 = noiseless)
+    n_prompts: int = 3000  # training prompts (train split)
+    n_val_prompts: int = 300  # held-out prompts for validation pairs (validation split)
+    max_new_tokens: int = 48  # response length cap when sampling
+    epochs: int = 1  # passes over the training comparisons
+    batch_size: int = 16  # prompts per step (each brings its k responses and all their pairs)
+    lr: float = 1e-4  # AdamW learning rate (constant after 20 warmup steps)
+    eval_every: int = 50  # steps between validation evaluations
+    n_eval_prompts: int = 256  # held-out prompts for the correlation with the gold reward
+    seed: int = 0  # random seed
+
+
+def ranking_pairs(ranking):
+    """A ranking (indices, best first) → all K(K−1)/2 (chosen, rejected) pairs."""
+    return [(ranking[a], ranking[b]) for a in range(len(ranking))
+            for b in range(a + 1, len(ranking))]
+
+
+def bt_loss(chosen_rewards, rejected_rewards):
+    """Bradley–Terry negative log-likelihood: −log σ(r_φ(x, y_w) − r_φ(x, y_l)), mean over pairs."""
+    return -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+
+
+def comparisons(policy, enc, split, n, cfg, device, gen):
+    """Sample k responses per prompt from π_SFT and let the labeler rank them."""
+    prompt_ids = [p for p in c.prompts(split, enc, n) for _ in range(cfg.k)]
+    responses = []
+    with c.autocast(device):
+        for tokens, mask in c.sample_batched(policy, prompt_ids, cfg.max_new_tokens, 128):
+            responses += [row[m].tolist() for row, m in zip(tokens[:, -mask.shape[1]:], mask)]
+    texts = [c.decode(enc, p + r) for p, r in zip(prompt_ids, responses)]
+    gold = c.gold_reward(texts).view(-1, cfg.k)  # (n, k)
+    return [{"prompt_ids": prompt_ids[i * cfg.k], "responses": responses[i * cfg.k:(i + 1) * cfg.k],
+             "gold": gold[i].tolist(), "ranking": c.rank(gold[i], cfg.tau, gen).tolist()}
+            for i in range(len(gold))]
+
+
+def batch_rewards(rm, groups, device):
+    """r_φ of every response of a batch of prompts: (n_prompts, k)."""
+    prompt_ids = [g["prompt_ids"] for g in groups for _ in g["responses"]]
+    tokens, _ = c.collate(prompt_ids, [r for g in groups for r in g["responses"]],
+                          rm.config.pad_token_id)
+    return c.reward(rm, tokens.to(device)).view(len(groups), -1)
+
+
+def pair_stats(rewards, groups):
+    """Chosen/rejected rewards of all ranking pairs, and gold order agreement counts."""
+    idx = [(i, w, l) for i, g in enumerate(groups) for w, l in ranking_pairs(g["ranking"])]
+    i, w, l = (torch.tensor(v, device=rewards.device) for v in zip(*idx))
+    gold = torch.tensor([g["gold"] for g in groups], device=rewards.device)  # (n, k)
+    strict = gold[i, w] != gold[i, l]  # pairs that the noiseless labeler can order
+    return rewards[i, w], rewards[i, l], gold[i, w], gold[i, l], strict
+
+
+@torch.no_grad()
+def validate(rm, groups, device):
+    """Held-out loss; accuracy vs the labeler; vs the noiseless gold order; labeler vs gold."""
+    with c.autocast(device):
+        rewards = torch.cat([batch_rewards(rm, groups[j:j + 32], device)
+                             for j in range(0, len(groups), 32)])
+    chosen, rejected, gold_w, gold_l, strict = pair_stats(rewards, groups)
+    gold_order = torch.where(gold_w > gold_l, chosen - rejected, rejected - chosen)
+    return {"val_loss": bt_loss(chosen, rejected).item(),
+            "val_acc": (chosen > rejected).float().mean().item(),
+            "val_acc_gold": (gold_order[strict] > 0).float().mean().item(),
+            "labeler_acc_gold": (gold_w > gold_l)[strict].float().mean().item()}
+
+
+def write_preferences(path, enc, splits):
+    """(prompt, chosen, rejected) text records, the format preference libraries read, plus token
+    ids (exact for dpo.py), gold rewards and split. Written to a temporary name, then renamed."""
+    with open(path + ".tmp", "w") as f:
+        for split, groups in splits.items():
+            for g in groups:
+                for w, l in ranking_pairs(g["ranking"]):
+                    p, yw, yl = g["prompt_ids"], g["responses"][w], g["responses"][l]
+                    f.write(json.dumps({
+                        "prompt": c.decode(enc, p), "chosen": c.decode(enc, yw),
+                        "rejected": c.decode(enc, yl), "chosen_gold": g["gold"][w],
+                        "rejected_gold": g["gold"][l], "split": split, "prompt_ids": p,
+                        "chosen_ids": yw, "rejected_ids": yl}) + "\n")
+    os.replace(path + ".tmp", path)
+
+
+def main():
+    cfg = c.parse_config(Config, __doc__)
+    if cfg.k < 2:
+        c.die(f"--k {cfg.k}: a ranking needs at least 2 responses per prompt")
+    if cfg.tau < 0:
+        c.die(f"--tau {cfg.tau}: the labeler's noise temperature must be ≥ 0 (0 = noiseless)")
+    device = c.setup(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    sft_dir, out_dir = os.path.join(cfg.out, "sft"), os.path.join(cfg.out, "reward_model")
+    c.require(sft_dir, "sft.py", ["--out", cfg.out])
+
+    # 1–2. comparison data: k SFT samples per prompt, ranked by the labeler
+    policy = c.load_model(sft_dir).to(device).eval()
+    enc = c.tokenizer(policy.config.bpe_ranks)
+    train = comparisons(policy, enc, "train", cfg.n_prompts, cfg, device, gen)
+    val = comparisons(policy, enc, "valid", cfg.n_val_prompts, cfg, device, gen)
+    os.makedirs(out_dir, exist_ok=True)
+    write_preferences(os.path.join(cfg.out, "preferences.jsonl"), enc,
+                      {"train": train, "valid": val})
+    print(f"{len(train) * cfg.k * (cfg.k - 1) // 2} training pairs, labeler τ = {cfg.tau}")
+
+    # 3. the reward model: SFT trunk + a scalar head (HF's sequence classifier with one label)
+    rm = c.load_model(sft_dir, GPT2ForSequenceClassification, num_labels=1).to(device).train()
+    opt = torch.optim.AdamW(rm.parameters(), lr=cfg.lr, weight_decay=0.0)
+    n_steps = cfg.epochs * len(train) // cfg.batch_size
+    logger = c.Logger(out_dir, n_steps)
+    for step in range(1, n_steps + 1):
+        if (step - 1) % (len(train) // cfg.batch_size) == 0:
+            order = torch.randperm(len(train), generator=gen).tolist()
+        j = (step - 1) % (len(train) // cfg.batch_size) * cfg.batch_size
+        groups = [train[i] for i in order[j:j + cfg.batch_size]]
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, step / 20)
+        with c.autocast(device):
+            rewards = batch_rewards(rm, groups, device)  # (batch_size, k)
+        chosen, rejected, *_ = pair_stats(rewards, groups)
+        loss = bt_loss(chosen, rejected)
+        if not torch.isfinite(loss):
+            c.die(f"non-finite loss at step {step}; try a lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(rm.parameters(), 1.0)
+        opt.step()
+        metrics = {"loss": loss.item(), "acc": (chosen > rejected).float().mean().item()}
+        if step % cfg.eval_every == 0 or step == n_steps:
+            rm.eval()
+            metrics.update(validate(rm, val, device))
+            rm.train()
+        logger.log(step, **metrics)
+
+    # 4. normalise: mean 0 on SFT samples. score = w·h with h = ln_f(x), so moving ln_f's bias
+    # by −m·w/|w|² shifts every reward by exactly −m.
+    rm.eval()
+    with torch.no_grad():
+        with c.autocast(device):
+            mean = torch.cat([batch_rewards(rm, val[j:j + 32], device)
+                              for j in range(0, len(val), 32)]).mean()
+        w = rm.score.weight[0]
+        rm.transformer.ln_f.bias -= mean * w / w.dot(w)
+    c.save_model(rm, out_dir)
+
+    # report: correlation with the gold reward on fresh SFT samples of held-out prompts
+    ev_prompts = c.prompts("eval", enc, cfg.n_eval_prompts)
+    proxy, gold = [], []
+    with torch.no_grad(), c.autocast(device):
+        for tokens, _ in c.sample_batched(policy, ev_prompts, cfg.max_new_tokens, 64):
+            proxy.append(c.reward(rm, tokens).cpu())
+            gold.append(c.gold_reward([c.decode(enc, t) for t in tokens.tolist()]))
+    proxy, gold = torch.cat(proxy), torch.cat(gold)
+    corr = torch.corrcoef(torch.stack([proxy, gold]))[0, 1].item()
+    final = validate(rm, val, device)
+    with open(os.path.join(out_dir, "report.json"), "w") as f:
+        json.dump({**final, "corr_gold": corr, "proxy_mean_sft": proxy.mean().item(),
+                   "tau": cfg.tau, "k": cfg.k}, f, indent=1)
+    c.plot_metrics(out_dir, [("loss", "val_loss"), ("acc", "val_acc", "val_acc_gold",
+                                                    "labeler_acc_gold")], "training.png")
+    c.plot_scatter(gold, proxy, "gold reward r* (VADER)", "learned reward r_φ",
+                   os.path.join(out_dir, "rm_vs_gold.png"), f"held-out SFT samples, ρ = {corr:.2f}")
+    print(f"held-out accuracy: vs labeler {final['val_acc']:.3f} | vs gold order"
+          f" {final['val_acc_gold']:.3f} (labeler's own: {final['labeler_acc_gold']:.3f}) |"
+          f" corr(r_φ, r*) {corr:.3f} | saved {out_dir}")
+
+
+if __name__ == "__main__":
+    c.run(main)

@@ -1,0 +1,171 @@
+"""rloo.py: Step 3 the light way: REINFORCE Leave-One-Out (Ahmadian et al. 2024) against r_φ.
+
+RLHF as a bandit: the action is the whole response. Two models are trained or used: the policy
+π_θ (from SFT) and the reward model r_φ (frozen), plus the frozen reference π_ref for the KL.
+No critic, no GAE. Each iteration: 1. sample k responses to each prompt of a batch;
+2. score them with r_φ; 3. reward R_i = r_φ(x, y_i) − β·KL_i with the sequence KL
+Σ_t log π(y_t)/π_ref(y_t); 4. advantage A_i = R_i − b_i, with the baseline b_i = the mean
+reward of the other k−1 responses to the same prompt; 5. update on −Σ_i A_i log π(y_i|x)
+(with --ppo-epochs > 1, several passes with a sequence-level clipped ratio); 6. log, evaluate.
+--reward gold optimises the gold reward itself (the RLOO counterpart of PPO-GT).
+
+Left out: advantage whitening, a penalty for responses that never stop, multi-GPU.
+Run: python rloo.py          (builds out/sft and out/reward_model first if they are missing)
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+from transformers import GPT2ForSequenceClassification
+
+import common as c
+
+
+@dataclass
+class Config:
+    out: str = "out"  # root directory: reads out/sft, out/reward_model; writes out/rloo
+    reward: str = "model"  # what to maximise: 'model' = learned r_φ, 'gold' = VADER
+    beta: float = 0.05  # KL penalty coefficient β
+    k: int = 4  # responses per prompt (the baseline of each is the mean of the other k−1)
+    steps: int = 100  # iterations (one batch of samples and its update each)
+    batch_size: int = 16  # prompts per iteration (k responses each)
+    minibatch_size: int = 16  # responses per gradient step
+    ppo_epochs: int = 1  # passes over each batch; > 1 uses the clipped sequence ratio
+    lr: float = 3e-5  # AdamW learning rate
+    clip: float = 0.2  # ε of the sequence-level clipped ratio (only matters if ppo_epochs > 1)
+    temperature: float = 1.0  # sampling temperature (log-probs use the same)
+    max_new_tokens: int = 48  # response length cap
+    max_kl: float = 100.0  # stop if the batch KL per response exceeds this (a KL explosion)
+    eval_every: int = 10  # iterations between held-out evaluations and checkpoints
+    n_eval_prompts: int = 256  # held-out prompts of the shared evaluation
+    seed: int = 0  # random seed
+
+
+def rloo_advantages(rewards, k):
+    """Leave-one-out: b_i = (Σ_j R_j − R_i)/(k − 1) over the k responses of one prompt (rows
+    grouped by prompt); A_i = R_i − b_i. Returns advantages and baselines, both (B·k,)."""
+    R = rewards.view(-1, k)
+    baseline = (R.sum(1, keepdim=True) - R) / (k - 1)
+    return (R - baseline).flatten(), baseline.flatten()
+
+
+def rloo_loss(seq_logprobs, old_seq_logprobs, advantages, clip):
+    """−mean_i min(ρ_i A_i, clip(ρ_i, 1±ε) A_i) with the sequence ratio ρ_i = π_θ(y_i)/π_old(y_i).
+    At ρ = 1 (the first pass) its gradient is exactly REINFORCE's: −mean_i A_i ∇log π_θ(y_i|x)."""
+    ratio = torch.exp(seq_logprobs - old_seq_logprobs)
+    losses = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip))
+    return losses.mean(), ratio
+
+
+def main():
+    cfg = c.parse_config(Config, __doc__, {"reward": ["model", "gold"]})
+    if cfg.k < 2:
+        c.die(f"--k {cfg.k}: the leave-one-out baseline needs at least 2 responses per prompt")
+    if cfg.batch_size * cfg.k % cfg.minibatch_size:
+        c.die(f"--batch-size × --k ({cfg.batch_size * cfg.k}) must be a multiple of"
+              " --minibatch-size")
+    device = c.setup(cfg.seed)
+    sft_dir, rm_dir = os.path.join(cfg.out, "sft"), os.path.join(cfg.out, "reward_model")
+    c.require(rm_dir, "reward_model.py", ["--out", cfg.out])
+    run_name = f"rloo-{'gt' if cfg.reward == 'gold' else 'rm'} β={cfg.beta}"
+    out_dir = os.path.join(cfg.out, "rloo")
+
+    # the models: policy and reference from SFT, the reward model; no critic
+    policy = c.load_model(sft_dir).to(device).train()
+    ref = c.load_model(sft_dir).to(device).eval().requires_grad_(False)
+    rm = c.load_model(rm_dir, GPT2ForSequenceClassification).to(device).eval().requires_grad_(False)
+    enc = c.tokenizer(policy.config.bpe_ranks)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
+
+    # data: training prompts, held-out prompts for the shared evaluation
+    train_prompts = c.prompts("train", enc)
+    eval_prompts = c.prompts("eval", enc, cfg.n_eval_prompts)
+    results = os.path.join(cfg.out, "results.jsonl")
+    c.drop_results(results, run_name)
+
+    def evaluate(step):
+        policy.eval()
+        ev = c.evaluate(policy, ref, enc, eval_prompts, cfg.max_new_tokens, rm)
+        c.append_result(results, {"run": run_name, "algo": "rloo", "beta": cfg.beta, "step": step,
+                                  **{k: v for k, v in ev.items() if k != "samples"}})
+        policy.train()
+        return ev
+
+    before = evaluate(0)
+    logger = c.Logger(out_dir, cfg.steps)
+    for step in range(1, cfg.steps + 1):
+        # 1. sample k responses to each prompt of a batch (rows grouped by prompt)
+        idx = torch.randint(len(train_prompts), (cfg.batch_size,)).tolist()
+        with torch.no_grad(), c.autocast(device):
+            tokens, mask = c.sample(policy, [train_prompts[i] for i in idx for _ in range(cfg.k)],
+                                    cfg.max_new_tokens, cfg.temperature)
+            P, mask = tokens.shape[1] - mask.shape[1], mask.float()
+            # 2. score: r_φ(x, y), or the gold reward
+            if cfg.reward == "gold":
+                score = c.gold_reward([c.decode(enc, t) for t in tokens.tolist()]).to(device)
+            else:
+                score = c.reward(rm, tokens)
+            # old log-probs, in the minibatches the update will use (bit-identical)
+            chunks = [slice(j, j + cfg.minibatch_size) for j in range(0, len(tokens),
+                                                                      cfg.minibatch_size)]
+            old_logprobs = torch.cat([c.token_logprobs(policy, tokens[s], P, cfg.temperature)[0]
+                                      for s in chunks])
+            ref_logprobs = torch.cat([c.token_logprobs(ref, tokens[s], P, cfg.temperature)[0]
+                                      for s in chunks])
+        # 3. reward = score − β·sequence KL
+        kl = ((old_logprobs - ref_logprobs) * mask).sum(1)  # (B·k,)
+        if kl.mean() > cfg.max_kl:
+            c.die(f"KL exploded ({kl.mean():.1f} nats > --max-kl {cfg.max_kl}) at step {step};"
+                  f" the last good policy is in {out_dir}; raise --beta or lower --lr")
+        rewards = score - cfg.beta * kl
+        # 4. leave-one-out advantages
+        advantages, baseline = rloo_advantages(rewards, cfg.k)
+        old_seq_logprobs = (old_logprobs * mask).sum(1)
+
+        # 5. update: REINFORCE on whole responses (clipped ratio on later passes)
+        stats = {k: [] for k in ("pg_loss", "entropy", "ratio", "clipfrac")}
+        for epoch in range(cfg.ppo_epochs):
+            for j in (torch.randperm(len(chunks)).tolist() if epoch else range(len(chunks))):
+                s = chunks[j]
+                with c.autocast(device):
+                    logprobs, entropy = c.token_logprobs(policy, tokens[s], P, cfg.temperature)
+                seq_logprobs = (logprobs * mask[s]).sum(1)  # log π(y|x), (mb,)
+                loss, ratio = rloo_loss(seq_logprobs, old_seq_logprobs[s], advantages[s],
+                                        cfg.clip)
+                if not torch.isfinite(loss):
+                    c.die(f"non-finite loss at step {step}; the last good policy is in"
+                          f" {out_dir}; try a lower --lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+                opt.step()
+                stats["pg_loss"].append(loss.item())
+                stats["entropy"].append(((entropy * mask[s]).sum() / mask[s].sum()).item())
+                stats["ratio"].append(ratio.mean().item())
+                stats["clipfrac"].append(((ratio - 1).abs() > cfg.clip).float().mean().item())
+
+        # 6. log; evaluate and checkpoint every eval_every steps
+        metrics = {"score": score.mean().item(), "kl": kl.mean().item(),
+                   "non_score_reward": (-cfg.beta * kl).mean().item(),
+                   "length": mask.sum(1).mean().item(), "baseline": baseline.mean().item(),
+                   "adv_std": advantages.std().item(), "adv_abs": advantages.abs().mean().item(),
+                   **{k: sum(v) / len(v) for k, v in stats.items()}}
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            ev = evaluate(step)
+            metrics.update({f"eval_{k}": ev[k] for k in ("gold", "proxy", "kl")})
+            c.save_model(policy, out_dir)
+            print("  sample:", ev["samples"][0][:150])
+        logger.log(step, **metrics)
+
+    # final: samples before/after, plots
+    after = ev
+    c.write_samples(os.path.join(out_dir, "samples.txt"), before, after)
+    print(f"held-out: gold {before['gold']:.3f} → {after['gold']:.3f} | proxy"
+          f" {before['proxy']:.3f} → {after['proxy']:.3f} | KL {after['kl']:.2f} nats")
+    c.plot_metrics(out_dir, [("score", "eval_proxy", "eval_gold"), ("kl", "eval_kl"),
+                             "entropy", "adv_std"])
+    c.plot_frontier(results, os.path.join(out_dir, "reward_vs_kl.png"))
+
+
+if __name__ == "__main__":
+    c.run(main)

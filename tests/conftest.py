@@ -1,0 +1,33 @@
+"""Shared test helpers: the repo root on sys.path, and a runner for the scripts themselves."""
+import os, subprocess, sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+# the tests never touch the network: a hub name must fail at once, not after retries
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+# a from-scratch model small enough to train for a few steps in seconds
+TINY_SFT = ["--n-ranks", "512", "--n-layer", "2", "--n-head", "2", "--n-embd", "64",
+            "--batch-size", "32", "--n-eval-prompts", "16", "--max-new-tokens", "16"]
+
+
+def run_script(script, *args, check=True):
+    """Run `python script args` as a user would; return the completed process."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory):
+    """out/ with a tiny SFT model (trained for 200 steps: English-ish but weak) and a tiny reward
+    model, shared by the PPO, RLOO and DPO tests."""
+    out = tmp_path_factory.mktemp("out")
+    run_script("sft.py", "--out", out, *TINY_SFT, "--steps", 200, "--eval-every", 100, "--lr", 1e-2)
+    run_script("reward_model.py", "--out", out, "--n-prompts", 200, "--n-val-prompts", 40,
+               "--max-new-tokens", 16, "--n-eval-prompts", 32, "--lr", 1e-3, "--epochs", 2)
+    return out

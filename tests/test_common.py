@@ -1,0 +1,190 @@
+"""Unit tests of common.py's plumbing on a tiny random model (no network, seconds)."""
+import copy, math, os
+
+import pytest
+import torch
+from transformers import GPT2ForSequenceClassification
+
+import common as c
+
+
+@pytest.fixture(scope="module")
+def enc():
+    return c.tokenizer(512)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return c.build_model(512, n_layer=2, n_head=2, n_embd=32, n_positions=64).eval()
+
+
+def test_tokenizer_round_trip_on_real_reviews():
+    reviews = c.imdb()["eval"][:100]
+    for n_ranks in (512, 4096, 50256):
+        enc = c.tokenizer(n_ranks)
+        for text in reviews:
+            ids = enc.encode_ordinary(text)
+            assert max(ids) < n_ranks and enc.decode(ids) == text
+    full, small = c.tokenizer(50256), c.tokenizer(4096)
+    assert full.eot_token == 50256 and small.eot_token == 4096  # GPT-2's own id at full size
+    # a rank prefix keeps GPT-2 ids: every small-vocabulary token means the same bytes
+    for i in small.encode_ordinary(reviews[0]):
+        assert small.decode_single_token_bytes(i) == full.decode_single_token_bytes(i)
+    # more ranks → fewer tokens for the same text
+    assert len(full.encode_ordinary(reviews[0])) < len(small.encode_ordinary(reviews[0]))
+
+
+def test_imdb_split_and_prompts(enc):
+    data = c.imdb()
+    assert len(data["train"]) > 22800 and len(data["valid"]) == len(data["eval"]) == 1000
+    assert not set(data["eval"]) & set(data["train"])
+    assert not any("<br" in t for t in data["train"][:2000])
+    p = c.prompts("eval", enc, 50)
+    assert [len(x) for x in p[:7]] == [2, 3, 4, 5, 6, 7, 8]
+    assert p == c.prompts("eval", enc, 50)  # deterministic
+
+
+def test_distinct_pad_and_eot(model):
+    cfg = model.config
+    assert cfg.eos_token_id == 512 and cfg.pad_token_id == 513 and cfg.vocab_size >= 514
+
+
+def test_sampler_lengths_and_masks(model, enc):
+    prompt_ids = c.prompts("eval", enc, 24)
+    torch.manual_seed(0)
+    tokens, mask = c.sample(model, prompt_ids, max_new_tokens=12)
+    P = tokens.shape[1] - mask.shape[1]
+    assert P == 8 and mask.shape[1] <= 12
+    eot, pad = model.config.eos_token_id, model.config.pad_token_id
+    for row, m, p in zip(tokens, mask, prompt_ids):
+        assert row[P - len(p):P].tolist() == p and (row[:P - len(p)] == pad).all()
+        resp = row[P:]
+        n = int(m.sum())
+        assert m[:n].all() and not m[n:].any()  # mask = a prefix of the response
+        assert (resp[n:] == pad).all()  # nothing but padding after the response
+        assert not (resp[:n - 1] == eot).any()  # end-of-text only as the last real token
+        assert (resp[:n] != pad).all()
+    # with a model that always says end-of-text, every response is exactly that one token
+    stopper = copy.deepcopy(model)
+    with torch.no_grad():
+        stopper.transformer.ln_f.weight.zero_(), stopper.transformer.ln_f.bias.fill_(1.0)
+        stopper.lm_head.weight = torch.nn.Parameter(torch.zeros_like(model.lm_head.weight))
+        stopper.lm_head.weight[eot] = 10.0  # logit 320 for end-of-text, 0 for the rest
+    tokens, mask = c.sample(stopper, prompt_ids, max_new_tokens=12)
+    assert mask.shape[1] == 1 and (tokens[:, -1] == eot).all()
+
+
+def test_kv_cache_matches_full_forward(model, enc):
+    """The cached sampler step computes the same logits as the Hugging Face model."""
+    torch.manual_seed(1)
+    tokens, mask = c.sample(model, c.prompts("eval", enc, 6), max_new_tokens=10)
+    P, B = tokens.shape[1] - mask.shape[1], len(tokens)
+    with torch.no_grad():
+        full = model.lm_head(c.forward(model, tokens))  # (B, L, V)
+        key_ok = tokens != model.config.pad_token_id
+        cache = [(torch.zeros(B, 2, tokens.shape[1], 16), torch.zeros(B, 2, tokens.shape[1], 16))
+                 for _ in model.transformer.h]
+        n_real = key_ok[:, :P].sum(1, keepdim=True)
+        logits = c._cached_step(model, tokens[:, :P], (key_ok[:, :P].cumsum(1) - 1).clamp(min=0),
+                                key_ok, cache, 0)
+        torch.testing.assert_close(logits, full[:, P - 1], atol=1e-4, rtol=1e-4)
+        for t in range(3):
+            logits = c._cached_step(model, tokens[:, P + t:P + t + 1], n_real + t, key_ok, cache,
+                                    P + t)
+            torch.testing.assert_close(logits[mask[:, t]], full[:, P + t][mask[:, t]],
+                                       atol=1e-4, rtol=1e-4)
+
+
+def test_logprobs_against_hand_computation(model):
+    prompt, response = [5, 17, 300], [42, 7, 512]
+    tokens, mask = c.collate([prompt, [9]], [response, [3]], model.config.pad_token_id)
+    logprobs, entropy = c.token_logprobs(model, tokens, n_prompt=3)
+    # by hand: one unpadded forward, softmax, pick the next token
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + response])).logits[0]
+        probs = logits.softmax(-1)
+    hand = [math.log(probs[2 + t, y].item()) for t, y in enumerate(response)]
+    torch.testing.assert_close(logprobs[0].detach(), torch.tensor(hand), atol=1e-4, rtol=0)
+    hand_entropy = -(probs[2] * probs[2].log()).sum()
+    torch.testing.assert_close(entropy[0, 0].detach(), hand_entropy, atol=1e-4, rtol=0)
+    seq = c.sequence_logprobs(model, tokens, mask, 3)
+    torch.testing.assert_close(seq[0].detach(), torch.tensor(sum(hand)), atol=1e-4, rtol=0)
+    # the second row's padding adds nothing
+    torch.testing.assert_close(seq[1], logprobs[1, 0])
+    # temperature divides the logits
+    lp2, _ = c.token_logprobs(model, tokens, 3, temperature=2.0)
+    hand2 = (logits[2] / 2).log_softmax(-1)[response[0]]
+    torch.testing.assert_close(lp2[0, 0].detach(), hand2, atol=1e-4, rtol=0)
+
+
+def test_reward_read_at_last_real_token(tmp_path, model):
+    model.save_pretrained(tmp_path)
+    rm = c.load_model(str(tmp_path), GPT2ForSequenceClassification, num_labels=1).eval()
+    pad = rm.config.pad_token_id
+    seq = [11, 22, 33, 44, 512]
+    alone = c.reward(rm, torch.tensor([seq]))
+    # left padding, right padding, both: the same reward
+    batch = torch.tensor([[pad, pad] + seq, seq + [pad, pad], [pad] + seq + [pad]])
+    torch.testing.assert_close(c.reward(rm, batch), alone.expand(3), atol=1e-5, rtol=0)
+    # and it is the head applied to the hidden state of the last real token, by hand
+    with torch.no_grad():
+        hidden = rm.transformer(torch.tensor([seq])).last_hidden_state[0, -1]
+        torch.testing.assert_close(alone[0], rm.score(hidden)[0], atol=1e-5, rtol=0)
+    assert c.last_index(batch, pad).tolist() == [6, 4, 5]
+
+
+def test_gold_reward_is_vader_sentiment():
+    r = c.gold_reward(["This movie was wonderful, I loved it.", "Terrible, boring film.", "It."])
+    assert r[0] > 0.5 and r[1] < -0.5 and r[2] == 0
+
+
+def test_noiseless_labeler_sorts():
+    assert c.rank([0.1, 0.9, -0.5, 0.3], tau=0).tolist() == [1, 3, 0, 2]
+
+
+def test_save_is_atomic(tmp_path, model, monkeypatch):
+    path = str(tmp_path / "ckpt")
+    c.save_model(model, path)
+    assert os.path.isfile(os.path.join(path, "config.json"))
+    assert not os.path.exists(os.path.join(path, ".tmp"))
+    open(os.path.join(path, "metrics.jsonl"), "w").write("{}\n")
+    c.save_model(model, path)  # saving again keeps the other files of the directory
+    assert os.path.exists(os.path.join(path, "metrics.jsonl"))
+
+    def crash(self, save_dir, **kwargs):  # a crash (or Ctrl-C) in the middle of writing
+        os.makedirs(save_dir, exist_ok=True)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(type(model), "save_pretrained", crash)
+    with pytest.raises(KeyboardInterrupt):
+        c.save_model(model, path)
+    reloaded = c.load_model(path)  # the previous checkpoint is intact
+    torch.testing.assert_close(reloaded.lm_head.weight, model.lm_head.weight)
+
+
+def test_load_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        c.load_model(str(tmp_path / "nowhere"))
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no checkpoint in") and "\n" not in err
+    with pytest.raises(SystemExit):  # a hub name while offline (HF_HUB_OFFLINE=1 in conftest)
+        c.load_model("gpt2-not-cached-here")
+    err = capsys.readouterr().err.strip()
+    assert "hub" in err and "\n" not in err
+
+
+def test_parse_config(capsys):
+    from dataclasses import dataclass
+
+    @dataclass
+    class Cfg:
+        lr: float = 1e-3  # learning rate
+        online: bool = False  # sample pairs from the policy
+        loss: str = "sigmoid"  # which loss
+    cfg = c.parse_config(Cfg, "doc", {"loss": ["sigmoid", "ipo"]}, ["--lr", "0.5", "--online"])
+    assert cfg == Cfg(lr=0.5, online=True)
+    for bad in (["--lr", "fast"], ["--nope", "1"], ["--loss", "mse"]):
+        with pytest.raises(SystemExit):
+            c.parse_config(Cfg, "doc", {"loss": ["sigmoid", "ipo"]}, bad)
+    err = capsys.readouterr().err
+    assert "--lr" in err and "--nope" in err and "'sigmoid', 'ipo'" in err

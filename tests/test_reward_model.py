@@ -1,0 +1,74 @@
+"""reward_model.py: Bradley–Terry loss, ranking pairs, the labeler, and an end-to-end run."""
+import json, math
+
+import torch
+from transformers import GPT2ForSequenceClassification
+
+import common as c
+import reward_model as rmod
+from conftest import run_script
+
+
+def test_bt_loss_by_hand():
+    chosen, rejected = torch.tensor([2.0, 0.0, -1.0]), torch.tensor([1.0, 0.0, 1.0])
+    hand = [-math.log(1 / (1 + math.exp(-d))) for d in (1.0, 0.0, -2.0)]
+    torch.testing.assert_close(rmod.bt_loss(chosen, rejected), torch.tensor(sum(hand) / 3))
+    assert abs(rmod.bt_loss(torch.zeros(1), torch.zeros(1)).item() - math.log(2)) < 1e-6
+
+
+def test_k4_ranking_gives_6_ordered_pairs():
+    ranking = [2, 0, 3, 1]  # best first
+    pairs = rmod.ranking_pairs(ranking)
+    assert len(pairs) == 6 and len(set(pairs)) == 6
+    for w, l in pairs:
+        assert ranking.index(w) < ranking.index(l)  # chosen always ranked above rejected
+    assert rmod.ranking_pairs([1, 0]) == [(1, 0)]
+
+
+def test_labeler_follows_bradley_terry():
+    """P(y1 ranked above y2) = σ((r1 − r2)/τ), also inside a ranking of K = 4."""
+    gen = torch.Generator().manual_seed(0)
+    gold, tau, n = torch.tensor([0.3, 0.1, -0.2, 0.5]), 0.2, 20000
+    above = torch.zeros(4, 4)
+    for _ in range(n):
+        r = c.rank(gold, tau, gen).tolist()
+        for a in range(4):
+            for b in range(a + 1, 4):
+                above[r[a], r[b]] += 1
+    for i, j in [(0, 1), (0, 2), (3, 0), (1, 2)]:
+        expected = torch.sigmoid((gold[i] - gold[j]) / tau).item()
+        assert abs(above[i, j].item() / n - expected) < 0.015, (i, j)
+
+
+def test_pairs_and_accuracy_against_gold():
+    groups = [{"gold": [0.9, -0.5, 0.0], "ranking": [1, 0, 2]}]  # a noisy ranking
+    rewards = torch.tensor([[1.0, 0.0, 0.5]])
+    chosen, rejected, gold_w, gold_l, strict = rmod.pair_stats(rewards, groups)
+    assert chosen.tolist() == [0.0, 0.0, 1.0] and rejected.tolist() == [1.0, 0.5, 0.5]
+    assert gold_w.tolist() == [-0.5, -0.5, 0.9] and strict.all()
+
+
+def test_reward_model_end_to_end(pipeline):
+    out = pipeline
+    for name in ("config.json", "model.safetensors", "metrics.jsonl", "training.png",
+                 "rm_vs_gold.png", "report.json"):
+        assert (out / "reward_model" / name).stat().st_size > 0, name
+    records = [json.loads(line) for line in open(out / "preferences.jsonl")]
+    assert len(records) == (200 + 40) * 6
+    assert {r["split"] for r in records} == {"train", "valid"}
+    for key in ("prompt", "chosen", "rejected", "chosen_gold", "rejected_gold", "chosen_ids"):
+        assert key in records[0]
+    report = json.load(open(out / "reward_model" / "report.json"))
+    assert 0.5 < report["labeler_acc_gold"] <= 1 and report["val_acc"] > 0.5
+    assert abs(report["proxy_mean_sft"]) < 0.5  # normalised to mean 0 on SFT samples
+    rm = c.load_model(str(out / "reward_model"), GPT2ForSequenceClassification)
+    assert rm.score.weight.shape == (1, rm.config.n_embd)
+    rows = [json.loads(line) for line in open(out / "reward_model" / "metrics.jsonl")]
+    assert rows[-1]["val_loss"] < math.log(2)  # better than chance on held-out pairs
+
+
+def test_bad_flags(tmp_path):
+    for flags, word in ((["--k", 1], "--k"), (["--tau", -1], "--tau")):
+        proc = run_script("reward_model.py", "--out", tmp_path, *flags, check=False)
+        assert proc.returncode == 1 and word in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,82 @@
+"""sft.py: the masked loss by hand, and the script run end to end as a user runs it."""
+import json, os
+
+import torch
+import torch.nn.functional as F
+
+import common as c
+import sft
+from conftest import TINY_SFT, run_script
+
+
+def test_openings_mask_the_prompt_and_end_with_eot():
+    enc = c.tokenizer(512)
+    x, y, n_bytes = sft.openings("valid", enc, max_len=64, n=50)
+    assert x.shape == y.shape == (50, 64) and n_bytes > 0
+    for i in range(50):
+        n_prompt = 2 + i % 7
+        assert (y[i, :n_prompt - 1] == -100).all()  # no loss on predicting prompt tokens
+        assert (y[i, n_prompt - 1:] != -100).any()  # ... but on the response
+        assert x[i, 0] != enc.eot_token + 1  # rows start with the review, not padding
+        real = y[i][y[i] != -100]
+        assert real[-1] == enc.eot_token or len(real) == 64 - n_prompt + 1
+        assert (real[:-1] != enc.eot_token).all()
+
+
+def test_sft_loss_counts_response_tokens_only():
+    torch.manual_seed(0)
+    model = c.build_model(512, 1, 2, 32, 64)
+    enc = c.tokenizer(512)
+    x, y, _ = sft.openings("valid", enc, max_len=32, n=4)
+    loss = sft.sft_loss(model, x, y)
+    # by hand: mean −log p over the response positions only
+    logp = model(x).logits.log_softmax(-1)
+    terms = [-logp[i, t, y[i, t]] for i in range(4) for t in range(32) if y[i, t] != -100]
+    torch.testing.assert_close(loss, torch.stack(terms).mean(), atol=1e-5, rtol=0)
+    # the prompt's own tokens as targets would change the loss; masked, they change nothing
+    unmasked = torch.where(y == -100, torch.cat([x[:, 1:], x[:, :1]], 1), y)
+    assert not torch.isclose(F.cross_entropy(model(x).logits.flatten(0, 1), unmasked.flatten()),
+                             loss)
+    y2 = y.clone()
+    y2[:, 0] = -100  # moving nothing that is already masked
+    torch.testing.assert_close(sft.sft_loss(model, x, y2), loss)
+
+
+def test_sft_end_to_end(tmp_path):
+    proc = run_script("sft.py", "--out", tmp_path, *TINY_SFT, "--steps", 6, "--eval-every", 3)
+    out = tmp_path / "sft"
+    for name in ("config.json", "model.safetensors", "metrics.jsonl", "loss.png", "samples.txt"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert rows[-1]["val_loss"] < rows[0]["loss"]  # it learned something in 6 steps
+    point = json.loads(open(tmp_path / "results.jsonl").read())
+    assert point["run"] == "sft" and point["kl"] == 0.0 and -1 <= point["gold"] <= 1
+    assert "bits/byte" in proc.stdout
+    reloaded = c.load_model(str(out))
+    assert reloaded.config.bpe_ranks == 512 and reloaded.config.pad_token_id == 513
+    assert not os.path.exists(out / ".tmp")
+
+
+def test_init_from_a_hugging_face_checkpoint(tmp_path):
+    """--init: the real from_pretrained path, on a checkpoint directory saved here (no network)."""
+    torch.manual_seed(0)
+    init = c.build_model(512, 1, 2, 32, 128)
+    init.save_pretrained(tmp_path / "init")
+    run_script("sft.py", "--out", tmp_path, "--init", tmp_path / "init", "--steps", 2,
+               "--eval-every", 2, "--batch-size", 4, "--n-eval-prompts", 4, "--max-new-tokens", 4)
+    trained = c.load_model(str(tmp_path / "sft"))
+    assert trained.config.n_layer == 1 and trained.config.n_embd == 32
+    assert not torch.equal(trained.lm_head.weight, init.lm_head.weight)
+
+
+def test_bad_input_gets_one_line(tmp_path):
+    assert "--n-ranks" in run_script("sft.py", "--help").stdout
+    proc = run_script("sft.py", "--stepz", 3, check=False)
+    assert proc.returncode == 2 and "--stepz" in proc.stderr
+    proc = run_script("sft.py", "--steps", "many", check=False)
+    assert proc.returncode == 2 and "--steps" in proc.stderr
+    proc = run_script("sft.py", "--out", tmp_path, "--init", tmp_path / "missing", check=False)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+    assert "no checkpoint" in proc.stderr
