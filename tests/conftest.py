@@ -9,7 +9,7 @@ sys.path.insert(0, ROOT)
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 # a from-scratch model small enough to train for a few steps in seconds
-TINY_SFT = ["--n-ranks", "512", "--n-layer", "2", "--n-head", "2", "--n-embd", "64",
+TINY_SFT = ["--n-ranks", "1024", "--n-layer", "2", "--n-head", "2", "--n-embd", "96",
             "--batch-size", "32", "--n-eval-prompts", "16", "--max-new-tokens", "16"]
 
 
@@ -24,10 +24,10 @@ def run_script(script, *args, check=True):
 
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory):
-    """out/ with a tiny SFT model (trained for 200 steps: English-ish but weak) and a tiny reward
-    model, shared by the PPO, RLOO and DPO tests."""
+    """out/ with a tiny SFT model (300 steps: English-ish but weak, ~15 s) and a tiny reward model
+    (~8 s), shared by the PPO, RLOO and DPO tests."""
     out = tmp_path_factory.mktemp("out")
-    run_script("sft.py", "--out", out, *TINY_SFT, "--steps", 200, "--eval-every", 100, "--lr", 1e-2)
-    run_script("reward_model.py", "--out", out, "--n-prompts", 200, "--n-val-prompts", 40,
-               "--max-new-tokens", 16, "--n-eval-prompts", 32, "--lr", 1e-3, "--epochs", 2)
+    run_script("sft.py", "--out", out, *TINY_SFT, "--steps", 300, "--eval-every", 150, "--lr", 5e-3)
+    run_script("reward_model.py", "--out", out, "--n-prompts", 600, "--n-val-prompts", 50,
+               "--max-new-tokens", 16, "--n-eval-prompts", 32, "--lr", 3e-3, "--epochs", 4)
     return out

@@ -55,7 +55,7 @@ def test_sft_end_to_end(tmp_path):
     assert point["run"] == "sft" and point["kl"] == 0.0 and -1 <= point["gold"] <= 1
     assert "bits/byte" in proc.stdout
     reloaded = c.load_model(str(out))
-    assert reloaded.config.bpe_ranks == 512 and reloaded.config.pad_token_id == 513
+    assert reloaded.config.bpe_ranks == 1024 and reloaded.config.pad_token_id == 1025
     assert not os.path.exists(out / ".tmp")
 
 

@@ -1,0 +1,87 @@
+"""dpo.py: DPO, IPO and hinge losses by hand, the gradient weight, runs, learning, bad input."""
+import json, math
+
+import pytest
+import torch
+
+import common as c
+import dpo
+from conftest import run_script
+
+
+def test_losses_by_hand():
+    pc, pr, rc, rr = torch.tensor([-3.0]), torch.tensor([-5.0]), torch.tensor([-4.0]), \
+        torch.tensor([-4.5])
+    h = (-3 + 4) - (-5 + 4.5)  # = 1.5
+    beta = 0.2
+    loss, cr, rj = dpo.preference_loss(pc, pr, rc, rr, beta, "sigmoid")
+    assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-beta * h))))
+    assert cr.item() == pytest.approx(0.2) and rj.item() == pytest.approx(-0.1)
+    loss, _, _ = dpo.preference_loss(pc, pr, rc, rr, beta, "ipo")
+    assert loss.item() == pytest.approx((h - 1 / (2 * beta)) ** 2)
+    loss, _, _ = dpo.preference_loss(pc, pr, rc, rr, beta, "hinge")
+    assert loss.item() == pytest.approx(1 - beta * h)
+    loss, _, _ = dpo.preference_loss(pc, pr, rc, rr, 1.0, "hinge")  # margin met: zero
+    assert loss.item() == 0.0
+    # the policy equals the reference: DPO's loss is log 2
+    z = torch.zeros(3)
+    loss, _, _ = dpo.preference_loss(z, z, z, z, 0.5, "sigmoid")
+    torch.testing.assert_close(loss, torch.full((3,), math.log(2)))
+
+
+def test_gradient_weight_is_sigmoid_of_reversed_implicit_rewards():
+    """∂L/∂log π(y_w) = −β·σ(r̂_l − r̂_w), ∂L/∂log π(y_l) = +β·σ(r̂_l − r̂_w) (DPO §4)."""
+    beta = 0.3
+    pc, pr = torch.tensor([-2.0], requires_grad=True), torch.tensor([-1.0], requires_grad=True)
+    rc, rr = torch.tensor([-2.5]), torch.tensor([-2.0])
+    loss, cr, rj = dpo.preference_loss(pc, pr, rc, rr, beta, "sigmoid")
+    loss.sum().backward()
+    weight = torch.sigmoid(rj - cr).detach()
+    torch.testing.assert_close(pc.grad, -beta * weight)
+    torch.testing.assert_close(pr.grad, beta * weight)
+
+
+TINY_DPO = ["--batch-size", 16, "--max-new-tokens", 16, "--n-eval-prompts", 32]
+
+
+def test_dpo_end_to_end_offline_and_online(pipeline):
+    ref_before = c.load_model(str(pipeline / "sft")).lm_head.weight.clone()
+    for flags in ([], ["--online", "--loss", "ipo"]):
+        run_script("dpo.py", "--out", pipeline, "--steps", 4, "--eval-every", 2, *flags,
+                   *TINY_DPO)
+        out = pipeline / "dpo"
+        for name in ("config.json", "model.safetensors", "metrics.jsonl", "samples.txt",
+                     "metrics.png", "reward_vs_kl.png"):
+            assert (out / name).stat().st_size > 0, name
+        rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+        for key in ("chosen_reward", "rejected_reward", "margin", "accuracy", "logps_chosen"):
+            assert key in rows[-1], key
+    points = [json.loads(line) for line in open(pipeline / "results.jsonl")]
+    assert {p["run"] for p in points if p["algo"] == "dpo"} == {"dpo-sigmoid β=0.1",
+                                                              "dpo-ipo-online β=0.1"}
+    # the reference (the SFT checkpoint) is never touched by training
+    torch.testing.assert_close(c.load_model(str(pipeline / "sft")).lm_head.weight, ref_before)
+
+
+def test_dpo_learns(pipeline):
+    """Preference accuracy on held-out pairs and gold reward of samples rise on a tiny run."""
+    run_script("dpo.py", "--out", pipeline, "--steps", 100, "--eval-every", 100, "--lr", 1e-3,
+               "--beta", 0.5, *TINY_DPO, "--n-eval-prompts", 128)
+    points = [json.loads(line) for line in open(pipeline / "results.jsonl")]
+    points = [p for p in points if p["run"] == "dpo-sigmoid β=0.5"]
+    assert points[-1]["val_acc"] > points[0]["val_acc"] + 0.05, points
+    assert points[-1]["gold"] > points[0]["gold"] + 0.05, points
+
+
+def test_bad_input(pipeline, tmp_path):
+    proc = run_script("dpo.py", "--loss", "mse", check=False)
+    assert proc.returncode == 2 and "'sigmoid', 'ipo', 'hinge'" in proc.stderr
+    bad = tmp_path / "out"
+    bad.mkdir()
+    (bad / "preferences.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
+                                          '{"prompt": "a", "chosen": "b"}\n')
+    for d in ("sft", "reward_model"):
+        (bad / d).symlink_to(pipeline / d)
+    proc = run_script("dpo.py", "--out", bad, "--steps", 1, check=False)
+    assert proc.returncode == 1 and "line 2" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
