@@ -1,13 +1,13 @@
 """common.py: the shared plumbing of the RLHF scripts (DESIGN.md §4). No algorithm lives here.
 
-Config → flags, seed and device, the GPT-2 tokenizer (offline), IMDb prompts, model build/load/save,
-a KV-cache sampler, log-probs, the gold reward and the labeler, the shared evaluation (§5),
-logging, plots, and "build the missing input". Every tensor of a batch uses one layout:
+Config → flags, seed and device, the GPT-2 tokenizer (offline), IMDb prompts, model
+build/load/save, a KV-cache sampler, log-probs, the gold reward and the labeler, the shared
+evaluation (§5), logging, plots, and "build the missing input". Every batch uses one layout:
 tokens (B, P+T) = prompt left-padded to P, then the response right-padded to T; mask (B, T) is
 True on the response tokens the policy generated (end-of-text included, padding excluded).
 """
-import argparse, csv, ctypes, dataclasses, functools, html, importlib.resources, inspect, json, math, os
-import random, re, shutil, subprocess, sys, time
+import argparse, csv, ctypes, dataclasses, functools, html, importlib.resources, inspect, json
+import math, os, random, re, shutil, subprocess, sys, time
 
 import matplotlib
 matplotlib.use("Agg")  # files only, no screen
@@ -112,7 +112,7 @@ def imdb():
 
 
 def prompts(split, enc, n=None):
-    """The opening 2–8 tokens of each review of a split (length cycles over 2..8, deterministic)."""
+    """The opening 2–8 tokens of each review of a split (lengths cycle over 2..8)."""
     texts = imdb()[split][:n]
     ids = enc.encode_ordinary_batch([t[:200] for t in texts])
     return [x[:2 + i % 7] for i, x in enumerate(ids)]
@@ -183,7 +183,7 @@ def forward(model, tokens):
 
 
 def token_logprobs(model, tokens, n_prompt, temperature=1.0):
-    """log π(y_t | x, y_<t) and the entropy of π(· | x, y_<t) for each response token: (B, T) each.
+    """log π(y_t | x, y_<t) and the entropy of π(· | x, y_<t) of each response token: (B, T).
     Logits are divided by the sampling temperature so these are the log-probs of the sampler."""
     logits = model.lm_head(forward(model, tokens)[:, n_prompt - 1:-1]).float() / temperature
     logp = logits.log_softmax(-1)  # (B, T, V)
@@ -221,7 +221,8 @@ def _cached_step(model, ids, pos, key_ok, cache, t0):
     keep = causal & key_ok[:, None, None, :t0 + L]  # (B, 1, L, t0+L)
     keep[..., t0:] |= torch.eye(L, dtype=torch.bool, device=ids.device)  # pad rows see themselves
     for block, (K, V) in zip(body.h, cache):
-        q, k, v = block.attn.c_attn(block.ln_1(x)).view(B, L, 3, K.shape[1], -1).permute(2, 0, 3, 1, 4)
+        qkv = block.attn.c_attn(block.ln_1(x)).view(B, L, 3, K.shape[1], -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, L, hd)
         K[:, :, t0:t0 + L], V[:, :, t0:t0 + L] = k, v  # (B, H, L, hd) into the cache
         att = (q @ K[:, :, :t0 + L].transpose(-1, -2)) * block.attn.scaling
         y = att.masked_fill(~keep, float("-inf")).softmax(-1) @ V[:, :, :t0 + L]
@@ -296,8 +297,8 @@ def gold_reward(texts):
 
 
 def rank(gold, tau, generator=None):
-    """The labeler ranks K responses, best first. Noise: sort gold/τ + Gumbel noise (Plackett–Luce),
-    so that any two responses are ordered as Bradley–Terry says: P(y1 ≻ y2) = σ((r*1 − r*2)/τ).
+    """The labeler ranks K responses, best first, by gold/τ + Gumbel noise (Plackett–Luce):
+    any two responses are then ordered as Bradley–Terry says, P(y1 ≻ y2) = σ((r*1 − r*2)/τ).
     τ = 0 is the noiseless labeler."""
     gold = torch.as_tensor(gold, dtype=torch.float64)
     if tau == 0:
@@ -309,8 +310,8 @@ def rank(gold, tau, generator=None):
 
 @torch.no_grad()
 def evaluate(policy, ref, enc, prompt_ids, max_new_tokens, rm=None, batch_size=64, seed=1234):
-    """DESIGN.md §5 on held-out prompts, temperature 1: gold and proxy reward, sequence KL(π‖π_ref)
-    = mean Σ_t [log π − log π_ref] (nats), per-token entropy, response length, a few samples."""
+    """DESIGN.md §5 on held-out prompts, temperature 1: gold and proxy reward, sequence
+    KL(π‖π_ref) = mean Σ_t [log π − log π_ref] (nats), token entropy, length, samples."""
     device = policy.lm_head.weight.device
     state = torch.get_rng_state(), (torch.cuda.get_rng_state() if device.type == "cuda" else None)
     torch.manual_seed(seed)  # the same sampling noise at every evaluation
@@ -408,19 +409,24 @@ def plot_scatter(x, y, xlabel, ylabel, png, title=""):
 
 
 def plot_frontier(results_path, png, title="reward vs KL on held-out prompts"):
-    """Gold (and proxy) reward against KL(π‖π_ref) for every run in the shared results file."""
+    """Gold and proxy reward against KL(π‖π_ref) for every run in the shared results file; each
+    run is a line through its evaluations in step order, one colour per run in both panels."""
     rows = read_jsonl(results_path)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key in zip(axes, ("gold", "proxy")):
-        for run_name in dict.fromkeys(r["run"] for r in rows):
-            pts = sorted((r["kl"], r[key]) for r in rows if r["run"] == run_name
+    for n, run_name in enumerate(dict.fromkeys(r["run"] for r in rows)):
+        for ax, key in zip(axes, ("gold", "proxy")):
+            pts = sorted((r["step"], r["kl"], r[key]) for r in rows if r["run"] == run_name
                          and r.get(key) is not None)
             if pts:
-                style = "*" if run_name == "sft" else ".-"
-                ax.plot(*zip(*pts), style, label=run_name, markersize=12 if style == "*" else 6)
+                style = dict(marker="*", markersize=14, ls="") if run_name == "sft" else \
+                    dict(marker=".", markersize=6)
+                ax.plot([p[1] for p in pts], [p[2] for p in pts], color=f"C{n}",
+                        label=run_name, **style)
+    for ax, key in zip(axes, ("gold", "proxy")):
         ax.set_xlabel("KL(π‖π_ref)  [nats per response]"), ax.set_ylabel(f"{key} reward")
         ax.grid(alpha=0.3), ax.legend(fontsize=8)
     fig.suptitle(title), fig.tight_layout(), fig.savefig(png, dpi=110), plt.close(fig)
+
 
 # ---------------------------------------------------------------- pipeline
 

@@ -1,10 +1,11 @@
 """dpo.py: Direct Preference Optimisation (Rafailov et al. 2023), and IPO, SLiC, online DPO.
 
-The KL-regularised objective max E[r] − β·KL(π‖π_ref) has the optimum π* ∝ π_ref·exp(r/β), so
-r = β log π*/π_ref + const, and the Bradley–Terry reward loss becomes a policy loss on the
-preference pairs of out/preferences.jsonl (the same pairs reward_model.py learned from):
+The KL-regularised objective max E[r] − β·KL(π‖π_ref) has the optimum
+π* ∝ π_ref·exp(r/β), so r = β log π*/π_ref + const, and the Bradley–Terry reward loss
+becomes a policy loss on the preference pairs of out/preferences.jsonl (the pairs that
+reward_model.py learned from):
   h = log π(y_w|x)/π_ref(y_w|x) − log π(y_l|x)/π_ref(y_l|x)
-  sigmoid (DPO):  −log σ(β·h)      ipo (IPO):  (h − 1/(2β))²      hinge (SLiC):  max(0, 1 − β·h)
+  sigmoid (DPO): −log σ(β·h)   ipo (IPO): (h − 1/(2β))²   hinge (SLiC): max(0, 1 − βh)
 1. a batch of (x, y_w, y_l) pairs (--online: sample two responses per prompt from the current
 policy and let r_φ pick the chosen one); 2. summed response log-probs of the policy; those of the
 frozen reference were computed once before training; 3. the loss; 4. update; 5. log the implicit
@@ -110,7 +111,10 @@ def main():
 
     # data: the preference pairs and their reference log-probs (once); held-out prompts
     pairs = read_preferences(pref_path, enc)
-    train, val = pairs["train"], pairs["valid"][:512]
+    val = pairs["valid"][:512]
+    # the training pairs this run will see, shuffled (steps · batch_size of them at most)
+    n = min(len(pairs["train"]), cfg.steps * cfg.batch_size)
+    train = [pairs["train"][i] for i in torch.randperm(len(pairs["train"]))[:n].tolist()]
     if not cfg.online:
         ref_chosen, ref_rejected = reference_logps(ref, train, device)
     val_ref = reference_logps(ref, val, device) if val else None
@@ -136,7 +140,6 @@ def main():
 
     before = evaluate(0)
     logger = c.Logger(out_dir, cfg.steps)
-    order = torch.randperm(len(train))
     for step in range(1, cfg.steps + 1):
         # 1. a batch of pairs: from the file, or sampled now from the policy and judged by r_φ
         if cfg.online:
@@ -153,8 +156,7 @@ def main():
                      for i, f in enumerate(first)]
             b_ref_chosen, b_ref_rejected = reference_logps(ref, batch, device)
         else:
-            idx = order[torch.arange((step - 1) * cfg.batch_size, step * cfg.batch_size)
-                        % len(train)]
+            idx = torch.arange((step - 1) * cfg.batch_size, step * cfg.batch_size) % len(train)
             batch = [train[i] for i in idx.tolist()]
             b_ref_chosen, b_ref_rejected = ref_chosen[idx], ref_rejected[idx]
         # 2. policy log-probs of chosen and rejected; 3. the loss

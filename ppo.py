@@ -63,7 +63,8 @@ def whiten(x, mask):
 
 
 def kl_penalised_rewards(score, logprobs, ref_logprobs, mask, beta):
-    """r_t = −β(log π(y_t) − log π_ref(y_t)) on every response token, + r_φ(x, y) on the last."""
+    """r_t = −β(log π(y_t) − log π_ref(y_t)) on each response token; + r_φ(x, y) on the last
+    one."""
     rewards = -beta * (logprobs - ref_logprobs) * mask  # (B, T)
     last = mask.sum(1).long() - 1  # index of each response's last real token
     rewards[torch.arange(len(score)), last] += score
@@ -85,7 +86,8 @@ def gae(rewards, values, mask, gamma, lam):
 
 def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip):
     """Clipped surrogate (Schulman et al. 2017, eq. 7), negated:
-    max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)) with ρ = π_θ(y_t)/π_old(y_t), masked mean over tokens."""
+    max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)), ρ = π_θ(y_t)/π_old(y_t); masked mean of
+    tokens."""
     ratio = torch.exp(logprobs - old_logprobs)
     losses = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip))
     return masked_mean(losses, mask), ratio
@@ -229,7 +231,8 @@ def main():
                 stats["vf_loss"].append(vf_loss.item())
                 stats["entropy"].append(ent.item())
 
-        # adaptive KL controller (Ziegler et al. 2019): β ← β(1 + clip(KL/target − 1, ±0.2)·n/H)
+        # adaptive KL controller (Ziegler et al. 2019):
+        # β ← β·(1 + clip(KL/target − 1, ±0.2)·n/H)
         if cfg.target_kl:
             beta *= 1 + (kl.mean() / cfg.target_kl - 1).clamp(-0.2, 0.2).item() * \
                 cfg.batch_size / cfg.horizon

@@ -27,15 +27,15 @@ import common as c
 
 @dataclass
 class Config:
-    out: str = "out"  # root directory: reads out/sft, writes out/reward_model, out/preferences.jsonl
+    out: str = "out"  # root directory: reads out/sft; writes out/reward_model, preferences.jsonl
     k: int = 4  # responses per prompt ranked by the labeler → k(k−1)/2 pairs
     tau: float = 0.1  # labeler noise temperature τ (0 = noiseless)
-    n_prompts: int = 3000  # training prompts (train split)
+    n_prompts: int = 10000  # training prompts (train split)
     n_val_prompts: int = 300  # held-out prompts for validation pairs (validation split)
     max_new_tokens: int = 48  # response length cap when sampling
     epochs: int = 1  # passes over the training comparisons
     batch_size: int = 16  # prompts per step (each brings its k responses and all their pairs)
-    lr: float = 1e-4  # AdamW learning rate (constant after 20 warmup steps)
+    lr: float = 5e-4  # AdamW learning rate (constant after 20 warmup steps)
     eval_every: int = 50  # steps between validation evaluations
     n_eval_prompts: int = 256  # held-out prompts for the correlation with the gold reward
     seed: int = 0  # random seed
@@ -48,7 +48,8 @@ def ranking_pairs(ranking):
 
 
 def bt_loss(chosen_rewards, rejected_rewards):
-    """Bradley–Terry negative log-likelihood: −log σ(r_φ(x, y_w) − r_φ(x, y_l)), mean over pairs."""
+    """Bradley–Terry negative log-likelihood −log σ(r_φ(x, y_w) − r_φ(x, y_l)), mean over
+    pairs."""
     return -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
 
 
@@ -190,7 +191,8 @@ def main():
     c.plot_metrics(out_dir, [("loss", "val_loss"), ("acc", "val_acc", "val_acc_gold",
                                                     "labeler_acc_gold")], "training.png")
     c.plot_scatter(gold, proxy, "gold reward r* (VADER)", "learned reward r_φ",
-                   os.path.join(out_dir, "rm_vs_gold.png"), f"held-out SFT samples, ρ = {corr:.2f}")
+                   os.path.join(out_dir, "rm_vs_gold.png"),
+                   f"held-out SFT samples, ρ = {corr:.2f}")
     print(f"held-out accuracy: vs labeler {final['val_acc']:.3f} | vs gold order"
           f" {final['val_acc_gold']:.3f} (labeler's own: {final['labeler_acc_gold']:.3f}) |"
           f" corr(r_φ, r*) {corr:.3f} | saved {out_dir}")

@@ -50,8 +50,8 @@ def rloo_advantages(rewards, k):
 
 
 def rloo_loss(seq_logprobs, old_seq_logprobs, advantages, clip):
-    """−mean_i min(ρ_i A_i, clip(ρ_i, 1±ε) A_i) with the sequence ratio ρ_i = π_θ(y_i)/π_old(y_i).
-    At ρ = 1 (the first pass) its gradient is exactly REINFORCE's: −mean_i A_i ∇log π_θ(y_i|x)."""
+    """−mean_i min(ρ_i A_i, clip(ρ_i, 1±ε) A_i), sequence ratio ρ_i = π_θ(y_i)/π_old(y_i).
+    At ρ = 1 (the first pass) its gradient is REINFORCE's: −mean_i A_i ∇log π_θ(y_i|x)."""
     ratio = torch.exp(seq_logprobs - old_seq_logprobs)
     losses = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip))
     return losses.mean(), ratio

@@ -40,8 +40,9 @@ class Config:
 
 
 def openings(split, enc, max_len, n=None):
-    """Rows of max_len + 1 tokens (right-padded) and targets with the prompt and padding set to -100,
-    the ignore_index of cross_entropy: the loss is −log π(y|x) over response tokens only."""
+    """Rows of max_len + 1 tokens (right-padded) and targets with prompt and padding set to
+    -100, the ignore_index of cross_entropy: the loss is −log π(y|x) over the response
+    tokens only."""
     ends = {i for i in range(enc.eot_token) if enc.decode_single_token_bytes(i).rstrip()[-1:]
             in (b".", b"!", b"?")}
     pad = enc.eot_token + 1
@@ -63,7 +64,7 @@ def openings(split, enc, max_len, n=None):
 
 
 def sft_loss(model, x, y):
-    """Mean −log π(y_t | x, y_<t) over response tokens (nats/token); ignore_index masks the rest."""
+    """Mean −log π(y_t | x, y_<t) over response tokens (nats/token); -100 masks the rest."""
     logits = model(x).logits  # (B, T, V); right padding: real tokens never attend to it
     return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100)
 
