@@ -30,7 +30,7 @@ def test_losses_by_hand():
 
 
 def test_gradient_weight_is_sigmoid_of_reversed_implicit_rewards():
-    """∂L/∂log π(y_w) = −β·w and ∂L/∂log π(y_l) = β·w, with w = σ(r̂_l − r̂_w)."""
+    """Gradients: −β·w on log π(y_w), +β·w on log π(y_l), w = σ(r_l − r_w)."""
     beta = 0.3
     pc, pr = torch.tensor([-2.0], requires_grad=True), torch.tensor([-1.0], requires_grad=True)
     rc, rr = torch.tensor([-2.5]), torch.tensor([-2.0])
