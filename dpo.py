@@ -55,6 +55,12 @@ def preference_loss(logps_chosen, logps_rejected, ref_chosen, ref_rejected, beta
     return losses, chosen_rewards, rejected_rewards
 
 
+def accuracy(chosen_rewards, rejected_rewards):
+    """Fraction of pairs ranked right by the implicit reward; a tie counts half (as at step 0)."""
+    return ((chosen_rewards > rejected_rewards).float()
+            + 0.5 * (chosen_rewards == rejected_rewards).float()).mean().item()
+
+
 def read_preferences(path, enc):
     """Pairs of preferences.jsonl as token lists; a malformed record stops with its line number."""
     pairs = {"train": [], "valid": []}
@@ -132,8 +138,9 @@ def main():
             losses, cr, rr = preference_loss(torch.cat([a for a, _ in logps]),
                                              torch.cat([b for _, b in logps]), *val_ref,
                                              cfg.beta, cfg.loss)
-            ev["val_loss"], ev["val_acc"] = losses.mean().item(), (cr > rr).float().mean().item()
+            ev["val_loss"], ev["val_acc"] = losses.mean().item(), accuracy(cr, rr)
         c.append_result(results, {"run": run_name, "algo": "dpo", "beta": cfg.beta, "step": step,
+                                  "final": step == cfg.steps,
                                   **{k: v for k, v in ev.items() if k != "samples"}})
         policy.train()
         return ev
@@ -180,7 +187,7 @@ def main():
         metrics = {"loss": loss.item(), "chosen_reward": chosen_rewards.mean().item(),
                    "rejected_reward": rejected_rewards.mean().item(),
                    "margin": (chosen_rewards - rejected_rewards).mean().item(),
-                   "accuracy": (chosen_rewards > rejected_rewards).float().mean().item(),
+                   "accuracy": accuracy(chosen_rewards, rejected_rewards),
                    "logps_chosen": logps_chosen.mean().item(),
                    "logps_rejected": logps_rejected.mean().item()}
         if step % cfg.eval_every == 0 or step == cfg.steps:

@@ -152,6 +152,7 @@ def main():
         with torch.no_grad(), c.autocast(device):
             ev["lm_loss"] = lm_loss(policy, tax_batch).item()
         c.append_result(results, {"run": run_name, "algo": "ppo", "beta": cfg.beta, "step": step,
+                                  "final": step == cfg.steps,
                                   **{k: v for k, v in ev.items() if k != "samples"}})
         policy.train()
         return ev

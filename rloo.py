@@ -87,6 +87,7 @@ def main():
         policy.eval()
         ev = c.evaluate(policy, ref, enc, eval_prompts, cfg.max_new_tokens, rm)
         c.append_result(results, {"run": run_name, "algo": "rloo", "beta": cfg.beta, "step": step,
+                                  "final": step == cfg.steps,
                                   **{k: v for k, v in ev.items() if k != "samples"}})
         policy.train()
         return ev

@@ -36,31 +36,44 @@ class Config:
     eval_every: int = 250  # steps between held-out loss evaluations and checkpoints
     n_eval_prompts: int = 256  # held-out prompts for the final sample-and-score evaluation
     max_new_tokens: int = 48  # response length cap when sampling
+    preferred: bool = False  # Preferred-FT: go on from out/sft on the chosen responses of pairs
     seed: int = 0  # random seed
 
 
 def openings(split, enc, max_len, n=None):
-    """Rows of max_len + 1 tokens (right-padded) and targets with prompt and padding set to
-    -100, the ignore_index of cross_entropy: the loss is −log π(y|x) over the response
-    tokens only."""
+    """(prompt, response) token lists of review openings: the prompt is the first 2–8 tokens
+    (as in c.prompts), the response the rest of the opening, cut after its last full sentence
+    within max_len tokens and closed with end-of-text (no full sentence: the whole window)."""
     ends = {i for i in range(enc.eot_token) if enc.decode_single_token_bytes(i).rstrip()[-1:]
             in (b".", b"!", b"?")}
-    pad = enc.eot_token + 1
-    rows, targets, n_bytes = [], [], 0
+    examples = []
     texts = c.imdb()[split][:n]
     for i, ids in enumerate(enc.encode_ordinary_batch([t[:1000] for t in texts])):
-        n_prompt = 2 + i % 7  # the same prompt lengths as c.prompts()
-        ids = ids[:max_len]
+        n_prompt, ids = 2 + i % 7, ids[:max_len]
         cut = max([j + 1 for j, t in enumerate(ids) if t in ends and j >= n_prompt], default=0)
-        ids = ids[:cut] + [enc.eot_token] if cut else ids  # no full sentence: keep the window
-        n_bytes += len(c.decode(enc, ids[n_prompt:]).encode())
-        row = ids + [pad] * (max_len + 1 - len(ids))
-        rows.append(row)
-        targets.append([-100] * (n_prompt - 1) + row[n_prompt:])
-    x = torch.tensor(rows)[:, :-1]  # (N, max_len) inputs
-    y = torch.tensor(targets)  # (N, max_len) next tokens, -100 where no loss
-    y[y == pad] = -100
-    return x, y, n_bytes
+        ids = ids[:cut] + [enc.eot_token] if cut else ids
+        examples.append((ids[:n_prompt], ids[n_prompt:]))
+    return examples
+
+
+def preferred(path, split):
+    """Preferred-FT's data: (prompt, chosen response) of every pair of preferences.jsonl."""
+    return [(r["prompt_ids"], r["chosen_ids"]) for r in c.read_jsonl(path) if r["split"] == split]
+
+
+def batch(examples, enc, max_len):
+    """Rows of max_len tokens (right-padded) and next-token targets with the prompt and padding
+    set to -100, cross_entropy's ignore_index: the loss is −log π(y|x) over response tokens only.
+    Also the UTF-8 bytes of the responses, for bits per byte."""
+    pad, rows, targets, n_bytes = enc.eot_token + 1, [], [], 0
+    for prompt, response in examples:
+        row = (prompt + response)[:max_len + 1]
+        row += [pad] * (max_len + 1 - len(row))
+        rows.append(row[:-1])
+        targets.append([-100] * (len(prompt) - 1) + row[len(prompt):])
+        n_bytes += len(c.decode(enc, response).encode())
+    x, y = torch.tensor(rows), torch.tensor(targets)  # (N, max_len) each
+    return x, y.masked_fill(y == pad, -100), n_bytes
 
 
 def sft_loss(model, x, y):
@@ -85,10 +98,14 @@ def heldout_loss(model, x, y, n_bytes, device, batch_size=128):
 def main():
     cfg = c.parse_config(Config, __doc__)
     device = c.setup(cfg.seed)
-    out_dir = os.path.join(cfg.out, "sft")
+    out_dir = os.path.join(cfg.out, "preferred_ft" if cfg.preferred else "sft")
+    pref_path = os.path.join(cfg.out, "preferences.jsonl")
 
-    # model: from scratch, or any Hugging Face GPT-2
-    if cfg.init:
+    # model: from scratch, any Hugging Face GPT-2, or the SFT model (Preferred-FT)
+    if cfg.preferred:
+        c.require(pref_path, "reward_model.py", ["--out", cfg.out])
+        model = c.load_model(os.path.join(cfg.out, "sft"))
+    elif cfg.init:
         model = c.load_model(cfg.init)
     else:
         model = c.build_model(cfg.n_ranks, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.max_len + 64)
@@ -97,9 +114,11 @@ def main():
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters,"
           f" vocabulary {model.config.vocab_size}, device {device}")
 
-    # data: review openings of the train and validation splits
-    x, y, _ = openings("train", enc, cfg.max_len)
-    val_x, val_y, val_bytes = openings("valid", enc, cfg.max_len)
+    # data: review openings of the train and validation splits (Preferred-FT: chosen responses)
+    data = (lambda split: preferred(pref_path, split)) if cfg.preferred else \
+        (lambda split: openings(split, enc, cfg.max_len))
+    x, y, _ = batch(data("train"), enc, cfg.max_len)
+    val_x, val_y, val_bytes = batch(data("valid"), enc, cfg.max_len)
 
     # AdamW, weight decay on matrices only; linear warmup then cosine decay to lr/10
     params = [p for p in model.parameters() if p.requires_grad]
@@ -144,16 +163,19 @@ def main():
     # final: held-out samples, their gold reward (the baseline of every later plot), plots
     model.eval()
     prompt_ids = c.prompts("eval", enc, cfg.n_eval_prompts)
-    ev = c.evaluate(model, model, enc, prompt_ids, cfg.max_new_tokens)
+    ref = c.load_model(os.path.join(cfg.out, "sft")).to(device) if cfg.preferred else model
+    ev = c.evaluate(model, ref.eval(), enc, prompt_ids, cfg.max_new_tokens)
     results = os.path.join(cfg.out, "results.jsonl")
-    if os.path.exists(results):  # a new π_ref makes earlier points incomparable
+    if not cfg.preferred and os.path.exists(results):  # a new π_ref: old points incomparable
         os.replace(results, results + ".old")
         print(f"new SFT model: earlier results moved to {results}.old")
-    c.append_result(results, {"run": "sft", "algo": "sft", "beta": None, "step": cfg.steps,
-                              "kl": 0.0, "gold": ev["gold"], "proxy": None,
-                              "entropy": ev["entropy"], "length": ev["length"]})
+    name = "preferred-ft" if cfg.preferred else "sft"
+    c.drop_results(results, name)
+    c.append_result(results, {"run": name, "algo": name, "beta": None, "step": cfg.steps,
+                              "final": True, "proxy": None,
+                              **{k: v for k, v in ev.items() if k != "samples"}})
     with open(os.path.join(out_dir, "samples.txt"), "w") as f:
-        f.write(f"SFT samples on held-out prompts (mean gold reward {ev['gold']:.3f}"
+        f.write(f"{name} samples on held-out prompts (mean gold reward {ev['gold']:.3f}"
                 f" over {len(prompt_ids)} prompts)\n\n" + "\n\n".join(ev["samples"]) + "\n")
     c.plot_metrics(out_dir, [("loss", "val_loss"), "val_bpb", "lr"], "loss.png")
     print(f"held-out loss {metrics['val_loss']:.3f} nats/token = {metrics['val_bpb']:.3f}"

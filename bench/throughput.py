@@ -12,7 +12,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common as c  # noqa: E402
-from sft import Config as SFTConfig, openings, sft_loss  # noqa: E402  (the benchmark's subject)
+from sft import Config as SFTConfig, batch, openings, sft_loss  # noqa: E402  (what is measured)
 
 
 @dataclass
@@ -55,7 +55,7 @@ def main():
           f" GFLOP/s")
 
     # training: the sft.py step (forward, masked loss, backward, AdamW)
-    x, y, _ = openings("valid", enc, s.max_len)
+    x, y, _ = batch(openings("valid", enc, s.max_len), enc, s.max_len)
     xb, yb = x[:cfg.batch_size].to(device), y[:cfg.batch_size].to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 

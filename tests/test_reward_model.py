@@ -1,6 +1,7 @@
 """reward_model.py: Bradley–Terry loss, ranking pairs, the labeler, and an end-to-end run."""
 import json, math
 
+import pytest
 import torch
 from transformers import GPT2ForSequenceClassification
 
@@ -45,7 +46,7 @@ def test_pairs_and_accuracy_against_gold():
     rewards = torch.tensor([[1.0, 0.0, 0.5]])
     chosen, rejected, gold_w, gold_l, strict = rmod.pair_stats(rewards, groups)
     assert chosen.tolist() == [0.0, 0.0, 1.0] and rejected.tolist() == [1.0, 0.5, 0.5]
-    assert gold_w.tolist() == [-0.5, -0.5, 0.9] and strict.all()
+    assert gold_w.tolist() == pytest.approx([-0.5, -0.5, 0.9]) and strict.all()
 
 
 def test_reward_model_end_to_end(pipeline):

@@ -62,7 +62,7 @@ def test_rloo_end_to_end(pipeline):
     for key in ("score", "kl", "entropy", "baseline", "adv_std", "ratio", "length"):
         assert key in rows[-1], key
     points = [json.loads(line) for line in open(pipeline / "results.jsonl")]
-    assert [p["step"] for p in points if p["algo"] == "rloo"] == [0, 2, 4]
+    assert [p["step"] for p in points if p["run"] == "rloo-rm β=0.05"] == [0, 2, 4]
 
 
 def test_rloo_learns(pipeline):

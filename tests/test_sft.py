@@ -11,7 +11,7 @@ from conftest import TINY_SFT, run_script
 
 def test_openings_mask_the_prompt_and_end_with_eot():
     enc = c.tokenizer(512)
-    x, y, n_bytes = sft.openings("valid", enc, max_len=64, n=50)
+    x, y, n_bytes = sft.batch(sft.openings("valid", enc, max_len=64, n=50), enc, 64)
     assert x.shape == y.shape == (50, 64) and n_bytes > 0
     for i in range(50):
         n_prompt = 2 + i % 7
@@ -19,7 +19,7 @@ def test_openings_mask_the_prompt_and_end_with_eot():
         assert (y[i, n_prompt - 1:] != -100).any()  # ... but on the response
         assert x[i, 0] != enc.eot_token + 1  # rows start with the review, not padding
         real = y[i][y[i] != -100]
-        assert real[-1] == enc.eot_token or len(real) == 64 - n_prompt + 1
+        assert real[-1] == enc.eot_token or len(real) == 64 - n_prompt  # no sentence end
         assert (real[:-1] != enc.eot_token).all()
 
 
@@ -27,7 +27,7 @@ def test_sft_loss_counts_response_tokens_only():
     torch.manual_seed(0)
     model = c.build_model(512, 1, 2, 32, 64)
     enc = c.tokenizer(512)
-    x, y, _ = sft.openings("valid", enc, max_len=32, n=4)
+    x, y, _ = sft.batch(sft.openings("valid", enc, max_len=32, n=4), enc, 32)
     loss = sft.sft_loss(model, x, y)
     # by hand: mean −log p over the response positions only
     logp = model(x).logits.log_softmax(-1)
