@@ -149,10 +149,14 @@ def load_model(name_or_dir, cls=GPT2LMHeadModel, **overrides):
         model = cls.from_pretrained(name_or_dir, dtype=torch.float32, resid_pdrop=0.0,
                                     attn_implementation=_attention(),
                                     embd_pdrop=0.0, attn_pdrop=0.0, **overrides)
-    except (OSError, ValueError) as e:
-        die(f"cannot load '{name_or_dir}' ({str(e).splitlines()[0][:120]}): it is neither a"
-            " checkpoint directory nor reachable on the Hugging Face hub (offline?); pass a local"
-            " directory, or go online once so the hub copy gets cached")
+    except Exception as e:  # the user-facing boundary: one line, whatever went wrong
+        why = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        if os.path.isdir(name_or_dir):
+            die(f"the checkpoint in {name_or_dir} is unreadable ({why}); delete the directory"
+                " so that it is rebuilt")
+        die(f"cannot load '{name_or_dir}' ({why}): it is neither a checkpoint directory nor"
+            " reachable on the Hugging Face hub (offline?); pass a local directory, or go"
+            " online once so the hub copy gets cached")
     config = model.config
     if getattr(config, "bpe_ranks", None) is None:  # a hub GPT-2: full BPE, add a padding row
         config.bpe_ranks = config.eos_token_id = config.bos_token_id = 50256

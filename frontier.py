@@ -4,8 +4,9 @@ Runs each method over a small β sweep, as subprocesses of the scripts with thei
 PPO and RLOO against the learned reward r_φ, PPO against the gold reward itself (PPO-GT, the
 upper reference), DPO, Preferred-FT (sft.py --preferred: SFT on the chosen responses), and
 best-of-n from π_SFT (n = 1, 2, 4, …, 64: the sample with the best r_φ among n; its KL is the
-bound log n − (n−1)/n, not a measurement). A run whose final point is already in
-out/results.jsonl is skipped, so an interrupted sweep resumes. Then it draws, from that file:
+bound log n − (n−1)/n, not a measurement). A run whose final point (same name, same
+steps) is already in out/results.jsonl is skipped, so an interrupted sweep resumes. Then it
+draws, from that file:
   frontier.png            gold reward vs KL, every evaluation of every run, each method's frontier
   overoptimisation.png    proxy and gold reward vs √KL along the PPO and RLOO runs (Goodhart)
   frontier.md             the best gold reward of each method below KL = 2, 5, 10, 20 nats
@@ -37,20 +38,20 @@ class Config:
 
 
 def sweep(quick):
-    """(script, run name, flags) of every run; names as the scripts write them."""
+    """(script, run name, steps, flags) of every run; names as the scripts write them."""
     if quick:
         ppo, gt, rloo, dpo, steps = [0.1, 0.02], [0.05], [0.1, 0.02], [0.3, 0.1], (60, 100, 300)
     else:
         ppo, gt, rloo, dpo = [0.3, 0.1, 0.05, 0.02, 0.01], [0.1, 0.03], \
             [0.3, 0.1, 0.05, 0.02, 0.01], [1.0, 0.3, 0.1, 0.03]
         steps = (100, 200, 500)
-    return ([("ppo.py", f"ppo-rm β={b}", ["--beta", b, "--steps", steps[0]]) for b in ppo]
-            + [("ppo.py", f"ppo-gt β={b}", ["--beta", b, "--steps", steps[0], "--reward",
-                                            "gold"]) for b in gt]
-            + [("rloo.py", f"rloo-rm β={b}", ["--beta", b, "--steps", steps[1]]) for b in rloo]
-            + [("dpo.py", f"dpo-sigmoid β={b}", ["--beta", b, "--steps", steps[2]]) for b in dpo]
-            + [("sft.py", "preferred-ft", ["--preferred", "--steps", steps[2], "--lr", 3e-4,
-                                           "--warmup", 20])])
+    return ([("ppo.py", f"ppo-rm β={b}", steps[0], ["--beta", b]) for b in ppo]
+            + [("ppo.py", f"ppo-gt β={b}", steps[0], ["--beta", b, "--reward", "gold"])
+               for b in gt]
+            + [("rloo.py", f"rloo-rm β={b}", steps[1], ["--beta", b]) for b in rloo]
+            + [("dpo.py", f"dpo-sigmoid β={b}", steps[2], ["--beta", b]) for b in dpo]
+            + [("sft.py", "preferred-ft", steps[2], ["--preferred", "--lr", 3e-4,
+                                                     "--warmup", 20])])
 
 
 def upper_frontier(points):
@@ -65,7 +66,8 @@ def upper_frontier(points):
 
 def best_of_n(gold, proxy, ns):
     """gold, proxy: (prompts, N). For each n: mean gold of the sample with the highest proxy
-    among the first n of each prompt, and the KL bound log n − (n−1)/n (Stiennon et al. 2020)."""
+    among the first n of each prompt, and the KL bound log n − (n−1)/n (Stiennon et al.
+    2020)."""
     rows = []
     for n in ns:
         pick = proxy[:, :n].argmax(1, keepdim=True)
@@ -148,12 +150,12 @@ def main():
     here = os.path.dirname(os.path.abspath(__file__))
     results = os.path.join(cfg.out, "results.jsonl")
     c.require(os.path.join(cfg.out, "reward_model"), "reward_model.py", ["--out", cfg.out])
-    done = {r["run"] for r in c.read_jsonl(results) if r.get("final")}
-    for script, run_name, flags in sweep(cfg.quick):
-        if run_name in done:
+    done = {(r["run"], r["step"]) for r in c.read_jsonl(results) if r.get("final")}
+    for script, run_name, steps, flags in sweep(cfg.quick):
+        if (run_name, steps) in done:
             print(f"{run_name}: already in {results}, skipped")
             continue
-        cmd = [sys.executable, os.path.join(here, script), "--out", cfg.out,
+        cmd = [sys.executable, os.path.join(here, script), "--out", cfg.out, "--steps", str(steps),
                *map(str, flags), *cfg.extra.split()]
         log = os.path.join(cfg.out, "frontier_logs", run_name.replace(" ", "_") + ".log")
         os.makedirs(os.path.dirname(log), exist_ok=True)
@@ -161,7 +163,7 @@ def main():
         with open(log, "w") as f:
             if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode != 0:
                 c.die(f"{run_name} failed; see {log}")
-    if "best-of-n" not in done:
+    if ("best-of-n", cfg.bon_max_n) not in done:
         run_best_of_n(cfg, results)
     draw(results, cfg.out)
     print(f"wrote {cfg.out}/frontier.png, overoptimisation.png, frontier.md")

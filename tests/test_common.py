@@ -167,6 +167,13 @@ def test_load_errors_are_one_line(tmp_path, capsys):
         c.load_model(str(tmp_path / "nowhere"))
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no checkpoint in") and "\n" not in err
+    (tmp_path / "bad").mkdir()  # a corrupt checkpoint: config.json, broken weights
+    (tmp_path / "bad" / "config.json").write_text('{"model_type": "gpt2"}')
+    (tmp_path / "bad" / "model.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(SystemExit):
+        c.load_model(str(tmp_path / "bad"))
+    err = capsys.readouterr().err.strip()
+    assert "unreadable" in err and "\n" not in err
     with pytest.raises(SystemExit):  # a hub name while offline (HF_HUB_OFFLINE=1 in conftest)
         c.load_model("gpt2-not-cached-here")
     err = capsys.readouterr().err.strip()

@@ -29,9 +29,10 @@ def test_resume_skips_finished_runs(tmp_path):
     (tmp_path / "reward_model").mkdir()
     (tmp_path / "reward_model" / "config.json").write_text("{}")
     points = [{"run": "sft", "algo": "sft", "step": 0, "kl": 0.0, "gold": 0.2, "proxy": None}]
-    for i, (_, name, _) in enumerate(frontier.sweep(quick=True) + [(0, "best-of-n", 0)]):
-        points += [{"run": name, "step": s, "final": s == 5, "kl": 1.0 * s + i,
-                    "gold": 0.2 + 0.1 * s, "proxy": 0.3 * s} for s in (0, 5)]
+    runs = frontier.sweep(quick=True) + [(None, "best-of-n", 64, None)]
+    for i, (_, name, steps, _) in enumerate(runs):
+        points += [{"run": name, "step": s, "final": s == steps, "kl": 5.0 * s / steps + i,
+                    "gold": 0.2 + 0.5 * s / steps, "proxy": 0.3 * s} for s in (0, steps)]
     c.append_result(tmp_path / "results.jsonl", points[0])
     for p in points[1:]:
         c.append_result(tmp_path / "results.jsonl", p)
@@ -51,7 +52,7 @@ def test_tiny_sweep_end_to_end(pipeline, tmp_path):
                "--bon-max-n", 4, "--max-new-tokens", 8)
     rows = [json.loads(line) for line in open(out / "results.jsonl")]
     finished = {r["run"] for r in rows if r.get("final")}
-    assert {name for _, name, _ in frontier.sweep(quick=True)} | {"best-of-n"} <= finished
+    assert {name for _, name, _, _ in frontier.sweep(quick=True)} | {"best-of-n"} <= finished
     bon = [r for r in rows if r["run"] == "best-of-n"]
     assert [r["n"] for r in bon] == [1, 2, 4] and bon[0]["kl"] == 0.0
     assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG"

@@ -112,3 +112,11 @@ def test_ppo_learns(pipeline, tmp_path):
     points = [json.loads(line) for line in open(pipeline / "results.jsonl")]
     points = [p for p in points if p["algo"] == "ppo" and p["beta"] == 0.02]
     assert points[-1]["proxy"] > points[0]["proxy"] + 0.5, points
+
+
+def test_kl_explosion_stops_and_keeps_the_last_good_policy(pipeline, tmp_path):
+    proc = run_script("ppo.py", "--out", pipeline, "--steps", 3, "--eval-every", 1,
+                      "--max-kl", 1e-9, *TINY_PPO, check=False)
+    assert proc.returncode == 1 and "KL exploded" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert (pipeline / "ppo" / "config.json").exists()  # saved after step 1 (KL 0 there)

@@ -1,12 +1,12 @@
 """sft.py: the masked loss by hand, and the script run end to end as a user runs it."""
-import json, os
+import json, os, signal, subprocess, sys, time
 
 import torch
 import torch.nn.functional as F
 
 import common as c
 import sft
-from conftest import TINY_SFT, run_script
+from conftest import ROOT, TINY_SFT, run_script
 
 
 def test_openings_mask_the_prompt_and_end_with_eot():
@@ -80,3 +80,24 @@ def test_bad_input_gets_one_line(tmp_path):
     proc = run_script("sft.py", "--out", tmp_path, "--init", tmp_path / "missing", check=False)
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
     assert "no checkpoint" in proc.stderr
+
+
+def test_non_finite_loss_stops_with_one_line(tmp_path):
+    proc = run_script("sft.py", "--out", tmp_path, *TINY_SFT, "--steps", 20, "--lr", 1e30,
+                      "--warmup", 1, check=False)
+    assert proc.returncode == 1 and "non-finite loss" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_leaves_no_half_written_files(tmp_path):
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "sft.py"), "--out", str(tmp_path),
+                             *TINY_SFT, "--steps", "100000", "--eval-every", "5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "sft" / "config.json").exists() and time.time() < deadline:
+        time.sleep(0.2)  # wait for a first checkpoint, then interrupt mid-training
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and err.strip().startswith("error: interrupted")
+    assert len(err.strip().splitlines()) == 1
+    assert c.load_model(str(tmp_path / "sft")).config.n_layer == 2  # the last checkpoint loads
