@@ -232,12 +232,6 @@ def main():
                 stats["vf_loss"].append(vf_loss.item())
                 stats["entropy"].append(ent.item())
 
-        # adaptive KL controller (Ziegler et al. 2019):
-        # β ← β·(1 + clip(KL/target − 1, ±0.2)·n/H)
-        if cfg.target_kl:
-            beta *= 1 + (kl.mean() / cfg.target_kl - 1).clamp(-0.2, 0.2).item() * \
-                cfg.batch_size / cfg.horizon
-
         # 6. log; evaluate and checkpoint every eval_every steps
         metrics = {"score": score.mean().item(), "kl": kl.mean().item(), "beta": beta,
                    "non_score_reward": (rewards.sum(1) - score).mean().item(),
@@ -249,6 +243,12 @@ def main():
             c.save_model(policy, out_dir)
             print("  sample:", ev["samples"][0][:150])
         logger.log(step, **metrics)
+
+        # adaptive KL controller (Ziegler et al. 2019), for the next rollout:
+        # β ← β·(1 + clip(KL/target − 1, ±0.2)·n/H)
+        if cfg.target_kl:
+            beta *= 1 + (kl.mean() / cfg.target_kl - 1).clamp(-0.2, 0.2).item() * \
+                cfg.batch_size / cfg.horizon
 
     # final: samples before/after, alignment tax, plots
     after = ev

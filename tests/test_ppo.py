@@ -89,7 +89,8 @@ TINY_PPO = ["--batch-size", 16, "--minibatch-size", 8, "--max-new-tokens", 16,
 
 
 def test_ppo_end_to_end(pipeline):
-    proc = run_script("ppo.py", "--out", pipeline, "--steps", 4, "--eval-every", 2, *TINY_PPO)
+    proc = run_script("ppo.py", "--out", pipeline, "--steps", 4, "--eval-every", 2, *TINY_PPO,
+                      "--ptx-coef", 0.5, "--target-kl", 1.0, "--horizon", 100)
     out = pipeline / "ppo"
     for name in ("config.json", "model.safetensors", "metrics.jsonl", "samples.txt",
                  "metrics.png", "reward_vs_kl.png"):
@@ -99,10 +100,15 @@ def test_ppo_end_to_end(pipeline):
                 "non_score_reward", "length"):
         assert key in rows[-1], key
     results = [json.loads(line) for line in open(pipeline / "results.jsonl")]
-    points = [r for r in results if r["run"] == "ppo-rm β=0.05"]
+    points = [r for r in results if r["run"] == "ppo-rm β=0.05 kl→1.0"]
     assert [p["step"] for p in points] == [0, 2, 4] and points[0]["kl"] == 0.0
     assert "before:" in (out / "samples.txt").read_text()
-    assert "alignment tax" in proc.stdout
+    assert "alignment tax" in proc.stdout and "lm_loss" in points[-1]
+    # the adaptive controller moved β: up when KL > target, down when below
+    betas = [r["beta"] for r in rows]
+    assert betas[0] == 0.05 and len(set(betas)) > 1
+    for r, nxt in zip(rows, betas[1:]):
+        assert (nxt > r["beta"]) == (r["kl"] > 1.0)
 
 
 def test_ppo_learns(pipeline, tmp_path):
