@@ -22,13 +22,13 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
 hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
 if sys.platform.startswith("linux"):
     # glibc hands every large freed block back to the OS, and the next step page-faults it back
     # in: a third of a tiny model's CPU training step. Keep freed memory in the process instead
     # (mallopt M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_TOP_PAD). Measured: 248 → 163 ms/step.
     _libc = ctypes.CDLL("libc.so.6")
     _libc.mallopt(-3, 1 << 30), _libc.mallopt(-1, 1 << 31), _libc.mallopt(-2, 1 << 28)
-hf_logging.disable_progress_bar()
 EOT_TEXT = "<|endoftext|>"
 
 # ---------------------------------------------------------------- config, errors, device

@@ -127,7 +127,8 @@ def main():
     sft_dir, rm_dir = os.path.join(cfg.out, "sft"), os.path.join(cfg.out, "reward_model")
     c.require(rm_dir, "reward_model.py", ["--out", cfg.out])
     run_name = f"ppo-{'gt' if cfg.reward == 'gold' else 'rm'} β={cfg.beta}" + \
-        (f" kl→{cfg.target_kl}" if cfg.target_kl else "")
+        (f" kl→{cfg.target_kl}" if cfg.target_kl else "") + \
+        (f" ptx={cfg.ptx_coef}" if cfg.ptx_coef else "")
     out_dir = os.path.join(cfg.out, "ppo")
 
     # the four models: policy and reference from SFT, critic and reward model from r_φ

@@ -100,7 +100,7 @@ def test_ppo_end_to_end(pipeline):
                 "non_score_reward", "length"):
         assert key in rows[-1], key
     results = [json.loads(line) for line in open(pipeline / "results.jsonl")]
-    points = [r for r in results if r["run"] == "ppo-rm β=0.05 kl→1.0"]
+    points = [r for r in results if r["run"] == "ppo-rm β=0.05 kl→1.0 ptx=0.5"]
     assert [p["step"] for p in points] == [0, 2, 4] and points[0]["kl"] == 0.0
     assert "before:" in (out / "samples.txt").read_text()
     assert "alignment tax" in proc.stdout and "lm_loss" in points[-1]
