@@ -188,8 +188,11 @@ def forward(model, tokens):
 
 def token_logprobs(model, tokens, n_prompt, temperature=1.0):
     """log π(y_t | x, y_<t) and the entropy of π(· | x, y_<t) of each response token: (B, T).
-    Logits are divided by the sampling temperature so these are the log-probs of the sampler."""
-    logits = model.lm_head(forward(model, tokens)[:, n_prompt - 1:-1]).float() / temperature
+    Logits are divided by the sampling temperature so these are the log-probs of the sampler,
+    and the distribution is over real tokens only (BPE ranks + end-of-text: never padding,
+    nor the rows that round the vocabulary up), as in sample()."""
+    hidden = forward(model, tokens)[:, n_prompt - 1:-1]
+    logits = model.lm_head(hidden)[..., :model.config.bpe_ranks + 1].float() / temperature
     logp = logits.log_softmax(-1)  # (B, T, V)
     targets = tokens[:, n_prompt:].clamp(max=logits.shape[-1] - 1)  # padding gets masked later
     logprobs = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -258,9 +261,10 @@ def sample(model, prompt_ids, max_new_tokens, temperature=1.0):
     logits = _cached_step(model, tokens[:, :P], (key_ok[:, :P].cumsum(1) - 1).clamp(min=0),
                           key_ok, cache, 0)
     for t in range(max_new_tokens):
-        cdf = (logits / temperature).softmax(-1).cumsum(-1)  # (B, V)
+        real = logits[:, :cfg.bpe_ranks + 1]  # ranks + end-of-text: never padding
+        cdf = (real / temperature).softmax(-1).cumsum(-1)  # (B, V)
         u = torch.rand(B, 1, device=device) * cdf[:, -1:]
-        nxt = torch.searchsorted(cdf, u).clamp(max=cfg.bpe_ranks)  # never the padding id
+        nxt = torch.searchsorted(cdf, u).clamp(max=cfg.bpe_ranks)  # (B, 1)
         nxt = nxt.masked_fill(done, pad)
         tokens[:, P + t] = nxt[:, 0]
         key_ok[:, P + t] = ~done[:, 0]
