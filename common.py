@@ -15,7 +15,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import tiktoken
 import torch
-import torch.nn.functional as F
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
 from transformers import GPT2Config, GPT2LMHeadModel

@@ -90,10 +90,11 @@ def batch_logps(model, pairs, device):
 
 
 @torch.no_grad()
-def reference_logps(ref, pairs, device, batch_size=64):
-    """log π_ref of chosen and rejected of every pair, computed once (the reference is frozen)."""
+def all_logps(model, pairs, device, batch_size=64):
+    """batch_logps over many pairs, without gradients: the frozen reference's log-probs
+    (computed once) and the policy's on held-out pairs."""
     with c.autocast(device):
-        out = [batch_logps(ref, pairs[i:i + batch_size], device)
+        out = [batch_logps(model, pairs[i:i + batch_size], device)
                for i in range(0, len(pairs), batch_size)]
     return torch.cat([a for a, _ in out]), torch.cat([b for _, b in out])
 
@@ -122,8 +123,8 @@ def main():
     n = min(len(pairs["train"]), cfg.steps * cfg.batch_size)
     train = [pairs["train"][i] for i in torch.randperm(len(pairs["train"]))[:n].tolist()]
     if not cfg.online:
-        ref_chosen, ref_rejected = reference_logps(ref, train, device)
-    val_ref = reference_logps(ref, val, device) if val else None
+        ref_chosen, ref_rejected = all_logps(ref, train, device)
+    val_ref = all_logps(ref, val, device) if val else None
     train_prompts = c.prompts("train", enc)
     eval_prompts = c.prompts("eval", enc, cfg.n_eval_prompts)
     results = os.path.join(cfg.out, "results.jsonl")
@@ -133,10 +134,7 @@ def main():
         policy.eval()
         ev = c.evaluate(policy, ref, enc, eval_prompts, cfg.max_new_tokens, rm)
         if val:
-            with torch.no_grad(), c.autocast(device):
-                logps = [batch_logps(policy, val[i:i + 64], device) for i in range(0, len(val), 64)]
-            losses, cr, rr = preference_loss(torch.cat([a for a, _ in logps]),
-                                             torch.cat([b for _, b in logps]), *val_ref,
+            losses, cr, rr = preference_loss(*all_logps(policy, val, device), *val_ref,
                                              cfg.beta, cfg.loss)
             ev["val_loss"], ev["val_acc"] = losses.mean().item(), accuracy(cr, rr)
         c.append_result(results, {"run": run_name, "algo": "dpo", "beta": cfg.beta, "step": step,
@@ -161,7 +159,7 @@ def main():
             first = (score[:, 0] >= score[:, 1]).tolist()
             batch = [(prompt_ids[2 * i], responses[2 * i + 1 - f], responses[2 * i + f])
                      for i, f in enumerate(first)]
-            b_ref_chosen, b_ref_rejected = reference_logps(ref, batch, device)
+            b_ref_chosen, b_ref_rejected = all_logps(ref, batch, device)
         else:
             idx = torch.arange((step - 1) * cfg.batch_size, step * cfg.batch_size) % len(train)
             batch = [train[i] for i in idx.tolist()]

@@ -85,11 +85,16 @@ def pair_stats(rewards, groups):
 
 
 @torch.no_grad()
+def all_rewards(rm, groups, device, batch_size=32):
+    """batch_rewards over many prompts, without gradients: (n_prompts, k)."""
+    with c.autocast(device):
+        return torch.cat([batch_rewards(rm, groups[j:j + batch_size], device)
+                          for j in range(0, len(groups), batch_size)])
+
+
 def validate(rm, groups, device):
     """Held-out loss; accuracy vs the labeler; vs the noiseless gold order; labeler vs gold."""
-    with c.autocast(device):
-        rewards = torch.cat([batch_rewards(rm, groups[j:j + 32], device)
-                             for j in range(0, len(groups), 32)])
+    rewards = all_rewards(rm, groups, device)
     chosen, rejected, gold_w, gold_l, strict = pair_stats(rewards, groups)
     gold_order = torch.where(gold_w > gold_l, chosen - rejected, rejected - chosen)
     return {"val_loss": bt_loss(chosen, rejected).item(),
@@ -167,10 +172,8 @@ def main():
     # 4. normalise: mean 0 on SFT samples. score = w·h with h = ln_f(x), so moving ln_f's bias
     # by −m·w/|w|² shifts every reward by exactly −m.
     rm.eval()
+    mean = all_rewards(rm, val, device).mean()
     with torch.no_grad():
-        with c.autocast(device):
-            mean = torch.cat([batch_rewards(rm, val[j:j + 32], device)
-                              for j in range(0, len(val), 32)]).mean()
         w = rm.score.weight[0]
         rm.transformer.ln_f.bias -= mean * w / w.dot(w)
     c.save_model(rm, out_dir)
