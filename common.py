@@ -51,6 +51,7 @@ def parse_config(cls, doc, choices=None, argv=None):
     helps = dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(cls), re.M))
     parser = argparse.ArgumentParser(description=doc.strip().split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    choices = {"precision": PRECISIONS, **(choices or {})}
     for f in dataclasses.fields(cls):
         flag, kind = "--" + f.name.replace("_", "-"), type(f.default)
         if kind is bool:
@@ -58,25 +59,62 @@ def parse_config(cls, doc, choices=None, argv=None):
                                 help=helps.get(f.name))
         else:
             parser.add_argument(flag, type=kind, default=f.default, help=helps.get(f.name),
-                                choices=(choices or {}).get(f.name))
+                                choices=choices.get(f.name))
     return cls(**vars(parser.parse_args(argv)))
 
 
-def setup(seed):
-    """Seed everything; return the device (CUDA if present, else CPU)."""
-    random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+PRECISIONS = ["auto", "fp32", "bf16"]
+PRECISION_ENV = "RLHF_PRECISION"  # the precision of a run; its child runs inherit it
+_bf16 = {}  # device type → True for bf16 autocast, False for fp32; chosen once by setup()
+
+
+def native_bf16(device):
+    """(does this device compute bf16 natively, in words why): CUDA with bf16 units (Ampere and
+    later); a CPU with AVX512-BF16 or AMX. Elsewhere bf16 is emulated and far slower than fp32
+    (measured on an AVX2-only CPU: 1.5 against 65 GFLOP/s), so such devices train in fp32."""
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported(including_emulation=False)
+        return ok, torch.cuda.get_device_name(device) + ("" if ok else " has no bf16 units")
+    caps = torch.cpu.get_capabilities()  # AVX-512 alone is not enough: it emulates bf16
+    found = [name.upper().replace("_", "-") for name in ("avx512_bf16", "amx_bf16")
+             if caps.get(name)]
+    return bool(found), " and ".join(found) if found else "no native bf16"
+
+
+def setup(seed, precision="auto"):
+    """Seed everything; pick the device (CUDA if present, else CPU) and the precision (bf16
+    autocast where native, else fp32; RLHF_PRECISION in the environment overrides 'auto');
+    say both in the run's first line. Returns the device."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
     torch.set_float32_matmul_precision("high")
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if precision == "auto":
+        precision = os.environ.get(PRECISION_ENV) or "auto"
+    if precision not in PRECISIONS:
+        die(f"{PRECISION_ENV}={precision}: use one of {', '.join(PRECISIONS)}")
+    native, why = native_bf16(device)
+    if precision == "bf16" and not native:
+        die(f"--precision bf16: this {device.type} has no native bf16 ({why}), so bf16 would be"
+            " emulated and many times slower than fp32; use --precision fp32 or auto")
+    _bf16[device.type] = native if precision == "auto" else precision == "bf16"
+    os.environ[PRECISION_ENV] = "bf16" if _bf16[device.type] else "fp32"
+    if _bf16[device.type]:
+        said = f"bf16 autocast (native: {why})"
+    else:
+        said = f"fp32 (as asked; native bf16: {why})" if native else f"fp32 ({why})"
+    print(f"device {device.type}, {said}", flush=True)
+    return device
 
 
 def autocast(device):
-    """bf16 autocast where the hardware does bf16 natively (CUDA Ampere+, AVX-512 CPUs: ~2× faster
-    here); elsewhere plain fp32. Parameters and optimiser state stay fp32 either way."""
-    if device.type == "cuda":
-        ok = torch.cuda.is_bf16_supported()
-    else:
-        ok = "AVX512" in torch.backends.cpu.get_cpu_capability()
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=ok)
+    """bf16 autocast where setup() chose it (native bf16 only), else a no-op: fp32. Parameters
+    and optimiser state stay fp32 either way."""
+    if device.type not in _bf16:  # setup() not called (unit tests): the automatic choice
+        env = os.environ.get(PRECISION_ENV, "auto")
+        _bf16[device.type] = native_bf16(device)[0] if env == "auto" else env == "bf16"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=_bf16[device.type])
 
 # ---------------------------------------------------------------- tokenizer and data
 
@@ -199,6 +237,22 @@ def token_logprobs(model, tokens, n_prompt, temperature=1.0):
     return logprobs, entropy
 
 
+def kl_estimate(logprobs, ref_logprobs, kind="k1"):
+    """Per-token estimates of KL(π‖π_ref) from tokens sampled from π (Schulman, "Approximating KL
+    divergence", 2020), with log r = log π_ref(y) − log π(y):
+      k1 = −log r            unbiased; negative whenever π_ref(y) > π(y), so one response's sum
+                             can be < 0 (the logged `kl` of every script and the evaluation's KL)
+      k2 = ½ (log r)²        biased (low variance), never negative
+      k3 = (r − 1) − log r   unbiased and never negative (GRPO's KL in the loss; PPO's approx_kl
+                             with π_old in place of π_ref)"""
+    log_r = ref_logprobs - logprobs
+    if kind == "k1":
+        return -log_r
+    if kind == "k2":
+        return 0.5 * log_r ** 2
+    return torch.expm1(log_r) - log_r
+
+
 def sequence_logprobs(model, tokens, mask, n_prompt):
     """Σ_t log π(y_t | x, y_<t) over the real response tokens: (B,)."""
     return (token_logprobs(model, tokens, n_prompt)[0] * mask).sum(1)
@@ -318,7 +372,8 @@ def rank(gold, tau, generator=None):
 @torch.no_grad()
 def evaluate(policy, ref, enc, prompt_ids, max_new_tokens, rm=None, batch_size=64, seed=1234):
     """DESIGN.md §5 on held-out prompts, temperature 1: gold and proxy reward, sequence
-    KL(π‖π_ref) = mean Σ_t [log π − log π_ref] (nats), token entropy, length, samples."""
+    KL(π‖π_ref) = mean Σ_t [log π − log π_ref] (nats), token entropy, length, samples; and the
+    standard errors of the gold, proxy and KL means (gold_se, …) over the prompts."""
     device = policy.lm_head.weight.device
     state = torch.get_rng_state(), (torch.cuda.get_rng_state() if device.type == "cuda" else None)
     torch.manual_seed(seed)  # the same sampling noise at every evaluation
@@ -339,8 +394,11 @@ def evaluate(policy, ref, enc, prompt_ids, max_new_tokens, rm=None, batch_size=6
     torch.set_rng_state(state[0])
     if state[1] is not None:
         torch.cuda.set_rng_state(state[1])
-    out = {k: torch.cat(v).float().mean().item() if rm is not None or k != "proxy" else None
-           for k, v in rows.items()}
+    rows = {k: torch.cat(v).float() for k, v in rows.items() if rm is not None or k != "proxy"}
+    out = {k: v.mean().item() for k, v in rows.items()}
+    for k in ("gold", "proxy", "kl"):  # standard errors of the means: what a difference needs
+        out[f"{k}_se"] = rows[k].std().item() / math.sqrt(len(rows[k])) if k in rows else None
+    out["proxy"] = out.get("proxy")
     out["samples"] = texts[:8]
     return out
 
@@ -377,22 +435,34 @@ def read_jsonl(path):
 # ---------------------------------------------------------------- logging and plots
 
 class Logger:
-    """metrics.jsonl (one JSON object per logged step) and one progress line per step with ETA."""
+    """metrics.jsonl (one JSON object per step) and, on the terminal, a line at most every
+    `every` seconds, at every evaluation and at the last step, with the ETA. Once a few steps
+    are timed, one line says how long the whole run will take on this machine."""
 
-    def __init__(self, out_dir, total_steps):
+    def __init__(self, out_dir, total_steps, every=10.0):
         os.makedirs(out_dir, exist_ok=True)
-        self.path, self.total, self.t0 = os.path.join(out_dir, "metrics.jsonl"), total_steps, None
+        self.path = os.path.join(out_dir, "metrics.jsonl")
+        self.total, self.every = total_steps, every
+        self.t0 = self.shown = time.time()
+        self.estimated = False
         open(self.path, "w").close()
 
     def log(self, step, **metrics):
-        self.t0 = self.t0 or time.time()
-        elapsed = time.time() - self.t0
-        eta = elapsed / max(step, 1) * (self.total - step)
+        now = time.time()
+        elapsed = now - self.t0
+        eta = elapsed / step * (self.total - step)
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, "time": round(elapsed, 2), **metrics}) + "\n")
-        shown = " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                           for k, v in metrics.items())
-        print(f"step {step:>5}/{self.total} | {shown} | eta {eta / 60:.1f}m", flush=True)
+        if not self.estimated and (step >= 3 or step == self.total):
+            self.estimated = True
+            print(f"≈ {(elapsed + eta) / 60:.1f} min for {self.total} steps on this machine"
+                  f" ({elapsed / step:.2f} s/step); --steps N runs fewer", flush=True)
+        evaluated = any(k.startswith(("val_", "eval_")) for k in metrics)
+        if evaluated or step == self.total or now - self.shown >= self.every:
+            self.shown = now
+            shown = " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                               for k, v in metrics.items())
+            print(f"step {step:>5}/{self.total} | {shown} | eta {eta / 60:.1f}m", flush=True)
 
 
 def plot_metrics(out_dir, keys, png="metrics.png"):

@@ -39,6 +39,7 @@ class Config:
     eval_every: int = 50  # steps between held-out evaluations and checkpoints
     n_eval_prompts: int = 256  # held-out prompts of the shared evaluation
     seed: int = 0  # random seed
+    precision: str = "auto"  # auto: bf16 autocast where the device has it natively, else fp32
 
 
 def preference_loss(logps_chosen, logps_rejected, ref_chosen, ref_rejected, beta, kind):
@@ -101,7 +102,7 @@ def all_logps(model, pairs, device, batch_size=64):
 
 def main():
     cfg = c.parse_config(Config, __doc__, {"loss": LOSSES})
-    device = c.setup(cfg.seed)
+    device = c.setup(cfg.seed, cfg.precision)
     sft_dir, rm_dir = os.path.join(cfg.out, "sft"), os.path.join(cfg.out, "reward_model")
     pref_path = os.path.join(cfg.out, "preferences.jsonl")
     c.require(pref_path, "reward_model.py", ["--out", cfg.out])

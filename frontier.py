@@ -1,14 +1,14 @@
 """frontier.py: every method on one reward–KL plane (the DPO paper's Fig. 2), and Goodhart.
 
 Runs each method over a small β sweep, as subprocesses of the scripts with their own flags:
-PPO and RLOO against the learned reward r_φ, PPO against the gold reward itself (PPO-GT, the
+PPO, RLOO and GRPO against the learned reward r_φ, PPO against the gold reward itself (PPO-GT, the
 upper reference), DPO, Preferred-FT (sft.py --preferred: SFT on the chosen responses), and
 best-of-n from π_SFT (n = 1, 2, 4, …, 64: the sample with the best r_φ among n; its KL is the
 bound log n − (n−1)/n, not a measurement). A run whose final point (same name, same
 steps) is already in out/results.jsonl is skipped, so an interrupted sweep resumes. Then it
 draws, from that file:
   frontier.png            gold reward vs KL, every evaluation of every run, each method's frontier
-  overoptimisation.png    proxy and gold reward vs √KL along the PPO and RLOO runs (Goodhart)
+  overoptimisation.png    proxy and gold reward vs √KL along the PPO, RLOO, GRPO runs (Goodhart)
   frontier.md             the best gold reward of each method below KL = 2, 5, 10, 20 nats
 Every run writes its model to the same out/<method>/ directory: only the points are kept.
 Run: python frontier.py --quick      (≈ 14 min on a 2-core CPU once out/sft and the RM exist)
@@ -35,20 +35,23 @@ class Config:
     bon_max_n: int = 64  # largest n of best-of-n (powers of two up to it)
     max_new_tokens: int = 48  # response length cap of best-of-n samples
     seed: int = 0  # random seed
+    precision: str = "auto"  # auto: bf16 autocast where the device has it natively, else fp32
 
 
 def sweep(quick):
     """(script, run name, steps, flags) of every run; names as the scripts write them."""
     if quick:
-        ppo, gt, rloo, dpo, steps = [0.1, 0.02], [0.05], [0.1, 0.02], [0.3, 0.1], (60, 100, 300)
+        ppo, gt, rloo, grpo, dpo = [0.1, 0.02], [0.05], [0.1, 0.02], [0.1, 0.02], [0.3, 0.1]
+        steps = (60, 100, 300)
     else:
-        ppo, gt, rloo, dpo = [0.3, 0.1, 0.05, 0.02, 0.01], [0.1, 0.03], \
-            [0.3, 0.1, 0.05, 0.02, 0.01], [1.0, 0.3, 0.1, 0.03]
+        ppo, gt, rloo, grpo, dpo = [0.3, 0.1, 0.05, 0.02, 0.01], [0.1, 0.03], \
+            [0.3, 0.1, 0.05, 0.02, 0.01], [0.3, 0.1, 0.05, 0.02, 0.01], [1.0, 0.3, 0.1, 0.03]
         steps = (100, 200, 500)
     return ([("ppo.py", f"ppo-rm β={b}", steps[0], ["--beta", b]) for b in ppo]
             + [("ppo.py", f"ppo-gt β={b}", steps[0], ["--beta", b, "--reward", "gold"])
                for b in gt]
             + [("rloo.py", f"rloo-rm β={b}", steps[1], ["--beta", b]) for b in rloo]
+            + [("grpo.py", f"grpo-rm β={b}", steps[1], ["--beta", b]) for b in grpo]
             + [("dpo.py", f"dpo-sigmoid β={b}", steps[2], ["--beta", b]) for b in dpo]
             + [("sft.py", "preferred-ft", steps[2], ["--preferred", "--lr", 3e-4,
                                                      "--warmup", 20])])
@@ -75,8 +78,7 @@ def best_of_n(gold, proxy, ns):
     return rows
 
 
-def run_best_of_n(cfg, results):
-    device = c.setup(cfg.seed)
+def run_best_of_n(cfg, results, device):
     sft = c.load_model(os.path.join(cfg.out, "sft")).to(device).eval()
     rm = c.load_model(os.path.join(cfg.out, "reward_model"), GPT2ForSequenceClassification)
     rm.to(device).eval()
@@ -117,9 +119,10 @@ def draw(results, out):
     ax.legend(fontsize=8), ax.set_title("reward–KL frontier: every evaluation of every run")
     fig.tight_layout(), fig.savefig(os.path.join(out, "frontier.png"), dpi=110), plt.close(fig)
 
-    runs = [r for r in dict.fromkeys(r["run"] for r in rows) if method(r) in ("ppo-rm", "rloo-rm")]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, m in zip(axes, ("ppo-rm", "rloo-rm")):
+    panels = ("ppo-rm", "rloo-rm", "grpo-rm")
+    runs = [r for r in dict.fromkeys(r["run"] for r in rows) if method(r) in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), sharey=True)
+    for ax, m in zip(axes, panels):
         for n, run_name in enumerate(r for r in runs if method(r) == m):
             pts = sorted((r["step"], math.sqrt(max(r["kl"], 0)), r["proxy"], r["gold"])
                          for r in rows if r["run"] == run_name)
@@ -147,6 +150,7 @@ def draw(results, out):
 
 def main():
     cfg = c.parse_config(Config, __doc__)
+    device = c.setup(cfg.seed, cfg.precision)  # the sweep's runs inherit its precision
     here = os.path.dirname(os.path.abspath(__file__))
     results = os.path.join(cfg.out, "results.jsonl")
     c.require(os.path.join(cfg.out, "reward_model"), "reward_model.py", ["--out", cfg.out])
@@ -164,7 +168,7 @@ def main():
             if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode != 0:
                 c.die(f"{run_name} failed; see {log}")
     if ("best-of-n", cfg.bon_max_n) not in done:
-        run_best_of_n(cfg, results)
+        run_best_of_n(cfg, results, device)
     draw(results, cfg.out)
     print(f"wrote {cfg.out}/frontier.png, overoptimisation.png, frontier.md")
 

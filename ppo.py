@@ -49,6 +49,7 @@ class Config:
     eval_every: int = 10  # iterations between held-out evaluations and checkpoints
     n_eval_prompts: int = 256  # held-out prompts of the shared evaluation
     seed: int = 0  # random seed
+    precision: str = "auto"  # auto: bf16 autocast where the device has it natively, else fp32
 
 
 def masked_mean(x, mask):
@@ -123,7 +124,7 @@ def main():
     cfg = c.parse_config(Config, __doc__, {"reward": ["model", "gold"]})
     if cfg.batch_size % cfg.minibatch_size:
         c.die(f"--batch-size {cfg.batch_size} must be a multiple of --minibatch-size")
-    device = c.setup(cfg.seed)
+    device = c.setup(cfg.seed, cfg.precision)
     sft_dir, rm_dir = os.path.join(cfg.out, "sft"), os.path.join(cfg.out, "reward_model")
     c.require(rm_dir, "reward_model.py", ["--out", cfg.out])
     run_name = f"ppo-{'gt' if cfg.reward == 'gold' else 'rm'} β={cfg.beta}" + \

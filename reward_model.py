@@ -39,6 +39,7 @@ class Config:
     eval_every: int = 50  # steps between validation evaluations
     n_eval_prompts: int = 256  # held-out prompts for the correlation with the gold reward
     seed: int = 0  # random seed
+    precision: str = "auto"  # auto: bf16 autocast where the device has it natively, else fp32
 
 
 def ranking_pairs(ranking):
@@ -125,7 +126,7 @@ def main():
         c.die(f"--k {cfg.k}: a ranking needs at least 2 responses per prompt")
     if cfg.tau < 0:
         c.die(f"--tau {cfg.tau}: the labeler's noise temperature must be ≥ 0 (0 = noiseless)")
-    device = c.setup(cfg.seed)
+    device = c.setup(cfg.seed, cfg.precision)
     gen = torch.Generator().manual_seed(cfg.seed)
     sft_dir, out_dir = os.path.join(cfg.out, "sft"), os.path.join(cfg.out, "reward_model")
     c.require(sft_dir, "sft.py", ["--out", cfg.out])
@@ -190,7 +191,9 @@ def main():
     final = validate(rm, val, device)
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump({**final, "corr_gold": corr, "proxy_mean_sft": proxy.mean().item(),
-                   "tau": cfg.tau, "k": cfg.k}, f, indent=1)
+                   "proxy_se_sft": proxy.std().item() / len(proxy) ** 0.5,
+                   "proxy_mean_val": all_rewards(rm, val, device).mean().item(),
+                   "n_val_responses": len(val) * cfg.k, "tau": cfg.tau, "k": cfg.k}, f, indent=1)
     c.plot_metrics(out_dir, [("loss", "val_loss"), ("acc", "val_acc", "val_acc_gold",
                                                     "labeler_acc_gold")], "training.png")
     c.plot_scatter(gold, proxy, "gold reward r* (VADER)", "learned reward r_φ",

@@ -38,6 +38,7 @@ class Config:
     max_new_tokens: int = 48  # response length cap when sampling
     preferred: bool = False  # Preferred-FT: go on from out/sft on the chosen responses of pairs
     seed: int = 0  # random seed
+    precision: str = "auto"  # auto: bf16 autocast where the device has it natively, else fp32
 
 
 def openings(split, enc, max_len, n=None):
@@ -97,7 +98,7 @@ def heldout_loss(model, x, y, n_bytes, device, batch_size=128):
 
 def main():
     cfg = c.parse_config(Config, __doc__)
-    device = c.setup(cfg.seed)
+    device = c.setup(cfg.seed, cfg.precision)
     out_dir = os.path.join(cfg.out, "preferred_ft" if cfg.preferred else "sft")
     pref_path = os.path.join(cfg.out, "preferences.jsonl")
 
@@ -112,7 +113,7 @@ def main():
     model.to(device).train()
     enc = c.tokenizer(model.config.bpe_ranks)
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters,"
-          f" vocabulary {model.config.vocab_size}, device {device}")
+          f" vocabulary {model.config.vocab_size}")
 
     # data: review openings of the train and validation splits (Preferred-FT: chosen responses)
     data = (lambda split: preferred(pref_path, split)) if cfg.preferred else \

@@ -1,5 +1,8 @@
-"""Shared test helpers: the repo root on sys.path, and a runner for the scripts themselves."""
-import os, subprocess, sys
+"""Shared test helpers: the repo root on sys.path, a runner for the scripts themselves, and the
+statistical check of the learning tests. The tests run in the precision the scripts pick
+(RLHF_PRECISION=fp32 or bf16 in the environment forces one; .ci/run also runs the learning
+tests in fp32 on machines whose default is bf16)."""
+import math, os, subprocess, sys
 
 import pytest
 
@@ -11,6 +14,20 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # a from-scratch model small enough to train for a few steps in seconds
 TINY_SFT = ["--n-ranks", "1024", "--n-layer", "2", "--n-head", "2", "--n-embd", "96",
             "--batch-size", "32", "--n-eval-prompts", "16", "--max-new-tokens", "16"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "learning: a run that fails if learning is broken")
+
+
+def assert_rises(before, after, key, n_se):
+    """after[key] exceeds before[key] by more than n_se standard errors of the difference of the
+    two evaluation means (independent samples: se = √(se_before² + se_after²)). A fixed margin
+    holds for one trajectory; a margin in standard errors holds for the method on any machine."""
+    se = math.hypot(before[f"{key}_se"], after[f"{key}_se"])
+    rise = after[key] - before[key]
+    assert rise > n_se * se, f"{key} {before[key]:.3f} → {after[key]:.3f}: rise {rise:.3f}" \
+        f" is not above {n_se} standard errors ({n_se} × {se:.3f})"
 
 
 def run_script(script, *args, check=True):

@@ -6,7 +6,7 @@ import torch
 
 import common as c
 import dpo
-from conftest import run_script
+from conftest import assert_rises, run_script
 
 
 def test_losses_by_hand():
@@ -63,14 +63,20 @@ def test_dpo_end_to_end_offline_and_online(pipeline):
     torch.testing.assert_close(c.load_model(str(pipeline / "sft")).lm_head.weight, ref_before)
 
 
+@pytest.mark.learning
 def test_dpo_learns(pipeline):
-    """Preference accuracy on held-out pairs and gold reward of samples rise on a tiny run."""
-    run_script("dpo.py", "--out", pipeline, "--steps", 100, "--eval-every", 100, "--lr", 1e-3,
-               "--beta", 0.5, *TINY_DPO, "--n-eval-prompts", 128)
+    """The gold reward of held-out samples rises by more than 4 standard errors, and the implicit
+    reward margin on the training batches grows. Held-out pair accuracy is not asserted: on 50
+    validation prompts it moved between +0.01 and +0.08 over seeds (its noise, not a signal).
+    Measured over seeds 0–2, fp32 and bf16: gold +0.20 to +0.37 (SE of the difference ≈ 0.035)."""
+    run_script("dpo.py", "--out", pipeline, "--steps", 200, "--eval-every", 200, "--lr", 1e-3,
+               "--beta", 0.5, *TINY_DPO, "--n-eval-prompts", 256)
     points = [json.loads(line) for line in open(pipeline / "results.jsonl")]
     points = [p for p in points if p["run"] == "dpo-sigmoid β=0.5"]
-    assert points[-1]["val_acc"] > points[0]["val_acc"] + 0.05, points
-    assert points[-1]["gold"] > points[0]["gold"] + 0.05, points
+    assert_rises(points[0], points[-1], "gold", 4)
+    rows = [json.loads(line) for line in open(pipeline / "dpo" / "metrics.jsonl")]
+    first, last = (sum(r["margin"] for r in rs) / len(rs) for rs in (rows[:20], rows[-50:]))
+    assert last > first + 0.5, (first, last)  # measured: 0.17 → 1.6–1.9
 
 
 def test_bad_input(pipeline, tmp_path):

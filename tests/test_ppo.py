@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import ppo
-from conftest import run_script
+from conftest import assert_rises, run_script
 
 EPS = 0.2
 
@@ -111,13 +111,16 @@ def test_ppo_end_to_end(pipeline):
         assert (nxt > r["beta"]) == (r["kl"] > 1.0)
 
 
-def test_ppo_learns(pipeline, tmp_path):
-    """On a tiny fixed-seed run, the proxy reward of held-out samples rises by a clear margin."""
+@pytest.mark.learning
+def test_ppo_learns(pipeline):
+    """On a tiny run against the gold reward (PPO-GT: no tiny reward model's quirks in the way),
+    the gold reward of held-out samples rises by more than 5 standard errors. Measured with these
+    flags over seeds 0–2 in fp32 and bf16: +8.1 to +18.8 SE."""
     run_script("ppo.py", "--out", pipeline, "--steps", 30, "--eval-every", 30, "--lr", 5e-4,
-               "--beta", 0.02, *TINY_PPO)
+               "--beta", 0.02, "--reward", "gold", *TINY_PPO, "--n-eval-prompts", 64)
     points = [json.loads(line) for line in open(pipeline / "results.jsonl")]
-    points = [p for p in points if p["algo"] == "ppo" and p["beta"] == 0.02]
-    assert points[-1]["proxy"] > points[0]["proxy"] + 0.5, points
+    points = [p for p in points if p["run"] == "ppo-gt β=0.02"]
+    assert_rises(points[0], points[-1], "gold", 5)
 
 
 def test_kl_explosion_stops_and_keeps_the_last_good_policy(pipeline, tmp_path):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import rloo
-from conftest import run_script
+from conftest import assert_rises, run_script
 
 
 def test_leave_one_out_baseline_by_hand():
@@ -65,10 +65,15 @@ def test_rloo_end_to_end(pipeline):
     assert [p["step"] for p in points if p["run"] == "rloo-rm β=0.05"] == [0, 2, 4]
 
 
+@pytest.mark.learning
 def test_rloo_learns(pipeline):
-    """On a tiny fixed-seed run, the proxy reward of held-out samples rises by a clear margin."""
-    run_script("rloo.py", "--out", pipeline, "--steps", 40, "--eval-every", 40, "--lr", 1e-3,
-               "--beta", 0.02, *TINY_RLOO)
+    """On a tiny run against the gold reward (no tiny reward model's quirks in the way), the gold
+    reward of held-out samples rises by more than 5 standard errors. k = 4 and one gradient step
+    per batch of 32: with k = 2 and 16 responses the estimate was too noisy to learn reliably
+    (one fp32 seed: +0.1 SE). Measured with these flags, seeds 0–2, fp32 and bf16: +14 to +18 SE."""
+    run_script("rloo.py", "--out", pipeline, "--steps", 60, "--eval-every", 60, "--lr", 5e-4,
+               "--beta", 0.02, "--reward", "gold", "--batch-size", 8, "--k", 4,
+               "--minibatch-size", 32, "--max-new-tokens", 16, "--n-eval-prompts", 64)
     points = [json.loads(line) for line in open(pipeline / "results.jsonl")]
-    points = [p for p in points if p["algo"] == "rloo" and p["beta"] == 0.02]
-    assert points[-1]["proxy"] > points[0]["proxy"] + 0.5, points
+    points = [p for p in points if p["run"] == "rloo-gt β=0.02"]
+    assert_rises(points[0], points[-1], "gold", 5)

@@ -1,0 +1,202 @@
+"""grpo.py: Group Relative Policy Optimisation (Shao et al. 2024, DeepSeekMath) against r_φ.
+
+RLOO's family: no critic, the baseline comes from the other samples of the same prompt. Each
+iteration: 1. sample a group of G responses to each prompt of a batch; 2. score them with r_φ;
+3. group-relative advantage Â_i = (r_i − mean(r_1..G)) / (std(r_1..G) + ε), the same for every
+token of response i (--no-scale-std drops the division: Dr. GRPO, Liu et al. 2025); 4. the
+per-token clipped ratio objective of PPO with μ passes over the batch (--ppo-epochs; at μ = 1 the
+ratio is exactly 1 and this is REINFORCE with the group baseline); 5. the KL to π_ref *in the
+loss*, per token, with the k3 estimator π_ref/π − log(π_ref/π) − 1 (≥ 0), weighted by β; or, with
+--kl-in reward, in the reward as rloo.py and ppo.py do (r_i − β·Σ_t log π/π_ref); 6. log, evaluate.
+
+Loss normalisation (--loss-norm): 'sequence' is GRPO's mean over each response's tokens, then
+over responses: a token of a short response weighs more than one of a long response, so a
+positive advantage favours short responses and a negative one punishes long ones less (the
+length bias Dr. GRPO removes); 'constant' divides every response's token sum by the same
+number, G·max_new_tokens per prompt (Dr. GRPO).
+A group whose rewards are all equal gets zero advantage: no policy-gradient signal, only the
+KL term (logged as frac_zero_std).
+Left out: a penalty for responses that never stop, multi-GPU.
+Run: python grpo.py          (builds out/sft and out/reward_model first if they are missing)
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+from transformers import GPT2ForSequenceClassification
+
+import common as c
+
+
+@dataclass
+class Config:
+    out: str = "out"  # root directory: reads out/sft, out/reward_model; writes out/grpo
+    reward: str = "model"  # what to maximise: 'model' = learned r_φ, 'gold' = VADER
+    beta: float = 0.05  # KL coefficient β (per token in the loss, or per response in the reward)
+    kl_in: str = "loss"  # where the KL goes: 'loss' (GRPO, k3 per token) or 'reward' (as RLOO)
+    k: int = 4  # group size G: responses per prompt
+    scale_std: bool = True  # divide advantages by the group's std (GRPO); off: Dr. GRPO
+    steps: int = 100  # iterations (one batch of samples and its update each)
+    batch_size: int = 16  # prompts per iteration (k responses each)
+    minibatch_size: int = 16  # responses per gradient step
+    ppo_epochs: int = 1  # μ: passes over each batch (the token ratio is 1 on the first)
+    loss_norm: str = "sequence"  # 'sequence' (GRPO: mean per response) or 'constant' (Dr. GRPO)
+    lr: float = 3e-5  # AdamW learning rate
+    clip: float = 0.2  # ε of the per-token clipped ratio (only matters if ppo_epochs > 1)
+    temperature: float = 1.0  # sampling temperature (log-probs use the same)
+    max_new_tokens: int = 48  # response length cap
+    max_kl: float = 100.0  # stop if the batch KL per response exceeds this (a KL explosion)
+    eval_every: int = 10  # iterations between held-out evaluations and checkpoints
+    n_eval_prompts: int = 256  # held-out prompts of the shared evaluation
+    seed: int = 0  # random seed
+    precision: str = "auto"  # auto: bf16 autocast where the device has it natively, else fp32
+
+
+def grpo_advantages(rewards, k, scale_std, eps=1e-4):
+    """Â_i = (r_i − mean_G r) / (std_G r + ε) over the k responses of one prompt (rows grouped
+    by prompt; std with Bessel's correction, as TRL); scale_std=False: r_i − mean_G r (Dr. GRPO).
+    Returns advantages (B·k,) and whether each response's group had zero reward spread."""
+    R = rewards.view(-1, k)
+    std = R.std(1, keepdim=True)
+    advantages = R - R.mean(1, keepdim=True)
+    if scale_std:
+        advantages = advantages / (std + eps)
+    return advantages.flatten(), (std == 0).expand_as(R).flatten()
+
+
+def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, clip, beta, loss_norm,
+              max_new_tokens):
+    """Per token: max(−Â·ρ_t, −Â·clip(ρ_t, 1±ε)) + β·k3_t, ρ_t = π_θ(y_t)/π_old(y_t) (GRPO,
+    eq. 3 of Shao et al., negated). Normalised per response ('sequence') or by a constant.
+    β = 0 leaves the KL out of the loss (--kl-in reward). Returns loss, ratio (B, T), k3 (B, T)."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    A = advantages[:, None]  # (B, 1): the same advantage for every token of a response
+    pg = torch.max(-A * ratio, -A * ratio.clamp(1 - clip, 1 + clip))  # (B, T)
+    kl = c.kl_estimate(logprobs, ref_logprobs, "k3")  # (B, T), ≥ 0
+    per_token = (pg + beta * kl) * mask
+    if loss_norm == "sequence":
+        loss = (per_token.sum(1) / mask.sum(1).clamp(min=1)).mean()
+    else:
+        loss = per_token.sum() / (len(mask) * max_new_tokens)
+    return loss, ratio, kl
+
+
+def main():
+    cfg = c.parse_config(Config, __doc__, {"reward": ["model", "gold"], "kl_in": ["loss", "reward"],
+                                           "loss_norm": ["sequence", "constant"]})
+    if cfg.k < 2:
+        c.die(f"--k {cfg.k}: GRPO needs at least 2 samples per prompt (a group) for its baseline")
+    if cfg.batch_size * cfg.k % cfg.minibatch_size:
+        c.die(f"--batch-size × --k ({cfg.batch_size * cfg.k}) must be a multiple of"
+              " --minibatch-size")
+    device = c.setup(cfg.seed, cfg.precision)
+    sft_dir, rm_dir = os.path.join(cfg.out, "sft"), os.path.join(cfg.out, "reward_model")
+    c.require(rm_dir, "reward_model.py", ["--out", cfg.out])
+    run_name = f"grpo-{'gt' if cfg.reward == 'gold' else 'rm'} β={cfg.beta}" + \
+        ("" if cfg.kl_in == "loss" else " kl-in-reward") + ("" if cfg.scale_std else " no-std") + \
+        ("" if cfg.loss_norm == "sequence" else " const-norm")
+    out_dir = os.path.join(cfg.out, "grpo")
+
+    # the models: policy and reference from SFT, the reward model; no critic
+    policy = c.load_model(sft_dir).to(device).train()
+    ref = c.load_model(sft_dir).to(device).eval().requires_grad_(False)
+    rm = c.load_model(rm_dir, GPT2ForSequenceClassification).to(device).eval().requires_grad_(False)
+    enc = c.tokenizer(policy.config.bpe_ranks)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
+
+    # data: training prompts, held-out prompts for the shared evaluation
+    train_prompts = c.prompts("train", enc)
+    eval_prompts = c.prompts("eval", enc, cfg.n_eval_prompts)
+    results = os.path.join(cfg.out, "results.jsonl")
+    c.drop_results(results, run_name)
+
+    def evaluate(step):
+        policy.eval()
+        ev = c.evaluate(policy, ref, enc, eval_prompts, cfg.max_new_tokens, rm)
+        c.append_result(results, {"run": run_name, "algo": "grpo", "beta": cfg.beta, "step": step,
+                                  "final": step == cfg.steps,
+                                  **{k: v for k, v in ev.items() if k != "samples"}})
+        policy.train()
+        return ev
+
+    before = evaluate(0)
+    logger = c.Logger(out_dir, cfg.steps)
+    for step in range(1, cfg.steps + 1):
+        # 1. sample a group of k responses to each prompt of a batch (rows grouped by prompt)
+        idx = torch.randint(len(train_prompts), (cfg.batch_size,)).tolist()
+        with torch.no_grad(), c.autocast(device):
+            tokens, mask = c.sample(policy, [train_prompts[i] for i in idx for _ in range(cfg.k)],
+                                    cfg.max_new_tokens, cfg.temperature)
+            P, mask = tokens.shape[1] - mask.shape[1], mask.float()
+            # 2. score: r_φ(x, y), or the gold reward
+            if cfg.reward == "gold":
+                score = c.gold_reward([c.decode(enc, t) for t in tokens.tolist()]).to(device)
+            else:
+                score = c.reward(rm, tokens)
+            # old log-probs, in the minibatches the update will use (bit-identical)
+            chunks = [slice(j, j + cfg.minibatch_size) for j in range(0, len(tokens),
+                                                                      cfg.minibatch_size)]
+            old_logprobs = torch.cat([c.token_logprobs(policy, tokens[s], P, cfg.temperature)[0]
+                                      for s in chunks])
+            ref_logprobs = torch.cat([c.token_logprobs(ref, tokens[s], P, cfg.temperature)[0]
+                                      for s in chunks])
+        # 3. the KL: in the reward (score − β·sequence KL), or per token in the loss (step 5)
+        kl = ((old_logprobs - ref_logprobs) * mask).sum(1)  # (B·k,) k1, summed over tokens
+        if kl.mean() > cfg.max_kl:
+            c.die(f"KL exploded ({kl.mean():.1f} nats > --max-kl {cfg.max_kl}) at step {step};"
+                  f" the last good policy is in {out_dir}; raise --beta or lower --lr")
+        rewards = score - cfg.beta * kl if cfg.kl_in == "reward" else score
+        loss_beta = cfg.beta if cfg.kl_in == "loss" else 0.0
+        # 4. group-relative advantages
+        advantages, zero_std = grpo_advantages(rewards, cfg.k, cfg.scale_std)
+
+        # 5. update: per-token clipped ratio (exactly 1 on the first pass) + β·k3 in the loss
+        stats = {k: [] for k in ("pg_loss", "entropy", "ratio", "clipfrac", "kl_k3")}
+        for epoch in range(cfg.ppo_epochs):
+            for j in (torch.randperm(len(chunks)).tolist() if epoch else range(len(chunks))):
+                s = chunks[j]
+                with c.autocast(device):
+                    logprobs, entropy = c.token_logprobs(policy, tokens[s], P, cfg.temperature)
+                loss, ratio, kl_k3 = grpo_loss(logprobs, old_logprobs[s], ref_logprobs[s],
+                                               advantages[s], mask[s], cfg.clip, loss_beta,
+                                               cfg.loss_norm, cfg.max_new_tokens)
+                if not torch.isfinite(loss):
+                    c.die(f"non-finite loss at step {step}; the last good policy is in"
+                          f" {out_dir}; try a lower --lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+                opt.step()
+                stats["pg_loss"].append(loss.item())
+                stats["entropy"].append(((entropy * mask[s]).sum() / mask[s].sum()).item())
+                stats["ratio"].append(((ratio * mask[s]).sum() / mask[s].sum()).item())
+                stats["clipfrac"].append(((((ratio - 1).abs() > cfg.clip) * mask[s]).sum()
+                                          / mask[s].sum()).item())
+                stats["kl_k3"].append(((kl_k3 * mask[s]).sum() / mask[s].sum()).item())
+
+        # 6. log; evaluate and checkpoint every eval_every steps
+        metrics = {"score": score.mean().item(), "kl": kl.mean().item(),
+                   "non_score_reward": (rewards - score).mean().item(),
+                   "length": mask.sum(1).mean().item(),
+                   "frac_zero_std": zero_std.float().mean().item(),
+                   "adv_std": advantages.std().item(), "adv_abs": advantages.abs().mean().item(),
+                   **{k: sum(v) / len(v) for k, v in stats.items()}}
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            ev = evaluate(step)
+            metrics.update({f"eval_{k}": ev[k] for k in ("gold", "proxy", "kl")})
+            c.save_model(policy, out_dir)
+            print("  sample:", ev["samples"][0][:150])
+        logger.log(step, **metrics)
+
+    # final: samples before/after, plots
+    after = ev
+    c.write_samples(os.path.join(out_dir, "samples.txt"), before, after)
+    print(f"held-out: gold {before['gold']:.3f} → {after['gold']:.3f} | proxy"
+          f" {before['proxy']:.3f} → {after['proxy']:.3f} | KL {after['kl']:.2f} nats")
+    c.plot_metrics(out_dir, [("score", "eval_proxy", "eval_gold"), ("kl", "eval_kl"),
+                             "entropy", ("kl_k3", "frac_zero_std")])
+    c.plot_frontier(results, os.path.join(out_dir, "reward_vs_kl.png"))
+
+
+if __name__ == "__main__":
+    c.run(main)
