@@ -444,19 +444,19 @@ class Logger:
         self.path = os.path.join(out_dir, "metrics.jsonl")
         self.total, self.every = total_steps, every
         self.t0 = self.shown = time.time()
-        self.estimated = False
+        self.t1 = None  # end of step 1: the rate is timed from there (step 1 warms up)
         open(self.path, "w").close()
 
     def log(self, step, **metrics):
         now = time.time()
-        elapsed = now - self.t0
-        eta = elapsed / step * (self.total - step)
+        self.t1 = self.t1 or now
+        rate = (now - self.t1) / (step - 1) if step > 1 else now - self.t0  # seconds per step
+        eta = rate * (self.total - step)
         with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, "time": round(elapsed, 2), **metrics}) + "\n")
-        if not self.estimated and (step >= 3 or step == self.total):
-            self.estimated = True
-            print(f"≈ {(elapsed + eta) / 60:.1f} min for {self.total} steps on this machine"
-                  f" ({elapsed / step:.2f} s/step); --steps N runs fewer", flush=True)
+            f.write(json.dumps({"step": step, "time": round(now - self.t0, 2), **metrics}) + "\n")
+        if step == min(6, self.total):
+            print(f"≈ {(now - self.t0 + eta) / 60:.1f} min for {self.total} steps on this machine"
+                  f" ({rate:.2f} s/step); --steps N runs fewer", flush=True)
         evaluated = any(k.startswith(("val_", "eval_")) for k in metrics)
         if evaluated or step == self.total or now - self.shown >= self.every:
             self.shown = now

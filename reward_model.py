@@ -15,7 +15,7 @@ the labeler's own agreement with that order (the ceiling); correlation of r_φ w
 Left out: a separate labeler pool per split, ties ("equally good") as labels, reward ensembles.
 Run: python reward_model.py
 """
-import json, os
+import json, os, time
 from dataclasses import dataclass
 
 import torch
@@ -54,15 +54,21 @@ def bt_loss(chosen_rewards, rejected_rewards):
     return -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
 
 
-def comparisons(policy, enc, split, n, cfg, device, gen):
-    """Sample k responses per prompt from π_SFT and let the labeler rank them."""
+def comparisons(policy, enc, split, n, cfg, device, gen, chunk=128):
+    """Sample k responses per prompt from π_SFT, score them with the gold reward and let the
+    labeler rank them. Says how long it will take once three chunks are timed."""
     prompt_ids = [p for p in c.prompts(split, enc, n) for _ in range(cfg.k)]
-    responses = []
-    with c.autocast(device):
-        for tokens, mask in c.sample_batched(policy, prompt_ids, cfg.max_new_tokens, 128):
-            responses += [row[m].tolist() for row, m in zip(tokens[:, -mask.shape[1]:], mask)]
-    texts = [c.decode(enc, p + r) for p, r in zip(prompt_ids, responses)]
-    gold = c.gold_reward(texts).view(-1, cfg.k)  # (n, k)
+    responses, gold, t0 = [], [], time.time()
+    for j in range(0, len(prompt_ids), chunk):
+        with c.autocast(device):
+            tokens, mask = c.sample(policy, prompt_ids[j:j + chunk], cfg.max_new_tokens)
+        responses += [row[m].tolist() for row, m in zip(tokens[:, -mask.shape[1]:], mask)]
+        gold.append(c.gold_reward([c.decode(enc, t) for t in tokens.tolist()]))
+        if j == 2 * chunk and len(prompt_ids) > 6 * chunk:
+            minutes = (time.time() - t0) / (3 * chunk) * len(prompt_ids) / 60
+            print(f"sampling and labelling {len(prompt_ids):,} {split} responses:"
+                  f" ≈ {minutes:.1f} min on this machine", flush=True)
+    gold = torch.cat(gold).view(-1, cfg.k)  # (n, k)
     return [{"prompt_ids": prompt_ids[i * cfg.k], "responses": responses[i * cfg.k:(i + 1) * cfg.k],
              "gold": gold[i].tolist(), "ranking": c.rank(gold[i], cfg.tau, gen).tolist()}
             for i in range(len(gold))]
