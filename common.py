@@ -60,7 +60,33 @@ def parse_config(cls, doc, choices=None, argv=None):
         else:
             parser.add_argument(flag, type=kind, default=f.default, help=helps.get(f.name),
                                 choices=choices.get(f.name))
-    return cls(**vars(parser.parse_args(argv)))
+    cfg = cls(**vars(parser.parse_args(argv)))
+    for name, value in vars(cfg).items():
+        problem = _out_of_range(name, value)
+        if problem:
+            print(f"error: --{name.replace('_', '-')} {value}: {problem}", file=sys.stderr)
+            sys.exit(2)
+    return cfg
+
+
+MAY_BE_ZERO = {"seed", "warmup"}  # integer flags that may be 0; every other count must be ≥ 1
+MUST_BE_POSITIVE = {"lr", "temperature", "clip", "vf_clip", "max_kl"}  # floats that must be > 0
+
+
+def _out_of_range(name, value):
+    """What is wrong with a flag's value, or None: floats finite and ≥ 0 (> 0 where zero makes no
+    sense), counts ≥ 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    if name in MUST_BE_POSITIVE and value <= 0:
+        return "must be > 0"
+    if isinstance(value, int) and name not in MAY_BE_ZERO and value < 1:
+        return "must be at least 1"
+    if value < 0:
+        return "must not be negative"
+    return None
 
 
 PRECISIONS = ["auto", "fp32", "bf16"]
@@ -253,6 +279,12 @@ def kl_estimate(logprobs, ref_logprobs, kind="k1"):
     return torch.expm1(log_r) - log_r
 
 
+def sequence_kl(logprobs, ref_logprobs, mask):
+    """The KL of the objective, per response: Σ_t [log π(y_t|·) − log π_ref(y_t|·)] over the real
+    response tokens (k1 summed; nats; one response's value can be negative): (B,)."""
+    return (kl_estimate(logprobs, ref_logprobs, "k1") * mask).sum(1)
+
+
 def sequence_logprobs(model, tokens, mask, n_prompt):
     """Σ_t log π(y_t | x, y_<t) over the real response tokens: (B,)."""
     return (token_logprobs(model, tokens, n_prompt)[0] * mask).sum(1)
@@ -388,7 +420,7 @@ def evaluate(policy, ref, enc, prompt_ids, max_new_tokens, rm=None, batch_size=6
             texts += batch_texts
             rows["gold"].append(gold_reward(batch_texts))
             rows["proxy"].append(reward(rm, tokens).cpu() if rm is not None else torch.zeros(0))
-            rows["kl"].append(((logprobs - ref_logprobs) * mask).sum(1).cpu())
+            rows["kl"].append(sequence_kl(logprobs, ref_logprobs, mask).cpu())
             rows["entropy"].append(((entropy * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu())
             rows["length"].append(mask.sum(1).float().cpu())
     torch.set_rng_state(state[0])

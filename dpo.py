@@ -49,7 +49,8 @@ def preference_loss(logps_chosen, logps_rejected, ref_chosen, ref_rejected, beta
     h = (logps_chosen - ref_chosen) - (logps_rejected - ref_rejected)
     if kind == "sigmoid":  # DPO, eq. 7: the Bradley–Terry likelihood of the implicit reward
         losses = -F.logsigmoid(beta * h)
-    elif kind == "ipo":  # IPO (Azar et al. 2023, eq. 17): regress h onto 1/(2β)
+    elif kind == "ipo":  # IPO (Azar et al. 2023, eq. 17): regress h onto 1/(2β). The slides'
+        # (βh − ½)² is this times β²: the same minimum, a step size that scales with β²
         losses = (h - 1 / (2 * beta)) ** 2
     else:  # hinge, SLiC (Zhao et al. 2023): a margin of 1 on β·h
         losses = torch.relu(1 - beta * h)
@@ -77,6 +78,17 @@ def read_preferences(path, enc):
                       " each line needs prompt, chosen and rejected; delete the file to rebuild it")
     if not pairs["train"]:
         c.die(f"{path} holds no training pairs; delete it to rebuild it with reward_model.py")
+    return pairs
+
+
+def online_pairs(prompt_ids, responses, score):
+    """Two responses per prompt (rows 2i, 2i+1) → (prompt, chosen, rejected), chosen = the one
+    r_φ scores higher (the first on a tie)."""
+    pairs = []
+    for i, (a, b) in enumerate(score.tolist()):
+        first, second = responses[2 * i], responses[2 * i + 1]
+        pairs.append((prompt_ids[2 * i], first, second) if a >= b else
+                     (prompt_ids[2 * i], second, first))
     return pairs
 
 
@@ -157,9 +169,7 @@ def main():
                 policy.train()
                 score = c.reward(rm, tokens).view(-1, 2)  # (batch, 2)
             responses = [row[m].tolist() for row, m in zip(tokens[:, -mask.shape[1]:], mask)]
-            first = (score[:, 0] >= score[:, 1]).tolist()
-            batch = [(prompt_ids[2 * i], responses[2 * i + 1 - f], responses[2 * i + f])
-                     for i, f in enumerate(first)]
+            batch = online_pairs(prompt_ids, responses, score)
             b_ref_chosen, b_ref_rejected = all_logps(ref, batch, device)
         else:
             idx = torch.arange((step - 1) * cfg.batch_size, step * cfg.batch_size) % len(train)

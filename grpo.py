@@ -52,6 +52,11 @@ class Config:
     precision: str = "auto"  # auto: bf16 autocast where the device has it natively, else fp32
 
 
+def kl_penalised_reward(score, kl, beta):
+    """R_i = r_φ(x, y_i) − β·KL_i (only with --kl-in reward; GRPO puts the KL in the loss)."""
+    return score - beta * kl
+
+
 def grpo_advantages(rewards, k, scale_std, eps=1e-4):
     """Â_i = (r_i − mean_G r) / (std_G r + ε) over the k responses of one prompt (rows grouped
     by prompt; std with Bessel's correction, as TRL); scale_std=False: r_i − mean_G r (Dr. GRPO).
@@ -141,11 +146,11 @@ def main():
             ref_logprobs = torch.cat([c.token_logprobs(ref, tokens[s], P, cfg.temperature)[0]
                                       for s in chunks])
         # 3. the KL: in the reward (score − β·sequence KL), or per token in the loss (step 5)
-        kl = ((old_logprobs - ref_logprobs) * mask).sum(1)  # (B·k,) k1, summed over tokens
+        kl = c.sequence_kl(old_logprobs, ref_logprobs, mask)  # (B·k,)
         if kl.mean() > cfg.max_kl:
             c.die(f"KL exploded ({kl.mean():.1f} nats > --max-kl {cfg.max_kl}) at step {step};"
                   f" the last good policy is in {out_dir}; raise --beta or lower --lr")
-        rewards = score - cfg.beta * kl if cfg.kl_in == "reward" else score
+        rewards = kl_penalised_reward(score, kl, cfg.beta) if cfg.kl_in == "reward" else score
         loss_beta = cfg.beta if cfg.kl_in == "loss" else 0.0
         # 4. group-relative advantages
         advantages, zero_std = grpo_advantages(rewards, cfg.k, cfg.scale_std)

@@ -74,7 +74,9 @@ def kl_penalised_rewards(score, logprobs, ref_logprobs, mask, beta):
 
 def gae(rewards, values, mask, gamma, lam):
     """Generalised advantage estimation: δ_t = r_t + γV_{t+1} − V_t, A_t = δ_t + γλA_{t+1};
-    V = 0 after the last real token. Returns advantages and returns (A + V), both (B, T)."""
+    V = 0 after the last real token. Returns advantages and returns (A + V), both (B, T).
+    Slides: the one-step advantage δ_t (λ = 0) and the Monte-Carlo return (λ = 1); GAE mixes
+    them, and A + V is the critic's target (the λ-return), not the plain return."""
     values = values * mask
     advantages = torch.zeros_like(rewards)
     next_value, next_adv = torch.zeros_like(rewards[:, 0]), torch.zeros_like(rewards[:, 0])
@@ -87,17 +89,25 @@ def gae(rewards, values, mask, gamma, lam):
 
 def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip):
     """Clipped surrogate (Schulman et al. 2017, eq. 7), negated:
-    max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)), ρ = π_θ(y_t)/π_old(y_t); masked mean of
-    tokens."""
+    max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)), ρ = π_θ(y_t)/π_old(y_t); masked mean of tokens.
+    Each token is an action (rloo.py: the whole response is one). The clip multiplies A: a slide
+    that clamps ρ to (1−ε, 1) and drops A is not this objective."""
     ratio = torch.exp(logprobs - old_logprobs)
     losses = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip))
     return masked_mean(losses, mask), ratio
 
 
 def value_loss(values, old_values, returns, mask, clip):
-    """½ max((V − R)², (V_clipped − R)²), V_clipped = V_old + clip(V − V_old, ±ε)."""
+    """½ max((V − R)², (V_clipped − R)²), V_clipped = V_old + clip(V − V_old, ±ε).
+    Slides: plain (V − R)²; the ½ and the clip (a trust region for the critic) are PPO's code."""
     clipped = old_values + (values - old_values).clamp(-clip, clip)
     return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+def ppo_total_loss(pg_loss, vf_loss, entropy, vf_coef, ent_coef):
+    """pg + c_v·vf − c_e·H: the policy loss, the critic's loss, and an entropy *bonus* (minus:
+    minimising the loss raises the entropy)."""
+    return pg_loss + vf_coef * vf_loss - ent_coef * entropy
 
 
 def critic_values(critic, tokens, n_prompt):
@@ -183,7 +193,7 @@ def main():
                                       for s in chunks])
             old_values = torch.cat([critic_values(critic, tokens[s], P) for s in chunks])
         # 3. per-token KL penalty, score at the last token
-        kl = ((old_logprobs - ref_logprobs) * mask).sum(1)  # (B,) sequence KL
+        kl = c.sequence_kl(old_logprobs, ref_logprobs, mask)  # (B,)
         if kl.mean() > cfg.max_kl:
             c.die(f"KL exploded ({kl.mean():.1f} nats > --max-kl {cfg.max_kl}) at step {step};"
                   f" the last good policy is in {out_dir}; raise --beta or lower --lr")
@@ -196,8 +206,7 @@ def main():
         stats = {k: [] for k in ("pg_loss", "vf_loss", "entropy", "approx_kl", "clipfrac",
                                  "ratio")}
         for epoch in range(cfg.ppo_epochs):
-            for n, j in enumerate(torch.randperm(len(chunks)).tolist() if epoch else
-                                  range(len(chunks))):
+            for j in (torch.randperm(len(chunks)).tolist() if epoch else range(len(chunks))):
                 s = chunks[j]
                 mb_mask = mask[s]
                 with c.autocast(device):
@@ -205,12 +214,9 @@ def main():
                     values = critic_values(critic, tokens[s], P)
                 pg_loss, ratio = ppo_policy_loss(logprobs, old_logprobs[s], advantages[s],
                                                  mb_mask, cfg.clip)
-                if epoch == 0 and n == 0:  # same weights, same inputs: ρ must be exactly 1
-                    dev = ((ratio - 1).abs() * mb_mask).max().item()
-                    assert dev < 1e-3, f"ratio {1 + dev} ≠ 1 on the first minibatch"
                 vf_loss = value_loss(values, old_values[s], returns[s], mb_mask, cfg.vf_clip)
                 ent = masked_mean(entropy, mb_mask)
-                loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * ent
+                loss = ppo_total_loss(pg_loss, vf_loss, ent, cfg.vf_coef, cfg.ent_coef)
                 if cfg.ptx_coef:  # PPO-ptx: keep the language model of the pretraining text
                     ptx_idx = torch.randint(len(c.imdb()["train"]), (cfg.minibatch_size,))
                     with c.autocast(device):
@@ -223,8 +229,8 @@ def main():
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_([*policy.parameters(), *critic.parameters()], 1.0)
                 opt.step()
-                with torch.no_grad():
-                    log_ratio = logprobs.detach() - old_logprobs[s]
+                with torch.no_grad():  # KL to π_old, PPO's trust region (not the objective's
+                    log_ratio = logprobs.detach() - old_logprobs[s]  # KL to π_ref): k3
                     stats["approx_kl"].append(masked_mean(ratio.detach() - 1 - log_ratio,
                                                           mb_mask).item())
                     stats["clipfrac"].append(masked_mean(

@@ -50,7 +50,7 @@ def ranking_pairs(ranking):
 
 def bt_loss(chosen_rewards, rejected_rewards):
     """Bradley–Terry negative log-likelihood −log σ(r_φ(x, y_w) − r_φ(x, y_l)), mean over
-    pairs."""
+    pairs. The minus matters: a slide that writes log σ(·) without it maximises the loss."""
     return -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
 
 

@@ -5,7 +5,7 @@ RLHF as a bandit: the action is the whole response. Two models are trained or us
 No critic, no GAE. Each iteration: 1. sample k responses to each prompt of a batch;
 2. score them with r_φ; 3. reward R_i = r_φ(x, y_i) − β·KL_i with the sequence KL
 Σ_t log π(y_t)/π_ref(y_t); 4. advantage A_i = R_i − b_i, with the baseline b_i = the mean
-reward of the other k−1 responses to the same prompt; 5. update on −Σ_i A_i log π(y_i|x)
+reward of the other k−1 responses to the same prompt; 5. update on −mean_i A_i log π(y_i|x)
 (with --ppo-epochs > 1, several passes with a sequence-level clipped ratio); 6. log, evaluate.
 --reward gold optimises the gold reward itself (the RLOO counterpart of PPO-GT).
 
@@ -40,6 +40,16 @@ class Config:
     n_eval_prompts: int = 256  # held-out prompts of the shared evaluation
     seed: int = 0  # random seed
     precision: str = "auto"  # auto: bf16 autocast where the device has it natively, else fp32
+
+
+def kl_penalised_reward(score, kl, beta):
+    """R_i = r_φ(x, y_i) − β·KL_i: the RLHF objective's reward of a whole response (bandit)."""
+    return score - beta * kl
+
+
+def response_logprobs(logprobs, mask):
+    """log π(y|x) = Σ_t log π(y_t | x, y_<t) over the real response tokens (padding excluded)."""
+    return (logprobs * mask).sum(1)
 
 
 def rloo_advantages(rewards, k):
@@ -115,14 +125,14 @@ def main():
             ref_logprobs = torch.cat([c.token_logprobs(ref, tokens[s], P, cfg.temperature)[0]
                                       for s in chunks])
         # 3. reward = score − β·sequence KL
-        kl = ((old_logprobs - ref_logprobs) * mask).sum(1)  # (B·k,)
+        kl = c.sequence_kl(old_logprobs, ref_logprobs, mask)  # (B·k,)
         if kl.mean() > cfg.max_kl:
             c.die(f"KL exploded ({kl.mean():.1f} nats > --max-kl {cfg.max_kl}) at step {step};"
                   f" the last good policy is in {out_dir}; raise --beta or lower --lr")
-        rewards = score - cfg.beta * kl
+        rewards = kl_penalised_reward(score, kl, cfg.beta)
         # 4. leave-one-out advantages
         advantages, baseline = rloo_advantages(rewards, cfg.k)
-        old_seq_logprobs = (old_logprobs * mask).sum(1)
+        old_seq_logprobs = response_logprobs(old_logprobs, mask)
 
         # 5. update: REINFORCE on whole responses (clipped ratio on later passes)
         stats = {k: [] for k in ("pg_loss", "entropy", "ratio", "clipfrac")}
@@ -131,7 +141,7 @@ def main():
                 s = chunks[j]
                 with c.autocast(device):
                     logprobs, entropy = c.token_logprobs(policy, tokens[s], P, cfg.temperature)
-                seq_logprobs = (logprobs * mask[s]).sum(1)  # log π(y|x), (mb,)
+                seq_logprobs = response_logprobs(logprobs, mask[s])  # log π(y|x), (mb,)
                 loss, ratio = rloo_loss(seq_logprobs, old_seq_logprobs[s], advantages[s],
                                         cfg.clip)
                 if not torch.isfinite(loss):
@@ -148,7 +158,7 @@ def main():
 
         # 6. log; evaluate and checkpoint every eval_every steps
         metrics = {"score": score.mean().item(), "kl": kl.mean().item(),
-                   "non_score_reward": (-cfg.beta * kl).mean().item(),
+                   "non_score_reward": (rewards - score).mean().item(),
                    "length": mask.sum(1).mean().item(), "baseline": baseline.mean().item(),
                    "adv_std": advantages.std().item(), "adv_abs": advantages.abs().mean().item(),
                    **{k: sum(v) / len(v) for k, v in stats.items()}}

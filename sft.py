@@ -77,6 +77,21 @@ def batch(examples, enc, max_len):
     return x, y.masked_fill(y == pad, -100), n_bytes
 
 
+def length_batches(lengths, batch_size, group=16):
+    """One epoch of batches of similar length, so that a batch cut to its longest row computes
+    little padding: shuffle, sort each run of group·batch_size rows by length, cut it into
+    batches, shuffle the batches. Returns index tensors, each of batch_size rows (the last
+    partial batch of the epoch is dropped)."""
+    order = torch.randperm(len(lengths))
+    batches = []
+    for i in range(0, len(order), group * batch_size):
+        run = order[i:i + group * batch_size]
+        run = run[lengths[run].argsort(stable=True)]
+        batches += [run[j:j + batch_size] for j in range(0, len(run) - batch_size + 1,
+                                                           batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches)).tolist()]
+
+
 def sft_loss(model, x, y):
     """Mean −log π(y_t | x, y_<t) over response tokens (nats/token); -100 masks the rest."""
     logits = model(x).logits  # (B, T, V); right padding: real tokens never attend to it
@@ -134,11 +149,14 @@ def main():
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
     logger = c.Logger(out_dir, cfg.steps)
-    order = torch.randperm(len(x))
+    lengths = (x != enc.eot_token + 1).sum(1)  # real tokens of each row (the rest is padding)
+    batches = []
     for step in range(1, cfg.steps + 1):
-        # 1. a batch of openings (epochs in a fixed shuffled order)
-        idx = order[torch.arange((step - 1) * cfg.batch_size, step * cfg.batch_size) % len(x)]
-        xb, yb = x[idx].to(device), y[idx].to(device)
+        # 1. a batch of openings of similar length, cut to its longest row
+        batches = batches or length_batches(lengths, cfg.batch_size)
+        idx = batches.pop()
+        n = int(lengths[idx].max())
+        xb, yb = x[idx, :n].to(device), y[idx, :n].to(device)
         # 2. loss on response tokens, 3. update
         for group in opt.param_groups:
             group["lr"] = lr_at(step - 1)

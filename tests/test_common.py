@@ -195,3 +195,56 @@ def test_parse_config(capsys):
             c.parse_config(Cfg, "doc", {"loss": ["sigmoid", "ipo"]}, bad)
     err = capsys.readouterr().err
     assert "--lr" in err and "--nope" in err and "'sigmoid', 'ipo'" in err
+
+
+def test_sequence_kl_by_hand():
+    logprobs = torch.tensor([[-1.0, -2.0, -0.5], [-3.0, -1.0, -7.0]])
+    ref_logprobs = torch.tensor([[-1.5, -1.0, -9.0], [-2.0, -2.0, -1.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])  # the first response has 2 tokens
+    kl = c.sequence_kl(logprobs, ref_logprobs, mask)
+    torch.testing.assert_close(kl, torch.tensor([0.5 - 1.0, -1.0 + 1.0 - 6.0]))  # may be < 0
+
+
+def test_evaluation_kl_is_the_sequence_kl_of_its_samples(model, enc):
+    """The shared evaluation's KL is mean Σ_t (log π − log π_ref) recomputed on the same samples:
+    0 for π = π_ref, positive for a sharpened copy of the model (its logits × 3)."""
+    prompt_ids = c.prompts("eval", enc, 16)
+    same = c.evaluate(model, model, enc, prompt_ids, max_new_tokens=8)
+    assert same["kl"] == 0.0 and same["kl_se"] == 0.0
+    sharp = copy.deepcopy(model)
+    with torch.no_grad():
+        sharp.lm_head.weight = torch.nn.Parameter(3 * model.lm_head.weight)
+    ev = c.evaluate(sharp, model, enc, prompt_ids, max_new_tokens=8)
+    torch.manual_seed(1234)  # evaluate()'s fixed sampling seed: the same samples again
+    with torch.no_grad(), c.autocast(torch.device("cpu")):
+        tokens, mask = c.sample(sharp, prompt_ids, 8)
+        P = tokens.shape[1] - mask.shape[1]
+        logprobs, _ = c.token_logprobs(sharp, tokens, P)
+        ref_logprobs, _ = c.token_logprobs(model, tokens, P)
+    hand = ((logprobs - ref_logprobs) * mask).sum(1).mean().item()
+    assert ev["kl"] == pytest.approx(hand, rel=1e-4) and ev["kl"] > 0.1
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--steps", "0"], "--steps 0: must be at least 1"),
+    (["--lr", "-1"], "--lr -1.0: must be > 0"),
+    (["--lr", "nan"], "--lr nan: must be a finite number"),
+    (["--beta", "-0.1"], "--beta -0.1: must not be negative"),
+    (["--seed", "0"], None),  # 0 is a fine seed
+])
+def test_flags_are_range_checked(flags, message, capsys):
+    from dataclasses import dataclass
+
+    @dataclass
+    class Cfg:
+        steps: int = 10  # optimiser steps
+        lr: float = 1e-3  # learning rate
+        beta: float = 0.1  # KL coefficient
+        seed: int = 1  # random seed
+    if message is None:
+        assert c.parse_config(Cfg, "doc", argv=flags).seed == 0
+        return
+    with pytest.raises(SystemExit) as e:
+        c.parse_config(Cfg, "doc", argv=flags)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err == f"error: {message}"

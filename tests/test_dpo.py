@@ -41,6 +41,14 @@ def test_gradient_weight_is_sigmoid_of_reversed_implicit_rewards():
     torch.testing.assert_close(pr.grad, beta * weight)
 
 
+def test_online_pairs_put_the_higher_score_first():
+    prompts = [[1], [1], [2], [2], [3], [3]]
+    responses = [[10], [11], [20], [21], [30], [31]]
+    score = torch.tensor([[0.1, 0.9], [0.5, -0.2], [0.3, 0.3]])  # (prompts, 2)
+    assert dpo.online_pairs(prompts, responses, score) == [
+        ([1], [11], [10]), ([2], [20], [21]), ([3], [30], [31])]  # a tie keeps the first
+
+
 TINY_DPO = ["--batch-size", 16, "--max-new-tokens", 16, "--n-eval-prompts", 32]
 
 

@@ -78,6 +78,11 @@ def test_zero_variance_group_gives_only_the_kl_gradient():
     torch.testing.assert_close(logprobs.grad, expected)
 
 
+def test_kl_in_the_reward_by_hand():
+    rewards = grpo.kl_penalised_reward(torch.tensor([1.0, 2.0]), torch.tensor([3.0, -1.0]), 0.1)
+    torch.testing.assert_close(rewards, torch.tensor([0.7, 2.1]))  # r − β·KL
+
+
 def test_kl_estimators_by_hand():
     logprobs, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-2.0, -1.0])  # log r = −1, +1
     torch.testing.assert_close(c.kl_estimate(logprobs, ref, "k1"), torch.tensor([1.0, -1.0]))

@@ -3,7 +3,9 @@ import json
 
 import pytest
 import torch
+from transformers import GPT2ForSequenceClassification
 
+import common as c
 import ppo
 from conftest import assert_rises, run_script
 
@@ -84,6 +86,31 @@ def test_value_loss_clipping():
     assert loss.item() == pytest.approx(0.5 * 0.8 ** 2)
 
 
+def test_total_loss_is_pg_plus_value_minus_entropy_bonus():
+    pg, vf = torch.tensor(1.0), torch.tensor(2.0)
+    entropy = torch.tensor(3.0, requires_grad=True)
+    loss = ppo.ppo_total_loss(pg, vf, entropy, vf_coef=0.1, ent_coef=0.01)
+    assert loss.item() == pytest.approx(1.0 + 0.1 * 2.0 - 0.01 * 3.0)
+    loss.backward()
+    assert entropy.grad.item() == pytest.approx(-0.01)  # a bonus: descending raises entropy
+
+
+def test_critic_value_at_t_is_read_before_y_t(tmp_path):
+    """V(x, y_<t): the critic's value at response position t is its head on the prefix that ends
+    just before y_t, i.e. r_φ's readout of (x, y_<t) alone (the first: of the prompt alone)."""
+    torch.manual_seed(0)
+    c.build_model(512, 2, 2, 32, 64).save_pretrained(tmp_path)
+    critic = c.load_model(str(tmp_path), GPT2ForSequenceClassification, num_labels=1).eval()
+    prompt, response = [5, 17, 300], [42, 7, 99, 512]
+    tokens, mask = c.collate([prompt, [8, 9]], [response, [3, 4]], critic.config.pad_token_id)
+    with torch.no_grad():
+        values = ppo.critic_values(critic, tokens, tokens.shape[1] - mask.shape[1])
+        for t in range(len(response)):
+            prefix = torch.tensor([prompt + response[:t]])
+            torch.testing.assert_close(values[0, t], c.reward(critic, prefix)[0], atol=1e-5,
+                                       rtol=0)
+
+
 TINY_PPO = ["--batch-size", 16, "--minibatch-size", 8, "--max-new-tokens", 16,
             "--n-eval-prompts", 32, "--ppo-epochs", 2]
 
@@ -104,11 +131,24 @@ def test_ppo_end_to_end(pipeline):
     assert [p["step"] for p in points] == [0, 2, 4] and points[0]["kl"] == 0.0
     assert "before:" in (out / "samples.txt").read_text()
     assert "alignment tax" in proc.stdout and "lm_loss" in points[-1]
+    # the logged KL penalty is its definition, −β·KL, with the β of that rollout
+    for r in rows:
+        assert r["non_score_reward"] == pytest.approx(-r["beta"] * r["kl"], rel=1e-4, abs=1e-7)
+    assert rows[-1]["kl"] > 1e-3  # the policy has moved: the check above is not 0 = 0
     # the adaptive controller moved β: up when KL > target, down when below
     betas = [r["beta"] for r in rows]
     assert betas[0] == 0.05 and len(set(betas)) > 1
     for r, nxt in zip(rows, betas[1:]):
         assert (nxt > r["beta"]) == (r["kl"] > 1.0)
+
+
+def test_one_pass_is_on_policy(pipeline, tmp_path):
+    """One epoch, one minibatch: the update's forward equals the rollout's, so the ratio is
+    exactly 1, nothing is clipped and approx_kl is 0."""
+    run_script("ppo.py", "--out", pipeline, "--steps", 2, "--eval-every", 2, *TINY_PPO,
+               "--ppo-epochs", 1, "--minibatch-size", 16)
+    for r in (json.loads(line) for line in open(pipeline / "ppo" / "metrics.jsonl")):
+        assert abs(r["ratio"] - 1) < 1e-6 and r["clipfrac"] == 0 and abs(r["approx_kl"]) < 1e-6
 
 
 @pytest.mark.learning
@@ -124,8 +164,10 @@ def test_ppo_learns(pipeline):
 
 
 def test_kl_explosion_stops_and_keeps_the_last_good_policy(pipeline, tmp_path):
-    proc = run_script("ppo.py", "--out", pipeline, "--steps", 3, "--eval-every", 1,
-                      "--max-kl", 1e-9, *TINY_PPO, check=False)
+    """A learning rate 30× the default makes the KL jump to about 5 nats at step 2 (measured in
+    fp32 and bf16); a mean KL just above 0 would not do: one batch's k1 mean can be < 0."""
+    proc = run_script("ppo.py", "--out", pipeline, "--steps", 20, "--eval-every", 1,
+                      "--max-kl", 1.0, "--lr", 3e-3, *TINY_PPO, check=False)
     assert proc.returncode == 1 and "KL exploded" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert (pipeline / "ppo" / "config.json").exists()  # saved after step 1 (KL 0 there)

@@ -47,13 +47,20 @@ def test_clipped_sequence_ratio():
     assert (logp.grad == 0).all()  # both clipped
 
 
+def test_kl_penalised_reward_and_response_logprob_by_hand():
+    rewards = rloo.kl_penalised_reward(torch.tensor([1.0, 2.0]), torch.tensor([3.0, -1.0]), 0.1)
+    torch.testing.assert_close(rewards, torch.tensor([0.7, 2.1]))  # r − β·KL
+    logprobs = torch.tensor([[-1.0, -2.0, -5.0], [-0.5, -0.5, -0.5]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])  # padding at [0, 2]
+    torch.testing.assert_close(rloo.response_logprobs(logprobs, mask), torch.tensor([-3.0, -1.5]))
+
+
 TINY_RLOO = ["--batch-size", 8, "--k", 2, "--minibatch-size", 16, "--max-new-tokens", 16,
              "--n-eval-prompts", 32]
 
 
 def test_rloo_end_to_end(pipeline):
-    run_script("rloo.py", "--out", pipeline, "--steps", 4, "--eval-every", 2, "--ppo-epochs", 2,
-               *TINY_RLOO)
+    run_script("rloo.py", "--out", pipeline, "--steps", 4, "--eval-every", 2, *TINY_RLOO)
     out = pipeline / "rloo"
     for name in ("config.json", "model.safetensors", "metrics.jsonl", "samples.txt",
                  "metrics.png", "reward_vs_kl.png"):
@@ -61,6 +68,10 @@ def test_rloo_end_to_end(pipeline):
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     for key in ("score", "kl", "entropy", "baseline", "adv_std", "ratio", "length"):
         assert key in rows[-1], key
+    for r in rows:  # the logged formulas against their definitions
+        assert r["non_score_reward"] == pytest.approx(-0.05 * r["kl"], rel=1e-4, abs=1e-7)
+        assert r["ratio"] == 1.0 and r["clipfrac"] == 0.0  # one pass, one minibatch: on-policy
+    assert rows[-1]["kl"] > 1e-3
     points = [json.loads(line) for line in open(pipeline / "results.jsonl")]
     assert [p["step"] for p in points if p["run"] == "rloo-rm β=0.05"] == [0, 2, 4]
 

@@ -23,6 +23,27 @@ def test_openings_mask_the_prompt_and_end_with_eot():
         assert (real[:-1] != enc.eot_token).all()
 
 
+def test_targets_are_the_inputs_shifted_by_one():
+    """Next-token prediction: wherever a target is not masked, it is the following input."""
+    enc = c.tokenizer(512)
+    x, y, _ = sft.batch(sft.openings("valid", enc, max_len=32, n=20), enc, 32)
+    real = y[:, :-1] != -100
+    assert real.sum() > 100
+    assert (y[:, :-1][real] == x[:, 1:][real]).all()
+
+
+def test_length_batches_cover_an_epoch_with_little_padding():
+    torch.manual_seed(0)
+    lengths = torch.randint(5, 65, (1000,))
+    batches = sft.length_batches(lengths, batch_size=10, group=5)
+    assert all(len(b) == 10 for b in batches) and len(batches) == 100
+    assert sorted(torch.cat(batches).tolist()) == list(range(1000))  # every row once
+    padding = sum((lengths[b].max() - lengths[b]).sum().item() for b in batches)
+    random_padding = sum((lengths[b].max() - lengths[b]).sum().item()
+                         for b in torch.randperm(1000).split(10))
+    assert padding < random_padding / 3  # sorted runs of 50: far less padding than at random
+
+
 def test_sft_loss_counts_response_tokens_only():
     torch.manual_seed(0)
     model = c.build_model(512, 1, 2, 32, 64)
