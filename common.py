@@ -406,7 +406,8 @@ def evaluate(policy, ref, enc, prompt_ids, max_new_tokens, rm=None, batch_size=6
     """DESIGN.md §5 on held-out prompts, temperature 1: gold and proxy reward, sequence
     KL(π‖π_ref) = mean Σ_t [log π − log π_ref] (nats), token entropy, length, samples; and the
     standard errors of the gold, proxy and KL means (gold_se, …) over the prompts."""
-    device = policy.lm_head.weight.device
+    device, was_training = policy.lm_head.weight.device, policy.training
+    policy.eval()
     state = torch.get_rng_state(), (torch.cuda.get_rng_state() if device.type == "cuda" else None)
     torch.manual_seed(seed)  # the same sampling noise at every evaluation
     rows = {k: [] for k in ("gold", "proxy", "kl", "entropy", "length")}
@@ -432,13 +433,16 @@ def evaluate(policy, ref, enc, prompt_ids, max_new_tokens, rm=None, batch_size=6
         out[f"{k}_se"] = rows[k].std().item() / math.sqrt(len(rows[k])) if k in rows else None
     out["proxy"] = out.get("proxy")
     out["samples"] = texts[:8]
+    policy.train(was_training)
     return out
 
 
-def append_result(path, point):
-    """Add one evaluation point to the shared results file (all methods, one reward-vs-KL plane)."""
+def append_result(path, point, **fields):
+    """Add one evaluation point (what the run is: fields; what it measured: point, less its text
+    samples) to the shared results file: all methods on one reward-vs-KL plane."""
+    row = {**fields, **{k: v for k, v in point.items() if k != "samples"}}
     with open(path, "a") as f:
-        f.write(json.dumps(point) + "\n")
+        f.write(json.dumps(row) + "\n")
 
 
 def drop_results(path, run_name):

@@ -144,16 +144,13 @@ def main():
     c.drop_results(results, run_name)
 
     def evaluate(step):
-        policy.eval()
         ev = c.evaluate(policy, ref, enc, eval_prompts, cfg.max_new_tokens, rm)
         if val:
             losses, cr, rr = preference_loss(*all_logps(policy, val, device), *val_ref,
                                              cfg.beta, cfg.loss)
             ev["val_loss"], ev["val_acc"] = losses.mean().item(), accuracy(cr, rr)
-        c.append_result(results, {"run": run_name, "algo": "dpo", "beta": cfg.beta, "step": step,
-                                  "final": step == cfg.steps,
-                                  **{k: v for k, v in ev.items() if k != "samples"}})
-        policy.train()
+        c.append_result(results, ev, run=run_name, algo="dpo", beta=cfg.beta, step=step,
+                        final=step == cfg.steps)
         return ev
 
     before = evaluate(0)

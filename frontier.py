@@ -94,9 +94,9 @@ def run_best_of_n(cfg, results, device):
     rows = best_of_n(gold, proxy, ns)
     c.drop_results(results, "best-of-n")
     for (n, g, kl), p in zip(rows, best_of_n(proxy, proxy, ns)):
-        c.append_result(results, {"run": "best-of-n", "algo": "best-of-n", "beta": None, "n": n,
-                                  "step": n, "final": n == ns[-1], "kl": kl, "kl_is_bound": True,
-                                  "gold": g, "proxy": p[1]})
+        c.append_result(results, {"kl": kl, "kl_is_bound": True, "gold": g, "proxy": p[1]},
+                        run="best-of-n", algo="best-of-n", beta=None, n=n, step=n,
+                        final=n == ns[-1])
         print(f"best-of-{n}: gold {g:.3f}, KL ≤ {kl:.2f}")
 
 

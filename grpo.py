@@ -4,10 +4,13 @@ RLOO's family: no critic, the baseline comes from the other samples of the same 
 iteration: 1. sample a group of G responses to each prompt of a batch; 2. score them with r_φ;
 3. group-relative advantage Â_i = (r_i − mean(r_1..G)) / (std(r_1..G) + ε), the same for every
 token of response i (--no-scale-std drops the division: Dr. GRPO, Liu et al. 2025); 4. the
-per-token clipped ratio objective of PPO with μ passes over the batch (--ppo-epochs; at μ = 1 the
-ratio is exactly 1 and this is REINFORCE with the group baseline); 5. the KL to π_ref *in the
-loss*, per token, with the k3 estimator π_ref/π − log(π_ref/π) − 1 (≥ 0), weighted by β; or, with
---kl-in reward, in the reward as rloo.py and ppo.py do (r_i − β·Σ_t log π/π_ref); 6. log, evaluate.
+per-token clipped ratio objective of PPO with μ passes over the batch (--ppo-epochs). With μ = 1
+and one minibatch per batch the ratio is exactly 1 and this is REINFORCE with the group baseline;
+by default a batch is 4 minibatches, and the later ones see a policy that has moved, so the clip
+can act; 5. the KL to π_ref *in the loss*, per token, with the k3 estimator
+π_ref/π − log(π_ref/π) − 1 (≥ 0), weighted by β; or, with --kl-in reward, in the reward as
+rloo.py and ppo.py do (r_i − β·Σ_t log π/π_ref); 6. log, evaluate.
+--reward gold optimises the gold reward itself (the GRPO counterpart of PPO-GT).
 
 Loss normalisation (--loss-norm): 'sequence' is GRPO's mean over each response's tokens, then
 over responses: a token of a short response weighs more than one of a long response, so a
@@ -39,7 +42,7 @@ class Config:
     steps: int = 100  # iterations (one batch of samples and its update each)
     batch_size: int = 16  # prompts per iteration (k responses each)
     minibatch_size: int = 16  # responses per gradient step
-    ppo_epochs: int = 1  # μ: passes over each batch (the token ratio is 1 on the first)
+    ppo_epochs: int = 1  # μ: passes over each batch (ratio 1 on the first minibatch)
     loss_norm: str = "sequence"  # 'sequence' (GRPO: mean per response) or 'constant' (Dr. GRPO)
     lr: float = 3e-5  # AdamW learning rate
     clip: float = 0.2  # ε of the per-token clipped ratio (only matters if ppo_epochs > 1)
@@ -87,7 +90,8 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, clip, beta
 
 
 def main():
-    cfg = c.parse_config(Config, __doc__, {"reward": ["model", "gold"], "kl_in": ["loss", "reward"],
+    cfg = c.parse_config(Config, __doc__, {"reward": ["model", "gold"],
+                                           "kl_in": ["loss", "reward"],
                                            "loss_norm": ["sequence", "constant"]})
     if cfg.k < 2:
         c.die(f"--k {cfg.k}: GRPO needs at least 2 samples per prompt (a group) for its baseline")
@@ -116,12 +120,9 @@ def main():
     c.drop_results(results, run_name)
 
     def evaluate(step):
-        policy.eval()
         ev = c.evaluate(policy, ref, enc, eval_prompts, cfg.max_new_tokens, rm)
-        c.append_result(results, {"run": run_name, "algo": "grpo", "beta": cfg.beta, "step": step,
-                                  "final": step == cfg.steps,
-                                  **{k: v for k, v in ev.items() if k != "samples"}})
-        policy.train()
+        c.append_result(results, ev, run=run_name, algo="grpo", beta=cfg.beta, step=step,
+                        final=step == cfg.steps)
         return ev
 
     before = evaluate(0)
@@ -155,7 +156,7 @@ def main():
         # 4. group-relative advantages
         advantages, zero_std = grpo_advantages(rewards, cfg.k, cfg.scale_std)
 
-        # 5. update: per-token clipped ratio (exactly 1 on the first pass) + β·k3 in the loss
+        # 5. update: per-token clipped ratio objective + β·k3 in the loss
         stats = {k: [] for k in ("pg_loss", "entropy", "ratio", "clipfrac", "kl_k3")}
         for epoch in range(cfg.ppo_epochs):
             for j in (torch.randperm(len(chunks)).tolist() if epoch else range(len(chunks))):

@@ -159,14 +159,11 @@ def main():
     tax_batch = lm_batch(enc, "valid", range(256), 64, device)
 
     def evaluate(step):
-        policy.eval()
         ev = c.evaluate(policy, ref, enc, eval_prompts, cfg.max_new_tokens, rm)
         with torch.no_grad(), c.autocast(device):
             ev["lm_loss"] = lm_loss(policy, tax_batch).item()
-        c.append_result(results, {"run": run_name, "algo": "ppo", "beta": cfg.beta, "step": step,
-                                  "final": step == cfg.steps,
-                                  **{k: v for k, v in ev.items() if k != "samples"}})
-        policy.train()
+        c.append_result(results, ev, run=run_name, algo="ppo", beta=cfg.beta, step=step,
+                        final=step == cfg.steps)
         return ev
 
     before = evaluate(0)

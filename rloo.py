@@ -62,7 +62,8 @@ def rloo_advantages(rewards, k):
 
 def rloo_loss(seq_logprobs, old_seq_logprobs, advantages, clip):
     """−mean_i min(ρ_i A_i, clip(ρ_i, 1±ε) A_i), sequence ratio ρ_i = π_θ(y_i)/π_old(y_i).
-    At ρ = 1 (the first pass) its gradient is REINFORCE's: −mean_i A_i ∇log π_θ(y_i|x)."""
+    At ρ = 1 (the first minibatch of the first pass) its gradient is REINFORCE's:
+    −mean_i A_i ∇log π_θ(y_i|x)."""
     ratio = torch.exp(seq_logprobs - old_seq_logprobs)
     losses = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip))
     return losses.mean(), ratio
@@ -95,12 +96,9 @@ def main():
     c.drop_results(results, run_name)
 
     def evaluate(step):
-        policy.eval()
         ev = c.evaluate(policy, ref, enc, eval_prompts, cfg.max_new_tokens, rm)
-        c.append_result(results, {"run": run_name, "algo": "rloo", "beta": cfg.beta, "step": step,
-                                  "final": step == cfg.steps,
-                                  **{k: v for k, v in ev.items() if k != "samples"}})
-        policy.train()
+        c.append_result(results, ev, run=run_name, algo="rloo", beta=cfg.beta, step=step,
+                        final=step == cfg.steps)
         return ev
 
     before = evaluate(0)

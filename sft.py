@@ -190,9 +190,7 @@ def main():
         print(f"new SFT model: earlier results moved to {results}.old")
     name = "preferred-ft" if cfg.preferred else "sft"
     c.drop_results(results, name)
-    c.append_result(results, {"run": name, "algo": name, "beta": None, "step": cfg.steps,
-                              "final": True, "proxy": None,
-                              **{k: v for k, v in ev.items() if k != "samples"}})
+    c.append_result(results, ev, run=name, algo=name, beta=None, step=cfg.steps, final=True)
     with open(os.path.join(out_dir, "samples.txt"), "w") as f:
         f.write(f"{name} samples on held-out prompts (mean gold reward {ev['gold']:.3f}"
                 f" over {len(prompt_ids)} prompts)\n\n" + "\n\n".join(ev["samples"]) + "\n")

@@ -80,7 +80,8 @@ def test_reward_model_end_to_end(pipeline):
 
 def test_bad_flags(tmp_path):
     for flags, word, code in ((["--k", 1], "--k", 1), (["--tau", -1], "--tau", 2),
-                              (["--tau", "nan"], "--tau", 2), (["--n-prompts", 0], "--n-prompts", 2)):
+                              (["--tau", "nan"], "--tau", 2),
+                              (["--n-prompts", 0], "--n-prompts", 2)):
         proc = run_script("reward_model.py", "--out", tmp_path, *flags, check=False)
         assert proc.returncode == code and word in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
