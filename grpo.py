@@ -197,6 +197,9 @@ def main():
     # final: samples before/after, plots
     after = ev
     c.write_samples(os.path.join(out_dir, "samples.txt"), before, after)
+    c.write_card(out_dir, cfg, f"GRPO policy ({run_name})", f"gold reward {before['gold']:.3f} →"
+                 f" {after['gold']:.3f}, proxy {before['proxy']:.3f} → {after['proxy']:.3f}, KL"
+                 f" {after['kl']:.2f} nats per response, on {len(eval_prompts)} held-out prompts")
     print(f"held-out: gold {before['gold']:.3f} → {after['gold']:.3f} | proxy"
           f" {before['proxy']:.3f} → {after['proxy']:.3f} | KL {after['kl']:.2f} nats")
     c.plot_metrics(out_dir, [("score", "eval_proxy", "eval_gold"), ("kl", "eval_kl"),

@@ -110,6 +110,24 @@ def ppo_total_loss(pg_loss, vf_loss, entropy, vf_coef, ent_coef):
     return pg_loss + vf_coef * vf_loss - ent_coef * entropy
 
 
+def update_stats(logprobs, old_logprobs, mask, clip):
+    """Diagnostics of one minibatch update, masked means over real tokens: the ratio
+    ρ = π_θ/π_old, the fraction of tokens clipped (|ρ − 1| > ε), and approx_kl = (ρ − 1) − log ρ,
+    an estimate of the KL between π_old and π_θ (PPO's trust region; the objective's KL is to
+    π_ref)."""
+    log_ratio = logprobs - old_logprobs
+    ratio = log_ratio.exp()
+    return {"ratio": masked_mean(ratio, mask).item(),
+            "clipfrac": masked_mean(((ratio - 1).abs() > clip).float(), mask).item(),
+            "approx_kl": masked_mean(ratio - 1 - log_ratio, mask).item()}
+
+
+def adaptive_beta(beta, kl, target, n, horizon):
+    """Adaptive KL controller (Ziegler et al. 2019): β ← β·(1 + clip(KL/target − 1, ±0.2)·n/H),
+    after a rollout of n responses with mean KL; H = horizon."""
+    return beta * (1 + max(-0.2, min(0.2, kl / target - 1)) * n / horizon)
+
+
 def critic_values(critic, tokens, n_prompt):
     """V(x, y_<t) for every response position t: the scalar head on each hidden state (B, T)."""
     return critic.score(c.forward(critic, tokens)[:, n_prompt - 1:-1]).squeeze(-1).float()
@@ -209,8 +227,8 @@ def main():
                 with c.autocast(device):
                     logprobs, entropy = c.token_logprobs(policy, tokens[s], P, cfg.temperature)
                     values = critic_values(critic, tokens[s], P)
-                pg_loss, ratio = ppo_policy_loss(logprobs, old_logprobs[s], advantages[s],
-                                                 mb_mask, cfg.clip)
+                pg_loss, _ = ppo_policy_loss(logprobs, old_logprobs[s], advantages[s],
+                                             mb_mask, cfg.clip)
                 vf_loss = value_loss(values, old_values[s], returns[s], mb_mask, cfg.vf_clip)
                 ent = masked_mean(entropy, mb_mask)
                 loss = ppo_total_loss(pg_loss, vf_loss, ent, cfg.vf_coef, cfg.ent_coef)
@@ -226,13 +244,9 @@ def main():
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_([*policy.parameters(), *critic.parameters()], 1.0)
                 opt.step()
-                with torch.no_grad():  # KL to π_old, PPO's trust region (not the objective's
-                    log_ratio = logprobs.detach() - old_logprobs[s]  # KL to π_ref): k3
-                    stats["approx_kl"].append(masked_mean(ratio.detach() - 1 - log_ratio,
-                                                          mb_mask).item())
-                    stats["clipfrac"].append(masked_mean(
-                        ((ratio.detach() - 1).abs() > cfg.clip).float(), mb_mask).item())
-                stats["ratio"].append(masked_mean(ratio.detach(), mb_mask).item())
+                for k, v in update_stats(logprobs.detach(), old_logprobs[s], mb_mask,
+                                         cfg.clip).items():
+                    stats[k].append(v)
                 stats["pg_loss"].append(pg_loss.item())
                 stats["vf_loss"].append(vf_loss.item())
                 stats["entropy"].append(ent.item())
@@ -249,15 +263,17 @@ def main():
             print("  sample:", ev["samples"][0][:150])
         logger.log(step, **metrics)
 
-        # adaptive KL controller (Ziegler et al. 2019), for the next rollout:
-        # β ← β·(1 + clip(KL/target − 1, ±0.2)·n/H)
+        # adaptive KL controller, for the next rollout
         if cfg.target_kl:
-            beta *= 1 + (kl.mean() / cfg.target_kl - 1).clamp(-0.2, 0.2).item() * \
-                cfg.batch_size / cfg.horizon
+            beta = adaptive_beta(beta, kl.mean().item(), cfg.target_kl, cfg.batch_size,
+                                 cfg.horizon)
 
     # final: samples before/after, alignment tax, plots
     after = ev
     c.write_samples(os.path.join(out_dir, "samples.txt"), before, after)
+    c.write_card(out_dir, cfg, f"PPO policy ({run_name})", f"gold reward {before['gold']:.3f} →"
+                 f" {after['gold']:.3f}, proxy {before['proxy']:.3f} → {after['proxy']:.3f}, KL"
+                 f" {after['kl']:.2f} nats per response, on {len(eval_prompts)} held-out prompts")
     print(f"held-out: gold {before['gold']:.3f} → {after['gold']:.3f} | proxy"
           f" {before['proxy']:.3f} → {after['proxy']:.3f} | KL {after['kl']:.2f} nats |"
           f" LM loss (alignment tax) {before['lm_loss']:.3f} → {after['lm_loss']:.3f}")

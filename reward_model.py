@@ -110,6 +110,14 @@ def validate(rm, groups, device):
             "labeler_acc_gold": (gold_w > gold_l)[strict].float().mean().item()}
 
 
+def shift_rewards(rm, m):
+    """Subtract m from every reward r_φ(x, y) = w·ln_f(h) + b, in the weights: moving ln_f's
+    bias by −m·w/|w|² moves w·ln_f(h) by exactly −m, whatever the input."""
+    with torch.no_grad():
+        w = rm.score.weight[0]
+        rm.transformer.ln_f.bias -= m * w / w.dot(w)
+
+
 def write_preferences(path, enc, splits):
     """(prompt, chosen, rejected) text records, the format preference libraries read, plus token
     ids (exact for dpo.py), gold rewards and split. Written to a temporary name, then renamed."""
@@ -176,13 +184,9 @@ def main():
             rm.train()
         logger.log(step, **metrics)
 
-    # 4. normalise: mean 0 on SFT samples. score = w·h with h = ln_f(x), so moving ln_f's bias
-    # by −m·w/|w|² shifts every reward by exactly −m.
+    # 4. normalise: mean 0 on SFT samples, folded into the saved weights
     rm.eval()
-    mean = all_rewards(rm, val, device).mean()
-    with torch.no_grad():
-        w = rm.score.weight[0]
-        rm.transformer.ln_f.bias -= mean * w / w.dot(w)
+    shift_rewards(rm, all_rewards(rm, val, device).mean())
     c.save_model(rm, out_dir)
 
     # report: correlation with the gold reward on fresh SFT samples of held-out prompts
@@ -200,6 +204,10 @@ def main():
                    "proxy_se_sft": proxy.std().item() / len(proxy) ** 0.5,
                    "proxy_mean_val": all_rewards(rm, val, device).mean().item(),
                    "n_val_responses": len(val) * cfg.k, "tau": cfg.tau, "k": cfg.k}, f, indent=1)
+    c.write_card(out_dir, cfg, "Reward model r_φ (Bradley–Terry, scalar head at the last token,"
+                 " mean 0 on SFT samples)", f"pair accuracy {final['val_acc']:.3f} vs the labeler,"
+                 f" {final['val_acc_gold']:.3f} vs the gold order; corr(r_φ, gold) {corr:.3f}",
+                 classifier=True)
     c.plot_metrics(out_dir, [("loss", "val_loss"), ("acc", "val_acc", "val_acc_gold",
                                                     "labeler_acc_gold")], "training.png")
     c.plot_scatter(gold, proxy, "gold reward r* (VADER)", "learned reward r_φ",

@@ -92,6 +92,15 @@ def length_batches(lengths, batch_size, group=16):
     return [batches[i] for i in torch.randperm(len(batches)).tolist()]
 
 
+def lr_at(step, lr, warmup, steps):
+    """Linear warmup over `warmup` steps, then cosine decay from lr to lr/10 at the last step
+    (step counts from 0)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 def sft_loss(model, x, y):
     """Mean −log π(y_t | x, y_<t) over response tokens (nats/token); -100 masks the rest."""
     logits = model(x).logits  # (B, T, V); right padding: real tokens never attend to it
@@ -142,12 +151,6 @@ def main():
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
 
-    def lr_at(step):
-        if step < cfg.warmup:
-            return cfg.lr * (step + 1) / cfg.warmup
-        progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
     logger = c.Logger(out_dir, cfg.steps)
     lengths = (x != enc.eot_token + 1).sum(1)  # real tokens of each row (the rest is padding)
     batches = []
@@ -158,8 +161,9 @@ def main():
         n = int(lengths[idx].max())
         xb, yb = x[idx, :n].to(device), y[idx, :n].to(device)
         # 2. loss on response tokens, 3. update
+        lr = lr_at(step - 1, cfg.lr, cfg.warmup, cfg.steps)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step - 1)
+            group["lr"] = lr
         with c.autocast(device):
             loss = sft_loss(model, xb, yb)
         if not torch.isfinite(loss):
@@ -170,7 +174,7 @@ def main():
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         # 4. log; every eval_every steps also the held-out loss and a checkpoint
-        metrics = {"loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr_at(step - 1)}
+        metrics = {"loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr}
         if step % cfg.eval_every == 0 or step == cfg.steps:
             model.eval()
             metrics["val_loss"], metrics["val_bpb"] = heldout_loss(model, val_x, val_y,
@@ -194,6 +198,10 @@ def main():
     with open(os.path.join(out_dir, "samples.txt"), "w") as f:
         f.write(f"{name} samples on held-out prompts (mean gold reward {ev['gold']:.3f}"
                 f" over {len(prompt_ids)} prompts)\n\n" + "\n\n".join(ev["samples"]) + "\n")
+    c.write_card(out_dir, cfg, "Preferred-FT policy (SFT on the chosen responses)" if cfg.preferred
+                 else "SFT policy π_SFT, also π_ref of every later stage",
+                 f"loss {metrics['val_loss']:.3f} nats/token = {metrics['val_bpb']:.3f} bits/byte"
+                 f" on validation openings; mean gold (VADER) reward of samples {ev['gold']:.3f}")
     c.plot_metrics(out_dir, [("loss", "val_loss"), "val_bpb", "lr"], "loss.png")
     print(f"held-out loss {metrics['val_loss']:.3f} nats/token = {metrics['val_bpb']:.3f}"
           f" bits/byte | gold reward of samples {ev['gold']:.3f} | saved {out_dir}")

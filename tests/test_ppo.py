@@ -1,5 +1,5 @@
 """ppo.py: the clip table, GAE against a loop, the KL penalty's placement, a run, and learning."""
-import json
+import json, math
 
 import pytest
 import torch
@@ -171,3 +171,20 @@ def test_kl_explosion_stops_and_keeps_the_last_good_policy(pipeline, tmp_path):
     assert proc.returncode == 1 and "KL exploded" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert (pipeline / "ppo" / "config.json").exists()  # saved after step 1 (KL 0 there)
+
+
+def test_update_stats_by_hand():
+    old = torch.zeros(1, 3)
+    logprobs = torch.log(torch.tensor([[1.5, 1.0, 0.9]]))
+    mask = torch.tensor([[1.0, 1.0, 0.0]])  # the third token is padding
+    stats = ppo.update_stats(logprobs, old, mask, clip=0.2)
+    assert stats["ratio"] == pytest.approx(1.25)
+    assert stats["clipfrac"] == pytest.approx(0.5)  # 1.5 is outside [0.8, 1.2], 1.0 inside
+    assert stats["approx_kl"] == pytest.approx((0.5 - math.log(1.5)) / 2)  # (ρ − 1) − log ρ
+
+
+def test_adaptive_beta_by_hand():
+    # KL twice the target: the error is clipped to +0.2; n/H = 64/1000
+    assert ppo.adaptive_beta(0.1, 2.0, 1.0, 64, 1000) == pytest.approx(0.1 * (1 + 0.2 * 0.064))
+    # KL 10% under the target: −0.1 unclipped
+    assert ppo.adaptive_beta(0.1, 0.9, 1.0, 64, 1000) == pytest.approx(0.1 * (1 - 0.1 * 0.064))

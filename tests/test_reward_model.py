@@ -85,3 +85,15 @@ def test_bad_flags(tmp_path):
         proc = run_script("reward_model.py", "--out", tmp_path, *flags, check=False)
         assert proc.returncode == code and word in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_shift_rewards_moves_every_reward_by_exactly_m(tmp_path):
+    torch.manual_seed(0)
+    c.build_model(512, 1, 2, 32, 64).save_pretrained(tmp_path)
+    rm = c.load_model(str(tmp_path), GPT2ForSequenceClassification, num_labels=1).eval()
+    with torch.no_grad():
+        rm.score.weight.normal_()  # a head that reads the hidden state (not all zeros)
+        tokens = torch.randint(0, 512, (5, 7))
+        before = c.reward(rm, tokens)
+        rmod.shift_rewards(rm, 0.75)
+        torch.testing.assert_close(c.reward(rm, tokens), before - 0.75, atol=1e-4, rtol=0)

@@ -1,6 +1,7 @@
 """sft.py: the masked loss by hand, and the script run end to end as a user runs it."""
 import json, os, signal, subprocess, sys, time
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -122,3 +123,12 @@ def test_ctrl_c_leaves_no_half_written_files(tmp_path):
     assert proc.returncode == 1 and err.strip().startswith("error: interrupted")
     assert len(err.strip().splitlines()) == 1
     assert c.load_model(str(tmp_path / "sft")).config.n_layer == 2  # the last checkpoint loads
+
+
+def test_lr_schedule_by_hand():
+    lr, warmup, steps = 1e-3, 10, 110
+    assert sft.lr_at(0, lr, warmup, steps) == pytest.approx(1e-4)  # warmup: (step + 1)/warmup
+    assert sft.lr_at(9, lr, warmup, steps) == pytest.approx(1e-3)
+    assert sft.lr_at(10, lr, warmup, steps) == pytest.approx(1e-3)  # cosine from the peak ...
+    assert sft.lr_at(60, lr, warmup, steps) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # half
+    assert sft.lr_at(110, lr, warmup, steps) == pytest.approx(1e-4)  # ... to lr/10
