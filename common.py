@@ -480,6 +480,10 @@ def append_result(path, point, **fields):
     """Add one evaluation point (what the run is: fields; what it measured: point, less its text
     samples) to the shared results file: all methods on one reward-vs-KL plane."""
     row = {**fields, **{k: v for k, v in point.items() if k != "samples"}}
+    bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:  # a diverged run: record nothing (a bare NaN is not JSON) and save nothing after it
+        die(f"the evaluation at step {row.get('step')} is not finite ({', '.join(bad)}): the run"
+            " diverged, nothing of this step was recorded or saved; try a lower --lr")
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
 

@@ -65,7 +65,8 @@ def test_sft_loss_counts_response_tokens_only():
 
 
 def test_sft_end_to_end(tmp_path):
-    proc = run_script("sft.py", "--out", tmp_path, *TINY_SFT, "--steps", 6, "--eval-every", 3)
+    proc = run_script("sft.py", "--out", tmp_path, *TINY_SFT, "--steps", 6, "--eval-every", 3,
+                      "--bucket")
     out = tmp_path / "sft"
     for name in ("config.json", "model.safetensors", "metrics.jsonl", "loss.png", "samples.txt"):
         assert (out / name).stat().st_size > 0, name
@@ -132,3 +133,15 @@ def test_lr_schedule_by_hand():
     assert sft.lr_at(10, lr, warmup, steps) == pytest.approx(1e-3)  # cosine from the peak ...
     assert sft.lr_at(60, lr, warmup, steps) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # half
     assert sft.lr_at(110, lr, warmup, steps) == pytest.approx(1e-4)  # ... to lr/10
+
+
+def test_a_diverged_run_keeps_the_previous_checkpoint(tmp_path):
+    """A held-out loss that is not finite stops the run before it saves over good weights."""
+    run_script("sft.py", "--out", tmp_path, *TINY_SFT, "--steps", 2, "--eval-every", 2)
+    good = c.load_model(str(tmp_path / "sft")).lm_head.weight.clone()
+    proc = run_script("sft.py", "--out", tmp_path, *TINY_SFT, "--steps", 5, "--eval-every", 1,
+                      "--lr", 1e30, "--warmup", 1, check=False)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+    assert "not finite" in proc.stderr or "non-finite" in proc.stderr
+    assert "the last good checkpoint" not in proc.stderr  # this run saved nothing
+    torch.testing.assert_close(c.load_model(str(tmp_path / "sft")).lm_head.weight, good)
