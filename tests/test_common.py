@@ -248,3 +248,28 @@ def test_flags_are_range_checked(flags, message, capsys):
         c.parse_config(Cfg, "doc", argv=flags)
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and err == f"error: {message}"
+
+
+def test_precision_is_bf16_only_where_native(monkeypatch, capsys):
+    monkeypatch.setenv(c.PRECISION_ENV, "auto")  # restored after the test, as is _bf16
+    monkeypatch.setattr(c, "_bf16", {})
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(c, "native_bf16", lambda device: (False, "no native bf16"))
+    c.setup(0)
+    with c.autocast(cpu):
+        assert not torch.is_autocast_enabled("cpu")
+    assert capsys.readouterr().out == "device cpu, fp32 (no native bf16)\n"
+    with pytest.raises(SystemExit):  # asking for an emulated bf16: one line, no traceback
+        c.setup(0, "bf16")
+    err = capsys.readouterr().err.strip()
+    assert "--precision bf16" in err and "no native bf16" in err and "\n" not in err
+    monkeypatch.setattr(c, "native_bf16", lambda device: (True, "AVX512-BF16"))
+    monkeypatch.setenv(c.PRECISION_ENV, "auto")
+    c.setup(0)
+    with c.autocast(cpu):
+        assert torch.is_autocast_enabled("cpu")
+    assert os.environ[c.PRECISION_ENV] == "bf16"  # what the runs it starts will use
+    c.setup(0, "fp32")
+    with c.autocast(cpu):
+        assert not torch.is_autocast_enabled("cpu")
+    assert "fp32 (as asked" in capsys.readouterr().out
