@@ -48,7 +48,9 @@ def run(main):
 
 def parse_config(cls, doc, choices=None, argv=None):
     """Config dataclass → argparse: one --flag per field, its trailing comment as the help."""
-    helps = dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(cls), re.M))
+    helps = {name: text.replace("%", "%%")  # argparse would read a bare % as a format
+             for name, text in re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(cls),
+                                          re.M)}
     parser = argparse.ArgumentParser(description=doc.strip().split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     choices = {"precision": PRECISIONS, **(choices or {})}

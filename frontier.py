@@ -11,8 +11,9 @@ draws, from that file:
   overoptimisation.png    proxy and gold reward vs √KL along the PPO, RLOO, GRPO runs (Goodhart)
   frontier.md             the best gold reward of each method below KL = 2, 5, 10, 20 nats
 Every run writes its model to the same out/<method>/ directory: only the points are kept.
-Run: python frontier.py --quick      (≈ 14 min on a 2-core CPU once out/sft and the RM exist)
-     python frontier.py              (the full sweep, ≈ 50 min)
+Run: python frontier.py --quick      (19 min on a 2-core CPU once out/sft and the RM exist)
+     python frontier.py              (the full sweep, ≈ 60 min estimated)
+     python frontier.py --out docs --redraw    (the README's figures, from docs/results.jsonl)
 """
 import math, os, subprocess, sys
 from dataclasses import dataclass
@@ -29,7 +30,8 @@ KL_LIMITS = (2, 5, 10, 20)
 @dataclass
 class Config:
     out: str = "out"  # root directory: reads and extends out/results.jsonl
-    quick: bool = False  # a smaller sweep (≈ 15 min on a 2-core CPU)
+    quick: bool = False  # a smaller sweep (≈ 20 min on a 2-core CPU)
+    redraw: bool = False  # train nothing: draw the figures from <out>/results.jsonl (--out docs)
     extra: str = ""  # flags appended to every run, e.g. '--max-new-tokens 24'
     bon_prompts: int = 256  # held-out prompts for best-of-n
     bon_max_n: int = 64  # largest n of best-of-n (powers of two up to it)
@@ -153,6 +155,11 @@ def main():
     device = c.setup(cfg.seed, cfg.precision)  # the sweep's runs inherit its precision
     here = os.path.dirname(os.path.abspath(__file__))
     results = os.path.join(cfg.out, "results.jsonl")
+    if cfg.redraw:
+        if not os.path.isfile(results):
+            c.die(f"--redraw: {results} does not exist; point --out at a directory that has one")
+        draw(results, cfg.out)
+        return
     c.require(os.path.join(cfg.out, "reward_model"), "reward_model.py", ["--out", cfg.out])
     done = {(r["run"], r["step"]) for r in c.read_jsonl(results) if r.get("final")}
     for script, run_name, steps, flags in sweep(cfg.quick):

@@ -57,3 +57,16 @@ def test_tiny_sweep_end_to_end(pipeline, tmp_path):
     assert [r["n"] for r in bon] == [1, 2, 4] and bon[0]["kl"] == 0.0
     assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "preferred_ft" / "config.json").exists()
+
+
+def test_redraw_trains_nothing(tmp_path):
+    for p in ({"run": "sft", "algo": "sft", "step": 0, "kl": 0.0, "gold": 0.2, "proxy": None},
+              {"run": "rloo-rm β=0.1", "step": 0, "kl": 0.0, "gold": 0.2, "proxy": 0.0},
+              {"run": "rloo-rm β=0.1", "step": 10, "kl": 3.0, "gold": 0.6, "proxy": 1.0}):
+        c.append_result(tmp_path / "results.jsonl", p)
+    proc = run_script("frontier.py", "--out", tmp_path, "--redraw")
+    assert (tmp_path / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| rloo-rm | 0.200 | 0.600 | 0.600 | 0.600 |" in (tmp_path / "frontier.md").read_text()
+    assert not (tmp_path / "reward_model").exists() and "missing" not in proc.stdout
+    proc = run_script("frontier.py", "--out", tmp_path / "none", "--redraw", check=False)
+    assert proc.returncode == 1 and "does not exist" in proc.stderr

@@ -2,7 +2,8 @@
 import pytest
 import torch
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,
-                          AutoTokenizer, pipeline)
+                          AutoTokenizer)
+from transformers import pipeline as hf_pipeline  # `pipeline` is the fixture of tests/
 
 import common as c
 
@@ -22,7 +23,7 @@ def test_saved_stages_load_with_auto_classes_and_pipeline(pipeline):
     tok = AutoTokenizer.from_pretrained(sft_dir)
     model = AutoModelForCausalLM.from_pretrained(sft_dir)
     assert tok.pad_token_id == model.config.pad_token_id and tok.eos_token_id == 1024
-    generate = pipeline("text-generation", model=sft_dir, device="cpu")
+    generate = hf_pipeline("text-generation", model=sft_dir, device="cpu")
     out = generate("This movie was", max_new_tokens=8, do_sample=True)[0]["generated_text"]
     assert out.startswith("This movie was") and len(out) > len("This movie was")
     # the reward model as a sequence classifier: the same scores as common.reward

@@ -134,7 +134,7 @@ def test_ppo_end_to_end(pipeline):
     # the logged KL penalty is its definition, −β·KL, with the β of that rollout
     for r in rows:
         assert r["non_score_reward"] == pytest.approx(-r["beta"] * r["kl"], rel=1e-4, abs=1e-7)
-    assert rows[-1]["kl"] > 1e-3  # the policy has moved: the check above is not 0 = 0
+    assert max(abs(r["kl"]) for r in rows) > 1e-3  # the policy moved: the check is not 0 = 0
     # the adaptive controller moved β: up when KL > target, down when below
     betas = [r["beta"] for r in rows]
     assert betas[0] == 0.05 and len(set(betas)) > 1

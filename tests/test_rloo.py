@@ -71,7 +71,7 @@ def test_rloo_end_to_end(pipeline):
     for r in rows:  # the logged formulas against their definitions
         assert r["non_score_reward"] == pytest.approx(-0.05 * r["kl"], rel=1e-4, abs=1e-7)
         assert r["ratio"] == 1.0 and r["clipfrac"] == 0.0  # one pass, one minibatch: on-policy
-    assert rows[-1]["kl"] > 1e-3
+    assert max(abs(r["kl"]) for r in rows) > 1e-3  # the policy moved: the check is not 0 = 0
     points = [json.loads(line) for line in open(pipeline / "results.jsonl")]
     assert [p["step"] for p in points if p["run"] == "rloo-rm β=0.05"] == [0, 2, 4]
 
