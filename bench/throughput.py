@@ -4,7 +4,8 @@ Prints: the matmul peak of the precision in use (bf16 where the device has it na
 fp32: an emulated precision is never timed, it would take minutes and mean nothing); SFT training
 tokens/s and its model FLOPs utilisation (6·N FLOPs per token, N = parameters, plus attention)
 against that peak; sampling tokens/s of common.sample() and of transformers' generate() on the
-same model and batch. Under a minute on any machine (20 s on a 2-core AVX512-BF16 CPU).
+same model and batch. 9 s on a 2-core AVX512-BF16 CPU (12 s in fp32 there); about half a
+minute estimated on a 2-core AVX2 CPU in fp32.
 Run: python bench/throughput.py        (defaults: the sft.py model, a batch of 64, 48 new tokens)
 """
 import os, sys, time
