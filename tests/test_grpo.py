@@ -155,7 +155,7 @@ def test_grpo_end_to_end(pipeline):
                "--loss-norm", "constant", *TINY_GRPO)
     out = pipeline / "grpo"
     for name in ("config.json", "model.safetensors", "metrics.jsonl", "samples.txt",
-                 "metrics.png", "reward_vs_kl.png"):
+                 "metrics.png", "reward_vs_kl.png", "tokenizer.json", "README.md"):
         assert (out / name).stat().st_size > 0, name
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     for key in ("score", "kl", "kl_k3", "frac_zero_std", "entropy", "ratio", "clipfrac"):

@@ -63,7 +63,7 @@ def test_rloo_end_to_end(pipeline):
     run_script("rloo.py", "--out", pipeline, "--steps", 4, "--eval-every", 2, *TINY_RLOO)
     out = pipeline / "rloo"
     for name in ("config.json", "model.safetensors", "metrics.jsonl", "samples.txt",
-                 "metrics.png", "reward_vs_kl.png"):
+                 "metrics.png", "reward_vs_kl.png", "tokenizer.json", "README.md"):
         assert (out / name).stat().st_size > 0, name
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     for key in ("score", "kl", "entropy", "baseline", "adv_std", "ratio", "length"):

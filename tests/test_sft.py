@@ -68,7 +68,8 @@ def test_sft_end_to_end(tmp_path):
     proc = run_script("sft.py", "--out", tmp_path, *TINY_SFT, "--steps", 6, "--eval-every", 3,
                       "--bucket")
     out = tmp_path / "sft"
-    for name in ("config.json", "model.safetensors", "metrics.jsonl", "loss.png", "samples.txt"):
+    for name in ("config.json", "model.safetensors", "metrics.jsonl", "loss.png", "samples.txt",
+                 "tokenizer.json", "README.md"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
@@ -76,7 +77,7 @@ def test_sft_end_to_end(tmp_path):
     assert rows[-1]["val_loss"] < rows[0]["loss"]  # it learned something in 6 steps
     point = json.loads(open(tmp_path / "results.jsonl").read())
     assert point["run"] == "sft" and point["kl"] == 0.0 and -1 <= point["gold"] <= 1
-    assert "bits/byte" in proc.stdout
+    assert "bits/byte" in proc.stdout and "bits/byte" in (out / "README.md").read_text()
     reloaded = c.load_model(str(out))
     assert reloaded.config.bpe_ranks == 1024 and reloaded.config.pad_token_id == 1025
     assert not os.path.exists(out / ".tmp")
@@ -115,7 +116,9 @@ def test_non_finite_loss_stops_with_one_line(tmp_path):
 def test_ctrl_c_leaves_no_half_written_files(tmp_path):
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "sft.py"), "--out", str(tmp_path),
                              *TINY_SFT, "--steps", "100000", "--eval-every", "5"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a background job inherits SIGINT as ignored: give it back the default
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (tmp_path / "sft" / "config.json").exists() and time.time() < deadline:
         time.sleep(0.2)  # wait for a first checkpoint, then interrupt mid-training
