@@ -117,9 +117,11 @@ def draw(results, out):
                    marker="*" if m == "sft" else "o")
         ax.plot(*zip(*upper_frontier(pts)), color=f"C{n}", label=m, lw=2)
     ax.set_xlabel("KL(π‖π_ref)  [nats per response]  (best-of-n: upper bound)")
-    ax.set_ylabel("gold reward (VADER) on held-out prompts"), ax.grid(alpha=0.3)
-    ax.legend(fontsize=8), ax.set_title("reward–KL frontier: every evaluation of every run")
-    fig.tight_layout(), fig.savefig(os.path.join(out, "frontier.png"), dpi=110), plt.close(fig)
+    ax.set(ylabel="gold reward (VADER) on held-out prompts",
+           title="reward–KL frontier: every evaluation of every run")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    c.save_figure(fig, os.path.join(out, "frontier.png"))
 
     panels = ("ppo-rm", "rloo-rm", "grpo-rm")
     runs = [r for r in dict.fromkeys(r["run"] for r in rows) if method(r) in panels]
@@ -131,11 +133,11 @@ def draw(results, out):
             x = [p[1] for p in pts]
             ax.plot(x, [p[2] for p in pts], "-", color=f"C{n}", label=f"{run_name} proxy")
             ax.plot(x, [p[3] for p in pts], "--", color=f"C{n}", label=f"{run_name} gold")
-        ax.set_xlabel("√KL(π‖π_ref)"), ax.set_title(m), ax.grid(alpha=0.3)
+        ax.set(xlabel="√KL(π‖π_ref)", title=m)
+        ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0].set_ylabel("reward (proxy r_φ solid, gold r* dashed)")
-    fig.tight_layout(), fig.savefig(os.path.join(out, "overoptimisation.png"), dpi=110)
-    plt.close(fig)
+    c.save_figure(fig, os.path.join(out, "overoptimisation.png"))
 
     lines = ["| method | " + " | ".join(f"KL ≤ {k}" for k in KL_LIMITS) + " |",
              "|---|" + "---|" * len(KL_LIMITS)]
