@@ -307,9 +307,14 @@ def token_logprobs(model, tokens, n_prompt, temperature=1.0):
     return logprobs, entropy
 
 
+def masked_mean(x, mask):
+    """Mean of x over the real (mask = 1) positions only."""
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
 def kl_estimate(logprobs, ref_logprobs, kind="k1"):
-    """Per-token estimates of KL(π‖π_ref) from tokens sampled from π (Schulman, "Approximating KL
-    divergence", 2020), with log r = log π_ref(y) − log π(y):
+    """Per-token estimates of KL(π‖π_ref) from tokens sampled from π (Schulman,
+    "Approximating KL divergence", 2020), with log r = log π_ref(y) − log π(y):
       k1 = −log r            unbiased; negative whenever π_ref(y) > π(y), so one response's sum
                              can be < 0 (the logged `kl` of every script and the evaluation's KL)
       k2 = ½ (log r)²        biased (low variance), never negative
@@ -324,8 +329,8 @@ def kl_estimate(logprobs, ref_logprobs, kind="k1"):
 
 
 def sequence_kl(logprobs, ref_logprobs, mask):
-    """The KL of the objective, per response: Σ_t [log π(y_t|·) − log π_ref(y_t|·)] over the real
-    response tokens (k1 summed; nats; one response's value can be negative): (B,)."""
+    """The KL of the objective, per response: Σ_t [log π(y_t|·) − log π_ref(y_t|·)] over
+    the real response tokens (k1 summed; nats; one response's value can be negative): (B,)."""
     return (kl_estimate(logprobs, ref_logprobs, "k1") * mask).sum(1)
 
 
@@ -448,8 +453,8 @@ def rank(gold, tau, generator=None):
 @torch.no_grad()
 def evaluate(policy, ref, enc, prompt_ids, max_new_tokens, rm=None, batch_size=64, seed=1234):
     """DESIGN.md §5 on held-out prompts, temperature 1: gold and proxy reward, sequence
-    KL(π‖π_ref) = mean Σ_t [log π − log π_ref] (nats), token entropy, length, samples; and the
-    standard errors of the gold, proxy and KL means (gold_se, …) over the prompts."""
+    KL(π‖π_ref) = mean Σ_t [log π − log π_ref] (nats), token entropy, length, samples; and
+    the standard errors of the gold, proxy and KL means (gold_se, …) over the prompts."""
     device, was_training = policy.lm_head.weight.device, policy.training
     policy.eval()
     state = torch.get_rng_state(), (torch.cuda.get_rng_state() if device.type == "cuda" else None)
@@ -499,6 +504,12 @@ def drop_results(path, run_name):
     with open(path + ".tmp", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     os.replace(path + ".tmp", path)
+
+
+def before_after(before, after):
+    """One line comparing two evaluations: gold and proxy reward before → after, and the KL."""
+    return (f"gold {before['gold']:.3f} → {after['gold']:.3f} | proxy {before['proxy']:.3f} →"
+            f" {after['proxy']:.3f} | KL {after['kl']:.2f} nats")
 
 
 def write_card(out_dir, cfg, what, figures, classifier=False):

@@ -207,11 +207,9 @@ def main():
     # final: samples before/after, plots
     after = ev
     c.write_samples(os.path.join(out_dir, "samples.txt"), before, after)
-    c.write_card(out_dir, cfg, f"DPO policy ({run_name})", f"gold reward {before['gold']:.3f} →"
-                 f" {after['gold']:.3f}, proxy {before['proxy']:.3f} → {after['proxy']:.3f}, KL"
-                 f" {after['kl']:.2f} nats per response, on {len(eval_prompts)} held-out prompts")
-    print(f"held-out: gold {before['gold']:.3f} → {after['gold']:.3f} | proxy"
-          f" {before['proxy']:.3f} → {after['proxy']:.3f} | KL {after['kl']:.2f} nats |"
+    c.write_card(out_dir, cfg, f"DPO policy ({run_name})",
+                 f"{c.before_after(before, after)} on {len(eval_prompts)} held-out prompts")
+    print(f"held-out: {c.before_after(before, after)} |"
           f" pair accuracy {before.get('val_acc', 0):.3f} → {after.get('val_acc', 0):.3f}")
     c.plot_metrics(out_dir, [("chosen_reward", "rejected_reward", "margin"),
                              ("logps_chosen", "logps_rejected"), ("accuracy", "eval_val_acc"),

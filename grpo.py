@@ -8,8 +8,8 @@ per-token clipped ratio objective of PPO with μ passes over the batch (--ppo-ep
 and one minibatch per batch the ratio is exactly 1 and this is REINFORCE with the group baseline;
 by default a batch is 4 minibatches, and the later ones see a policy that has moved, so the clip
 can act; 5. the KL to π_ref *in the loss*, per token, with the k3 estimator
-π_ref/π − log(π_ref/π) − 1 (≥ 0), weighted by β; or, with --kl-in reward, in the reward as
-rloo.py and ppo.py do (r_i − β·Σ_t log π/π_ref); 6. log, evaluate.
+π_ref/π − log(π_ref/π) − 1 (≥ 0), weighted by β; or, with --kl-in reward, in the
+reward as rloo.py and ppo.py do (r_i − β·Σ_t log π/π_ref); 6. log, evaluate.
 --reward gold optimises the gold reward itself (the GRPO counterpart of PPO-GT).
 
 Loss normalisation (--loss-norm): 'sequence' is GRPO's mean over each response's tokens, then
@@ -74,9 +74,10 @@ def grpo_advantages(rewards, k, scale_std, eps=1e-4):
 
 def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, clip, beta, loss_norm,
               max_new_tokens):
-    """Per token: max(−Â·ρ_t, −Â·clip(ρ_t, 1±ε)) + β·k3_t, ρ_t = π_θ(y_t)/π_old(y_t) (GRPO,
-    eq. 3 of Shao et al., negated). Normalised per response ('sequence') or by a constant.
-    β = 0 leaves the KL out of the loss (--kl-in reward). Returns loss, ratio (B, T), k3 (B, T)."""
+    """Per token: max(−Â·ρ_t, −Â·clip(ρ_t, 1±ε)) + β·k3_t, with the ratio
+    ρ_t = π_θ(y_t)/π_old(y_t) (GRPO, eq. 3 of Shao et al., negated). Normalised per response
+    ('sequence') or by a constant. β = 0 leaves the KL out of the loss (--kl-in reward).
+    Returns loss, ratio (B, T), k3 (B, T)."""
     ratio = torch.exp(logprobs - old_logprobs)
     A = advantages[:, None]  # (B, 1): the same advantage for every token of a response
     pg = torch.max(-A * ratio, -A * ratio.clamp(1 - clip, 1 + clip))  # (B, T)
@@ -174,11 +175,11 @@ def main():
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
                 opt.step()
                 stats["pg_loss"].append(loss.item())
-                stats["entropy"].append(((entropy * mask[s]).sum() / mask[s].sum()).item())
-                stats["ratio"].append(((ratio * mask[s]).sum() / mask[s].sum()).item())
-                stats["clipfrac"].append(((((ratio - 1).abs() > cfg.clip) * mask[s]).sum()
-                                          / mask[s].sum()).item())
-                stats["kl_k3"].append(((kl_k3 * mask[s]).sum() / mask[s].sum()).item())
+                stats["entropy"].append(c.masked_mean(entropy, mask[s]).item())
+                stats["ratio"].append(c.masked_mean(ratio, mask[s]).item())
+                stats["clipfrac"].append(c.masked_mean(((ratio - 1).abs() > cfg.clip).float(),
+                                                       mask[s]).item())
+                stats["kl_k3"].append(c.masked_mean(kl_k3, mask[s]).item())
 
         # 6. log; evaluate and checkpoint every eval_every steps
         metrics = {"score": score.mean().item(), "kl": kl.mean().item(),
@@ -197,11 +198,9 @@ def main():
     # final: samples before/after, plots
     after = ev
     c.write_samples(os.path.join(out_dir, "samples.txt"), before, after)
-    c.write_card(out_dir, cfg, f"GRPO policy ({run_name})", f"gold reward {before['gold']:.3f} →"
-                 f" {after['gold']:.3f}, proxy {before['proxy']:.3f} → {after['proxy']:.3f}, KL"
-                 f" {after['kl']:.2f} nats per response, on {len(eval_prompts)} held-out prompts")
-    print(f"held-out: gold {before['gold']:.3f} → {after['gold']:.3f} | proxy"
-          f" {before['proxy']:.3f} → {after['proxy']:.3f} | KL {after['kl']:.2f} nats")
+    c.write_card(out_dir, cfg, f"GRPO policy ({run_name})",
+                 f"{c.before_after(before, after)} on {len(eval_prompts)} held-out prompts")
+    print(f"held-out: {c.before_after(before, after)}")
     c.plot_metrics(out_dir, [("score", "eval_proxy", "eval_gold"), ("kl", "eval_kl"),
                              "entropy", ("kl_k3", "frac_zero_std")])
     c.plot_frontier(results, os.path.join(out_dir, "reward_vs_kl.png"))

@@ -52,14 +52,10 @@ class Config:
     precision: str = "auto"  # auto: bf16 autocast where the device has it natively, else fp32
 
 
-def masked_mean(x, mask):
-    return (x * mask).sum() / mask.sum().clamp(min=1)
-
-
 def whiten(x, mask):
     """Zero mean, unit variance over the real tokens only (padding would skew both)."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+    mean = c.masked_mean(x, mask)
+    var = c.masked_mean((x - mean) ** 2, mask)
     return (x - mean) * torch.rsqrt(var + 1e-8) * mask
 
 
@@ -94,14 +90,16 @@ def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip):
     that clamps ρ to (1−ε, 1) and drops A is not this objective."""
     ratio = torch.exp(logprobs - old_logprobs)
     losses = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip))
-    return masked_mean(losses, mask), ratio
+    return c.masked_mean(losses, mask), ratio
 
 
 def value_loss(values, old_values, returns, mask, clip):
     """½ max((V − R)², (V_clipped − R)²), V_clipped = V_old + clip(V − V_old, ±ε).
-    Slides: plain (V − R)²; the ½ and the clip (a trust region for the critic) are PPO's code."""
+    Slides: plain (V − R)²; the ½ and the clip (a trust region for the critic) are PPO's
+    code."""
     clipped = old_values + (values - old_values).clamp(-clip, clip)
-    return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
+    errors = torch.max((values - returns) ** 2, (clipped - returns) ** 2)
+    return 0.5 * c.masked_mean(errors, mask)
 
 
 def ppo_total_loss(pg_loss, vf_loss, entropy, vf_coef, ent_coef):
@@ -112,19 +110,20 @@ def ppo_total_loss(pg_loss, vf_loss, entropy, vf_coef, ent_coef):
 
 def update_stats(logprobs, old_logprobs, mask, clip):
     """Diagnostics of one minibatch update, masked means over real tokens: the ratio
-    ρ = π_θ/π_old, the fraction of tokens clipped (|ρ − 1| > ε), and approx_kl = (ρ − 1) − log ρ,
-    an estimate of the KL between π_old and π_θ (PPO's trust region; the objective's KL is to
-    π_ref)."""
+    ρ = π_θ/π_old, the fraction of tokens clipped (|ρ − 1| > ε), and
+    approx_kl = (ρ − 1) − log ρ, an estimate of the KL between π_old and π_θ (PPO's trust
+    region; the objective's KL is to π_ref)."""
     log_ratio = logprobs - old_logprobs
     ratio = log_ratio.exp()
-    return {"ratio": masked_mean(ratio, mask).item(),
-            "clipfrac": masked_mean(((ratio - 1).abs() > clip).float(), mask).item(),
-            "approx_kl": masked_mean(ratio - 1 - log_ratio, mask).item()}
+    return {"ratio": c.masked_mean(ratio, mask).item(),
+            "clipfrac": c.masked_mean(((ratio - 1).abs() > clip).float(), mask).item(),
+            "approx_kl": c.masked_mean(ratio - 1 - log_ratio, mask).item()}
 
 
 def adaptive_beta(beta, kl, target, n, horizon):
-    """Adaptive KL controller (Ziegler et al. 2019): β ← β·(1 + clip(KL/target − 1, ±0.2)·n/H),
-    after a rollout of n responses with mean KL; H = horizon."""
+    """Adaptive KL controller (Ziegler et al. 2019):
+    β ← β·(1 + clip(KL/target − 1, ±0.2)·n/H), after a rollout of n responses with mean KL;
+    H = horizon."""
     return beta * (1 + max(-0.2, min(0.2, kl / target - 1)) * n / horizon)
 
 
@@ -230,7 +229,7 @@ def main():
                 pg_loss, _ = ppo_policy_loss(logprobs, old_logprobs[s], advantages[s],
                                              mb_mask, cfg.clip)
                 vf_loss = value_loss(values, old_values[s], returns[s], mb_mask, cfg.vf_clip)
-                ent = masked_mean(entropy, mb_mask)
+                ent = c.masked_mean(entropy, mb_mask)
                 loss = ppo_total_loss(pg_loss, vf_loss, ent, cfg.vf_coef, cfg.ent_coef)
                 if cfg.ptx_coef:  # PPO-ptx: keep the language model of the pretraining text
                     ptx_idx = torch.randint(len(c.imdb()["train"]), (cfg.minibatch_size,))
@@ -271,11 +270,9 @@ def main():
     # final: samples before/after, alignment tax, plots
     after = ev
     c.write_samples(os.path.join(out_dir, "samples.txt"), before, after)
-    c.write_card(out_dir, cfg, f"PPO policy ({run_name})", f"gold reward {before['gold']:.3f} →"
-                 f" {after['gold']:.3f}, proxy {before['proxy']:.3f} → {after['proxy']:.3f}, KL"
-                 f" {after['kl']:.2f} nats per response, on {len(eval_prompts)} held-out prompts")
-    print(f"held-out: gold {before['gold']:.3f} → {after['gold']:.3f} | proxy"
-          f" {before['proxy']:.3f} → {after['proxy']:.3f} | KL {after['kl']:.2f} nats |"
+    c.write_card(out_dir, cfg, f"PPO policy ({run_name})",
+                 f"{c.before_after(before, after)} on {len(eval_prompts)} held-out prompts")
+    print(f"held-out: {c.before_after(before, after)} |"
           f" LM loss (alignment tax) {before['lm_loss']:.3f} → {after['lm_loss']:.3f}")
     c.plot_metrics(out_dir, [("score", "eval_proxy", "eval_gold"), ("kl", "eval_kl"),
                              "entropy", "clipfrac", "vf_loss"])

@@ -150,7 +150,7 @@ def main():
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
                 opt.step()
                 stats["pg_loss"].append(loss.item())
-                stats["entropy"].append(((entropy * mask[s]).sum() / mask[s].sum()).item())
+                stats["entropy"].append(c.masked_mean(entropy, mask[s]).item())
                 stats["ratio"].append(ratio.mean().item())
                 stats["clipfrac"].append(((ratio - 1).abs() > cfg.clip).float().mean().item())
 
@@ -170,11 +170,9 @@ def main():
     # final: samples before/after, plots
     after = ev
     c.write_samples(os.path.join(out_dir, "samples.txt"), before, after)
-    c.write_card(out_dir, cfg, f"RLOO policy ({run_name})", f"gold reward {before['gold']:.3f} →"
-                 f" {after['gold']:.3f}, proxy {before['proxy']:.3f} → {after['proxy']:.3f}, KL"
-                 f" {after['kl']:.2f} nats per response, on {len(eval_prompts)} held-out prompts")
-    print(f"held-out: gold {before['gold']:.3f} → {after['gold']:.3f} | proxy"
-          f" {before['proxy']:.3f} → {after['proxy']:.3f} | KL {after['kl']:.2f} nats")
+    c.write_card(out_dir, cfg, f"RLOO policy ({run_name})",
+                 f"{c.before_after(before, after)} on {len(eval_prompts)} held-out prompts")
+    print(f"held-out: {c.before_after(before, after)}")
     c.plot_metrics(out_dir, [("score", "eval_proxy", "eval_gold"), ("kl", "eval_kl"),
                              "entropy", "adv_std"])
     c.plot_frontier(results, os.path.join(out_dir, "reward_vs_kl.png"))
