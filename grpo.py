@@ -22,11 +22,10 @@ KL term (logged as frac_zero_std).
 Left out: a penalty for responses that never stop, multi-GPU.
 Run: python grpo.py          (builds out/sft and out/reward_model first if they are missing)
 """
-import os
+import collections, os
 from dataclasses import dataclass
 
 import torch
-from transformers import GPT2ForSequenceClassification
 
 import common as c
 
@@ -55,11 +54,6 @@ class Config:
     precision: str = "auto"  # auto: bf16 autocast where the device has it natively, else fp32
 
 
-def kl_penalised_reward(score, kl, beta):
-    """R_i = r_φ(x, y_i) − β·KL_i (only with --kl-in reward; GRPO puts the KL in the loss)."""
-    return score - beta * kl
-
-
 def grpo_advantages(rewards, k, scale_std, eps=1e-4):
     """Â_i = (r_i − mean_G r) / (std_G r + ε) over the k responses of one prompt (rows grouped
     by prompt; std with Bessel's correction, as TRL); scale_std=False: r_i − mean_G r (Dr. GRPO).
@@ -77,7 +71,7 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, clip, beta
     """Per token: max(−Â·ρ_t, −Â·clip(ρ_t, 1±ε)) + β·k3_t, with the ratio
     ρ_t = π_θ(y_t)/π_old(y_t) (GRPO, eq. 3 of Shao et al., negated). Normalised per response
     ('sequence') or by a constant. β = 0 leaves the KL out of the loss (--kl-in reward).
-    Returns loss, ratio (B, T), k3 (B, T)."""
+    Returns loss and k3 (B, T)."""
     ratio = torch.exp(logprobs - old_logprobs)
     A = advantages[:, None]  # (B, 1): the same advantage for every token of a response
     pg = torch.max(-A * ratio, -A * ratio.clamp(1 - clip, 1 + clip))  # (B, T)
@@ -87,44 +81,41 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, clip, beta
         loss = (per_token.sum(1) / mask.sum(1).clamp(min=1)).mean()
     else:
         loss = per_token.sum() / (len(mask) * max_new_tokens)
-    return loss, ratio, kl
+    return loss, kl
 
 
 def main():
-    cfg = c.parse_config(Config, __doc__, {"reward": ["model", "gold"],
-                                           "kl_in": ["loss", "reward"],
+    cfg = c.parse_config(Config, __doc__, {"reward": ["model", "gold"], "kl_in": ["loss", "reward"],
                                            "loss_norm": ["sequence", "constant"]})
     if cfg.k < 2:
-        c.die(f"--k {cfg.k}: GRPO needs at least 2 samples per prompt (a group) for its baseline")
+        c.die(f"--k {cfg.k}: the group baseline needs at least 2 responses per prompt")
     if cfg.batch_size * cfg.k % cfg.minibatch_size:
         c.die(f"--batch-size × --k ({cfg.batch_size * cfg.k}) must be a multiple of"
               " --minibatch-size")
     device = c.setup(cfg.seed, cfg.precision)
     sft_dir, rm_dir = os.path.join(cfg.out, "sft"), os.path.join(cfg.out, "reward_model")
-    c.require(rm_dir, "reward_model.py", ["--out", cfg.out])
-    run_name = f"grpo-{'gt' if cfg.reward == 'gold' else 'rm'} β={cfg.beta}" + \
-        ("" if cfg.kl_in == "loss" else " kl-in-reward") + ("" if cfg.scale_std else " no-std") + \
-        ("" if cfg.loss_norm == "sequence" else " const-norm")
+    c.require(sft_dir, "sft.py", ["--out", cfg.out])
+    c.require(rm_dir, "reward_model.py", ["--out", cfg.out], built_from=[sft_dir])
     out_dir = os.path.join(cfg.out, "grpo")
+    c.start_stage(out_dir)
 
     # the models: policy and reference from SFT, the reward model; no critic
     policy = c.load_model(sft_dir).to(device).train()
     ref = c.load_model(sft_dir).to(device).eval().requires_grad_(False)
-    rm = c.load_model(rm_dir, GPT2ForSequenceClassification).to(device).eval().requires_grad_(False)
+    rm = c.load_reward_model(rm_dir, policy).to(device)
     enc = c.tokenizer(policy.config.bpe_ranks)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
 
     # data: training prompts, held-out prompts for the shared evaluation
     train_prompts = c.prompts("train", enc)
     eval_prompts = c.prompts("eval", enc, cfg.n_eval_prompts)
-    results = os.path.join(cfg.out, "results.jsonl")
-    c.drop_results(results, run_name)
+    fields = c.run_key("grpo", cfg, Config())
+    results = c.Results(os.path.join(cfg.out, "results.jsonl"), out_dir, fields)
+    ckpt = c.Checkpoint(out_dir)
 
     def evaluate(step):
         ev = c.evaluate(policy, ref, enc, eval_prompts, cfg.max_new_tokens, rm)
-        c.append_result(results, ev, run=run_name, algo="grpo", beta=cfg.beta, step=step,
-                        final=step == cfg.steps)
-        return ev
+        return results.add(ev, step, final=step == cfg.steps)
 
     before = evaluate(0)
     logger = c.Logger(out_dir, cfg.steps)
@@ -136,49 +127,34 @@ def main():
                                     cfg.max_new_tokens, cfg.temperature)
             P, mask = tokens.shape[1] - mask.shape[1], mask.float()
             # 2. score: r_φ(x, y), or the gold reward
-            if cfg.reward == "gold":
-                score = c.gold_reward([c.decode(enc, t) for t in tokens.tolist()]).to(device)
-            else:
-                score = c.reward(rm, tokens)
-            # old log-probs, in the minibatches the update will use (bit-identical)
-            chunks = [slice(j, j + cfg.minibatch_size) for j in range(0, len(tokens),
-                                                                      cfg.minibatch_size)]
-            old_logprobs = torch.cat([c.token_logprobs(policy, tokens[s], P, cfg.temperature)[0]
-                                      for s in chunks])
-            ref_logprobs = torch.cat([c.token_logprobs(ref, tokens[s], P, cfg.temperature)[0]
-                                      for s in chunks])
-        # 3. the KL: in the reward (score − β·sequence KL), or per token in the loss (step 5)
+            score = c.score_responses(cfg.reward, rm, enc, tokens)
+            # log-probs of the sampling policy and of the reference
+            old_logprobs = c.rollout_logprobs(policy, tokens, P, cfg.minibatch_size,
+                                              cfg.temperature)
+            ref_logprobs = c.rollout_logprobs(ref, tokens, P, cfg.minibatch_size,
+                                              cfg.temperature)
+        # 3. the KL: per token in the loss (step 5), or in the reward = score − β·sequence KL
         kl = c.sequence_kl(old_logprobs, ref_logprobs, mask)  # (B·k,)
-        if kl.mean() > cfg.max_kl:
-            c.die(f"KL exploded ({kl.mean():.1f} nats > --max-kl {cfg.max_kl}) at step {step};"
-                  f" the last good policy is in {out_dir}; raise --beta or lower --lr")
-        rewards = kl_penalised_reward(score, kl, cfg.beta) if cfg.kl_in == "reward" else score
-        loss_beta = cfg.beta if cfg.kl_in == "loss" else 0.0
+        c.check_kl(kl, cfg.max_kl, step, ckpt)
+        rewards = c.kl_penalised_reward(score, kl, cfg.beta if cfg.kl_in == "reward" else 0.0)
         # 4. group-relative advantages
         advantages, zero_std = grpo_advantages(rewards, cfg.k, cfg.scale_std)
+        loss_beta = cfg.beta if cfg.kl_in == "loss" else 0.0
 
         # 5. update: per-token clipped ratio objective + β·k3 in the loss
-        stats = {k: [] for k in ("pg_loss", "entropy", "ratio", "clipfrac", "kl_k3")}
+        stats = collections.defaultdict(list)
         for epoch in range(cfg.ppo_epochs):
-            for j in (torch.randperm(len(chunks)).tolist() if epoch else range(len(chunks))):
-                s = chunks[j]
+            for s in c.minibatches(len(tokens), cfg.minibatch_size, epoch):
                 with c.autocast(device):
                     logprobs, entropy = c.token_logprobs(policy, tokens[s], P, cfg.temperature)
-                loss, ratio, kl_k3 = grpo_loss(logprobs, old_logprobs[s], ref_logprobs[s],
-                                               advantages[s], mask[s], cfg.clip, loss_beta,
-                                               cfg.loss_norm, cfg.max_new_tokens)
-                if not torch.isfinite(loss):
-                    c.die(f"non-finite loss at step {step}; the last good policy is in"
-                          f" {out_dir}; try a lower --lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-                opt.step()
+                loss, kl_k3 = grpo_loss(logprobs, old_logprobs[s], ref_logprobs[s], advantages[s],
+                                        mask[s], cfg.clip, loss_beta, cfg.loss_norm,
+                                        cfg.max_new_tokens)
+                c.optimizer_step(opt, loss, policy.parameters(), step, ckpt)
                 stats["pg_loss"].append(loss.item())
                 stats["entropy"].append(c.masked_mean(entropy, mask[s]).item())
-                stats["ratio"].append(c.masked_mean(ratio, mask[s]).item())
-                stats["clipfrac"].append(c.masked_mean(((ratio - 1).abs() > cfg.clip).float(),
-                                                       mask[s]).item())
+                for k, v in c.update_stats(logprobs, old_logprobs[s], mask[s], cfg.clip).items():
+                    stats[k].append(v)
                 stats["kl_k3"].append(c.masked_mean(kl_k3, mask[s]).item())
 
         # 6. log; evaluate and checkpoint every eval_every steps
@@ -186,24 +162,18 @@ def main():
                    "non_score_reward": (rewards - score).mean().item(),
                    "length": mask.sum(1).mean().item(),
                    "frac_zero_std": zero_std.float().mean().item(),
-                   "adv_std": advantages.std().item(), "adv_abs": advantages.abs().mean().item(),
-                   **{k: sum(v) / len(v) for k, v in stats.items()}}
+                   "adv_std": advantages.std().item(), **c.mean_stats(stats)}
         if step % cfg.eval_every == 0 or step == cfg.steps:
             ev = evaluate(step)
             metrics.update({f"eval_{k}": ev[k] for k in ("gold", "proxy", "kl")})
-            c.save_model(policy, out_dir)
+            ckpt.save(policy, step)
             print("  sample:", ev["samples"][0][:150])
         logger.log(step, **metrics)
 
-    # final: samples before/after, plots
-    after = ev
-    c.write_samples(os.path.join(out_dir, "samples.txt"), before, after)
-    c.write_card(out_dir, cfg, f"GRPO policy ({run_name})",
-                 f"{c.before_after(before, after)} on {len(eval_prompts)} held-out prompts")
-    print(f"held-out: {c.before_after(before, after)}")
-    c.plot_metrics(out_dir, [("score", "eval_proxy", "eval_gold"), ("kl", "eval_kl"),
-                             "entropy", ("kl_k3", "frac_zero_std")])
-    c.plot_frontier(results, os.path.join(out_dir, "reward_vs_kl.png"))
+    # final: results, samples before/after, plots
+    c.finish_rl(cfg, out_dir, results, before, ev, f"GRPO policy ({fields['run']})",
+                [("score", "eval_proxy", "eval_gold"), ("kl", "eval_kl"), "entropy",
+                 ("kl_k3", "frac_zero_std")], [sft_dir, rm_dir])
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ training processes, multi-GPU. Minibatches keep their rows across epochs (only t
 shuffled) so that the first minibatch of a rollout is bit-identical to the rollout's pass.
 Run: python ppo.py          (builds out/sft and out/reward_model first if they are missing)
 """
-import os
+import collections, os
 from dataclasses import dataclass
 
 import torch
@@ -90,7 +90,7 @@ def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip):
     that clamps ρ to (1−ε, 1) and drops A is not this objective."""
     ratio = torch.exp(logprobs - old_logprobs)
     losses = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip))
-    return c.masked_mean(losses, mask), ratio
+    return c.masked_mean(losses, mask)
 
 
 def value_loss(values, old_values, returns, mask, clip):
@@ -108,18 +108,6 @@ def ppo_total_loss(pg_loss, vf_loss, entropy, vf_coef, ent_coef):
     return pg_loss + vf_coef * vf_loss - ent_coef * entropy
 
 
-def update_stats(logprobs, old_logprobs, mask, clip):
-    """Diagnostics of one minibatch update, masked means over real tokens: the ratio
-    ρ = π_θ/π_old, the fraction of tokens clipped (|ρ − 1| > ε), and
-    approx_kl = (ρ − 1) − log ρ, an estimate of the KL between π_old and π_θ (PPO's trust
-    region; the objective's KL is to π_ref)."""
-    log_ratio = logprobs - old_logprobs
-    ratio = log_ratio.exp()
-    return {"ratio": c.masked_mean(ratio, mask).item(),
-            "clipfrac": c.masked_mean(((ratio - 1).abs() > clip).float(), mask).item(),
-            "approx_kl": c.masked_mean(ratio - 1 - log_ratio, mask).item()}
-
-
 def adaptive_beta(beta, kl, target, n, horizon):
     """Adaptive KL controller (Ziegler et al. 2019):
     β ← β·(1 + clip(KL/target − 1, ±0.2)·n/H), after a rollout of n responses with mean KL;
@@ -127,9 +115,11 @@ def adaptive_beta(beta, kl, target, n, horizon):
     return beta * (1 + max(-0.2, min(0.2, kl / target - 1)) * n / horizon)
 
 
-def critic_values(critic, tokens, n_prompt):
-    """V(x, y_<t) for every response position t: the scalar head on each hidden state (B, T)."""
-    return critic.score(c.forward(critic, tokens)[:, n_prompt - 1:-1]).squeeze(-1).float()
+def critic_values(critic, tokens, n_prompt, size):
+    """V(x, y_<t) for every response position t: the scalar head on each hidden state (B, T),
+    in minibatches of `size` rows."""
+    return torch.cat([critic.score(c.forward(critic, tokens[s])[:, n_prompt - 1:-1]).squeeze(-1)
+                      for s in c.minibatches(len(tokens), size)]).float()
 
 
 def lm_batch(enc, split, idx, max_len, device):
@@ -138,6 +128,28 @@ def lm_batch(enc, split, idx, max_len, device):
     ids = [x[:max_len] for x in enc.encode_ordinary_batch([t[:1000] for t in texts])]
     tokens, _ = c.collate([[enc.eot_token]] * len(ids), ids, enc.eot_token + 1)
     return tokens.to(device)
+
+
+def ptx_loss(policy, enc, n, device):
+    """PPO-ptx's term: the language-model loss on n random IMDb training texts."""
+    idx = torch.randint(len(c.imdb()["train"]), (n,)).tolist()
+    with c.autocast(device):
+        return lm_loss(policy, lm_batch(enc, "train", idx, 64, device))
+
+
+@torch.no_grad()
+def alignment_tax(policy, tokens, device):
+    """The policy's language-model loss on held-out IMDb text (it rises as RL moves away)."""
+    with c.autocast(device):
+        return lm_loss(policy, tokens).item()
+
+
+def warn_if_collapsed(metrics, min_entropy=0.05, max_vf_loss=1e3):
+    """One line when the policy collapsed (entropy ≈ 0) or the critic blew up."""
+    if metrics["entropy"] < min_entropy or metrics["vf_loss"] > max_vf_loss:
+        print(f"warning: the policy looks collapsed (entropy {metrics['entropy']:.3g}, value"
+              f" loss {metrics['vf_loss']:.3g}); its samples are likely one repeated token;"
+              " lower --lr", flush=True)
 
 
 def lm_loss(model, tokens):
@@ -153,130 +165,100 @@ def main():
         c.die(f"--batch-size {cfg.batch_size} must be a multiple of --minibatch-size")
     device = c.setup(cfg.seed, cfg.precision)
     sft_dir, rm_dir = os.path.join(cfg.out, "sft"), os.path.join(cfg.out, "reward_model")
-    c.require(rm_dir, "reward_model.py", ["--out", cfg.out])
-    run_name = f"ppo-{'gt' if cfg.reward == 'gold' else 'rm'} β={cfg.beta}" + \
-        (f" kl→{cfg.target_kl}" if cfg.target_kl else "") + \
-        (f" ptx={cfg.ptx_coef}" if cfg.ptx_coef else "")
+    c.require(sft_dir, "sft.py", ["--out", cfg.out])
+    c.require(rm_dir, "reward_model.py", ["--out", cfg.out], built_from=[sft_dir])
     out_dir = os.path.join(cfg.out, "ppo")
+    c.start_stage(out_dir)
 
     # the four models: policy and reference from SFT, critic and reward model from r_φ
     policy = c.load_model(sft_dir).to(device).train()
     ref = c.load_model(sft_dir).to(device).eval().requires_grad_(False)
+    rm = c.load_reward_model(rm_dir, policy).to(device)
     critic = c.load_model(rm_dir, GPT2ForSequenceClassification).to(device).train()
-    rm = c.load_model(rm_dir, GPT2ForSequenceClassification).to(device).eval().requires_grad_(False)
     enc = c.tokenizer(policy.config.bpe_ranks)
-    opt = torch.optim.AdamW([*policy.parameters(), *critic.parameters()], lr=cfg.lr, eps=1e-5,
-                            weight_decay=0.0)
+    params = [*policy.parameters(), *critic.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)
 
     # data: training prompts, held-out prompts for the shared evaluation
     train_prompts = c.prompts("train", enc)
     eval_prompts = c.prompts("eval", enc, cfg.n_eval_prompts)
-    results = os.path.join(cfg.out, "results.jsonl")
-    c.drop_results(results, run_name)
+    fields = c.run_key("ppo", cfg, Config())
+    results = c.Results(os.path.join(cfg.out, "results.jsonl"), out_dir, fields)
+    ckpt = c.Checkpoint(out_dir)
     tax_batch = lm_batch(enc, "valid", range(256), 64, device)
 
     def evaluate(step):
         ev = c.evaluate(policy, ref, enc, eval_prompts, cfg.max_new_tokens, rm)
-        with torch.no_grad(), c.autocast(device):
-            ev["lm_loss"] = lm_loss(policy, tax_batch).item()
-        c.append_result(results, ev, run=run_name, algo="ppo", beta=cfg.beta, step=step,
-                        final=step == cfg.steps)
-        return ev
+        ev["lm_loss"] = alignment_tax(policy, tax_batch, device)
+        return results.add(ev, step, final=step == cfg.steps)
 
     before = evaluate(0)
     logger = c.Logger(out_dir, cfg.steps)
     beta = cfg.beta
     for step in range(1, cfg.steps + 1):
-        # 1. sample responses to a batch of prompts
+        # 1. sample a response to each prompt of a batch
         idx = torch.randint(len(train_prompts), (cfg.batch_size,)).tolist()
         with torch.no_grad(), c.autocast(device):
-            tokens, mask = c.sample(policy, [train_prompts[i] for i in idx], cfg.max_new_tokens,
-                                    cfg.temperature)
+            tokens, mask = c.sample(policy, [train_prompts[i] for i in idx],
+                                    cfg.max_new_tokens, cfg.temperature)
             P, mask = tokens.shape[1] - mask.shape[1], mask.float()
-            # 2. score: r_φ(x, y), or the gold reward for PPO-GT
-            if cfg.reward == "gold":
-                score = c.gold_reward([c.decode(enc, t) for t in tokens.tolist()]).to(device)
-            else:
-                score = c.reward(rm, tokens)
-            # old log-probs and values, in the minibatches the update will use (bit-identical)
-            chunks = [slice(j, j + cfg.minibatch_size) for j in range(0, cfg.batch_size,
-                                                                      cfg.minibatch_size)]
-            old_logprobs = torch.cat([c.token_logprobs(policy, tokens[s], P, cfg.temperature)[0]
-                                      for s in chunks])
-            ref_logprobs = torch.cat([c.token_logprobs(ref, tokens[s], P, cfg.temperature)[0]
-                                      for s in chunks])
-            old_values = torch.cat([critic_values(critic, tokens[s], P) for s in chunks])
-        # 3. per-token KL penalty, score at the last token
+            # 2. score: r_φ(x, y), or the gold reward (PPO-GT)
+            score = c.score_responses(cfg.reward, rm, enc, tokens)
+            # log-probs of the sampling policy and of the reference; the critic's values
+            old_logprobs = c.rollout_logprobs(policy, tokens, P, cfg.minibatch_size,
+                                              cfg.temperature)
+            ref_logprobs = c.rollout_logprobs(ref, tokens, P, cfg.minibatch_size,
+                                              cfg.temperature)
+            old_values = critic_values(critic, tokens, P, cfg.minibatch_size)
+        # 3. per-token reward: −β·(log π − log π_ref) on each token, the score on the last
         kl = c.sequence_kl(old_logprobs, ref_logprobs, mask)  # (B,)
-        if kl.mean() > cfg.max_kl:
-            c.die(f"KL exploded ({kl.mean():.1f} nats > --max-kl {cfg.max_kl}) at step {step};"
-                  f" the last good policy is in {out_dir}; raise --beta or lower --lr")
+        c.check_kl(kl, cfg.max_kl, step, ckpt)
         rewards = kl_penalised_rewards(score, old_logprobs, ref_logprobs, mask, beta)
-        # 4. advantages and returns
+        # 4. GAE advantages (whitened) and returns
         advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
         advantages = whiten(advantages, mask)
 
-        # 5. PPO epochs over minibatches
-        stats = {k: [] for k in ("pg_loss", "vf_loss", "entropy", "approx_kl", "clipfrac",
-                                 "ratio")}
+        # 5. update: PPO epochs over minibatches, policy and critic together
+        stats = collections.defaultdict(list)
         for epoch in range(cfg.ppo_epochs):
-            for j in (torch.randperm(len(chunks)).tolist() if epoch else range(len(chunks))):
-                s = chunks[j]
-                mb_mask = mask[s]
+            for s in c.minibatches(len(tokens), cfg.minibatch_size, epoch):
                 with c.autocast(device):
                     logprobs, entropy = c.token_logprobs(policy, tokens[s], P, cfg.temperature)
-                    values = critic_values(critic, tokens[s], P)
-                pg_loss, _ = ppo_policy_loss(logprobs, old_logprobs[s], advantages[s],
-                                             mb_mask, cfg.clip)
-                vf_loss = value_loss(values, old_values[s], returns[s], mb_mask, cfg.vf_clip)
-                ent = c.masked_mean(entropy, mb_mask)
+                    values = critic_values(critic, tokens[s], P, cfg.minibatch_size)
+                pg_loss = ppo_policy_loss(logprobs, old_logprobs[s], advantages[s], mask[s],
+                                          cfg.clip)
+                vf_loss = value_loss(values, old_values[s], returns[s], mask[s], cfg.vf_clip)
+                ent = c.masked_mean(entropy, mask[s])
                 loss = ppo_total_loss(pg_loss, vf_loss, ent, cfg.vf_coef, cfg.ent_coef)
-                if cfg.ptx_coef:  # PPO-ptx: keep the language model of the pretraining text
-                    ptx_idx = torch.randint(len(c.imdb()["train"]), (cfg.minibatch_size,))
-                    with c.autocast(device):
-                        loss = loss + cfg.ptx_coef * lm_loss(policy, lm_batch(
-                            enc, "train", ptx_idx.tolist(), 64, device))
-                if not torch.isfinite(loss):
-                    c.die(f"non-finite loss at step {step}; the last good policy is in"
-                          f" {out_dir}; try a lower --lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([*policy.parameters(), *critic.parameters()], 1.0)
-                opt.step()
-                for k, v in update_stats(logprobs.detach(), old_logprobs[s], mb_mask,
-                                         cfg.clip).items():
-                    stats[k].append(v)
+                if cfg.ptx_coef:  # PPO-ptx: + γ_ptx · the language-model loss on IMDb text
+                    loss = loss + cfg.ptx_coef * ptx_loss(policy, enc, cfg.minibatch_size, device)
+                c.optimizer_step(opt, loss, params, step, ckpt)
                 stats["pg_loss"].append(pg_loss.item())
-                stats["vf_loss"].append(vf_loss.item())
                 stats["entropy"].append(ent.item())
+                for k, v in c.update_stats(logprobs, old_logprobs[s], mask[s], cfg.clip).items():
+                    stats[k].append(v)
+                stats["vf_loss"].append(vf_loss.item())
 
         # 6. log; evaluate and checkpoint every eval_every steps
-        metrics = {"score": score.mean().item(), "kl": kl.mean().item(), "beta": beta,
+        metrics = {"score": score.mean().item(), "kl": kl.mean().item(),
                    "non_score_reward": (rewards.sum(1) - score).mean().item(),
-                   "length": mask.sum(1).mean().item(),
-                   **{k: sum(v) / len(v) for k, v in stats.items()}}
+                   "length": mask.sum(1).mean().item(), "beta": beta, **c.mean_stats(stats)}
         if step % cfg.eval_every == 0 or step == cfg.steps:
             ev = evaluate(step)
             metrics.update({f"eval_{k}": ev[k] for k in ("gold", "proxy", "kl")})
-            c.save_model(policy, out_dir)
+            ckpt.save(policy, step)
             print("  sample:", ev["samples"][0][:150])
+            warn_if_collapsed(metrics)
         logger.log(step, **metrics)
+        if cfg.target_kl:  # the adaptive KL controller sets β for the next batch
+            beta = adaptive_beta(beta, kl.mean().item(), cfg.target_kl, len(tokens), cfg.horizon)
 
-        # adaptive KL controller, for the next rollout
-        if cfg.target_kl:
-            beta = adaptive_beta(beta, kl.mean().item(), cfg.target_kl, cfg.batch_size,
-                                 cfg.horizon)
-
-    # final: samples before/after, alignment tax, plots
-    after = ev
-    c.write_samples(os.path.join(out_dir, "samples.txt"), before, after)
-    c.write_card(out_dir, cfg, f"PPO policy ({run_name})",
-                 f"{c.before_after(before, after)} on {len(eval_prompts)} held-out prompts")
-    print(f"held-out: {c.before_after(before, after)} |"
-          f" LM loss (alignment tax) {before['lm_loss']:.3f} → {after['lm_loss']:.3f}")
-    c.plot_metrics(out_dir, [("score", "eval_proxy", "eval_gold"), ("kl", "eval_kl"),
-                             "entropy", "clipfrac", "vf_loss"])
-    c.plot_frontier(results, os.path.join(out_dir, "reward_vs_kl.png"))
+    # final: results, samples before/after, plots
+    c.finish_rl(cfg, out_dir, results, before, ev, f"PPO policy ({fields['run']})",
+                [("score", "eval_proxy", "eval_gold"), ("kl", "eval_kl"), "entropy", "clipfrac",
+                 "vf_loss"], [sft_dir, rm_dir])
+    print(f"LM loss on IMDb text (the alignment tax): {before['lm_loss']:.3f} →"
+          f" {ev['lm_loss']:.3f}")
 
 
 if __name__ == "__main__":

@@ -33,13 +33,26 @@ class Config:
     n_prompts: int = 10000  # training prompts (train split)
     n_val_prompts: int = 300  # held-out prompts for validation pairs (validation split)
     max_new_tokens: int = 48  # response length cap when sampling
-    epochs: int = 1  # passes over the training comparisons
+    epochs: int = 1  # passes over the training comparisons; the best validation loss is kept
     batch_size: int = 16  # prompts per step (each brings its k responses and all their pairs)
-    lr: float = 5e-4  # AdamW learning rate (constant after 20 warmup steps)
+    lr: float = 5e-4  # AdamW peak learning rate, after 20 warmup steps
+    schedule: str = "constant"  # learning rate after warmup: constant, or cosine decay to lr/10
+    trunk: str = "sft"  # sft: start from π_SFT's trunk; LxD (e.g. 8x384): from scratch, L blocks
     eval_every: int = 50  # steps between validation evaluations
     n_eval_prompts: int = 256  # held-out prompts for the correlation with the gold reward
     seed: int = 0  # random seed
     precision: str = "auto"  # auto: bf16 autocast where the device has it natively, else fp32
+
+
+def rank(gold, tau, generator=None):
+    """The labeler ranks K responses, best first, by gold/τ + Gumbel noise (Plackett–Luce):
+    any two responses are then ordered as Bradley–Terry says, P(y1 ≻ y2) = σ((r*1 − r*2)/τ).
+    τ = 0 is the noiseless labeler."""
+    gold = torch.as_tensor(gold, dtype=torch.float64)
+    if tau == 0:
+        return torch.argsort(gold, descending=True, stable=True)
+    u = torch.rand(gold.shape, generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+    return torch.argsort(gold / tau - torch.log(-torch.log(u)), descending=True)
 
 
 def ranking_pairs(ranking):
@@ -70,16 +83,21 @@ def comparisons(policy, enc, split, n, cfg, device, gen, chunk=128):
                   f" ≈ {minutes:.1f} min on this machine", flush=True)
     gold = torch.cat(gold).view(-1, cfg.k)  # (n, k)
     return [{"prompt_ids": prompt_ids[i * cfg.k], "responses": responses[i * cfg.k:(i + 1) * cfg.k],
-             "gold": gold[i].tolist(), "ranking": c.rank(gold[i], cfg.tau, gen).tolist()}
+             "gold": gold[i].tolist(), "ranking": rank(gold[i], cfg.tau, gen).tolist()}
             for i in range(len(gold))]
 
 
-def batch_rewards(rm, groups, device):
-    """r_φ of every response of a batch of prompts: (n_prompts, k)."""
+def batch_rewards(rm, groups, device, readout="last"):
+    """r_φ of every response of a batch of prompts: (n_prompts, k). readout "mean" (an
+    experiment of the size ladder, never saved) averages the head over response tokens."""
     prompt_ids = [g["prompt_ids"] for g in groups for _ in g["responses"]]
-    tokens, _ = c.collate(prompt_ids, [r for g in groups for r in g["responses"]],
-                          rm.config.pad_token_id)
-    return c.reward(rm, tokens.to(device)).view(len(groups), -1)
+    tokens, mask = c.collate(prompt_ids, [r for g in groups for r in g["responses"]],
+                             rm.config.pad_token_id)
+    tokens, mask = tokens.to(device), mask.to(device)
+    if readout == "mean":
+        scores = rm.score(c.forward(rm, tokens)[:, -mask.shape[1]:]).squeeze(-1).float()
+        return c.masked_mean(scores, mask, dim=1).view(len(groups), -1)
+    return c.reward(rm, tokens).view(len(groups), -1)
 
 
 def pair_stats(rewards, groups):
@@ -92,16 +110,16 @@ def pair_stats(rewards, groups):
 
 
 @torch.no_grad()
-def all_rewards(rm, groups, device, batch_size=32):
+def all_rewards(rm, groups, device, readout="last", batch_size=32):
     """batch_rewards over many prompts, without gradients: (n_prompts, k)."""
     with c.autocast(device):
-        return torch.cat([batch_rewards(rm, groups[j:j + batch_size], device)
+        return torch.cat([batch_rewards(rm, groups[j:j + batch_size], device, readout)
                           for j in range(0, len(groups), batch_size)])
 
 
-def validate(rm, groups, device):
+def validate(rm, groups, device, readout="last"):
     """Held-out loss; accuracy vs the labeler; vs the noiseless gold order; labeler vs gold."""
-    rewards = all_rewards(rm, groups, device)
+    rewards = all_rewards(rm, groups, device, readout)
     chosen, rejected, gold_w, gold_l, strict = pair_stats(rewards, groups)
     gold_order = torch.where(gold_w > gold_l, chosen - rejected, rejected - chosen)
     return {"val_loss": bt_loss(chosen, rejected).item(),
@@ -134,55 +152,105 @@ def write_preferences(path, enc, splits):
     os.replace(path + ".tmp", path)
 
 
+
+def new_reward_model(sft_dir, cfg):
+    """r_φ: a GPT-2 trunk + a scalar head at the last token (HF's sequence classifier with one
+    label). The SFT trunk by default, as InstructGPT; --trunk LxD builds a from-scratch trunk of
+    L blocks of width D (heads of 48 dims) on the SFT's vocabulary: the README's size ladder."""
+    rm = c.load_model(sft_dir, GPT2ForSequenceClassification, num_labels=1)
+    if cfg.trunk == "sft":
+        return rm
+    n_layer, n_embd = trunk_shape(cfg.trunk)
+    config = c.build_model(rm.config.bpe_ranks, n_layer, n_embd // 48, n_embd,
+                           rm.config.n_positions).config
+    config.num_labels = 1
+    return GPT2ForSequenceClassification(config)
+
+
+def trunk_shape(trunk):
+    """'LxD' → (L, D), or one line saying what is wrong."""
+    try:
+        n_layer, n_embd = (int(v) for v in trunk.lower().split("x"))
+    except ValueError:
+        n_layer = n_embd = 0
+    if n_layer < 1 or n_embd < 48 or n_embd % 48:
+        c.die(f"--trunk {trunk}: give 'sft' or LxD with L ≥ 1 blocks of width D, a multiple of"
+              " 48 (e.g. 8x384)")
+    return n_layer, n_embd
+
+
+def steps_per_epoch(train, cfg):
+    return len(train) // cfg.batch_size
+
+
+def fit(rm, train, val, cfg, device, gen, logger, readout="last"):
+    """Minimise bt_loss over the training comparisons, all pairs of a prompt in one batch;
+    validate every eval_every steps and end with the weights of the lowest validation loss
+    (against the labeler: the gold order is not something a real practitioner has)."""
+    opt = torch.optim.AdamW(rm.parameters(), lr=cfg.lr, weight_decay=0.0)
+    n = steps_per_epoch(train, cfg)
+    best, best_loss = None, float("inf")
+    rm.train()
+    for step in range(1, cfg.epochs * n + 1):
+        if (step - 1) % n == 0:
+            order = torch.randperm(len(train), generator=gen).tolist()
+        j = (step - 1) % n * cfg.batch_size
+        groups = [train[i] for i in order[j:j + cfg.batch_size]]
+        for group in opt.param_groups:
+            group["lr"] = c.lr_at(step - 1, cfg.lr, 20, cfg.epochs * n, cfg.schedule == "cosine")
+        with c.autocast(device):
+            rewards = batch_rewards(rm, groups, device, readout)  # (batch_size, k)
+        chosen, rejected, *_ = pair_stats(rewards, groups)
+        loss = bt_loss(chosen, rejected)
+        if not torch.isfinite(loss):
+            c.die(f"non-finite loss at step {step}; try a lower --lr (nothing was saved)")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(rm.parameters(), c.GRAD_CLIP)
+        opt.step()
+        metrics = {"loss": loss.item(), "acc": (chosen > rejected).float().mean().item()}
+        if step % cfg.eval_every == 0 or step == cfg.epochs * n:
+            rm.eval()
+            metrics.update(validate(rm, val, device, readout))
+            rm.train()
+            if metrics["val_loss"] < best_loss:
+                best_loss = metrics["val_loss"]
+                best = {k: v.detach().clone() for k, v in rm.state_dict().items()}
+        logger.log(step, **metrics)
+    rm.load_state_dict(best)
+    return rm.eval()
+
+
 def main():
-    cfg = c.parse_config(Config, __doc__)
+    cfg = c.parse_config(Config, __doc__, {"schedule": ["constant", "cosine"]})
     if cfg.k < 2:
         c.die(f"--k {cfg.k}: a ranking needs at least 2 responses per prompt")
     if cfg.tau < 0:
         c.die(f"--tau {cfg.tau}: the labeler's noise temperature must be ≥ 0 (0 = noiseless)")
+    if cfg.n_prompts < cfg.batch_size:
+        c.die(f"--n-prompts {cfg.n_prompts} is smaller than --batch-size {cfg.batch_size}: not"
+              " one training step; give more prompts or a smaller batch")
+    if cfg.trunk != "sft":
+        trunk_shape(cfg.trunk)
     device = c.setup(cfg.seed, cfg.precision)
     gen = torch.Generator().manual_seed(cfg.seed)
     sft_dir, out_dir = os.path.join(cfg.out, "sft"), os.path.join(cfg.out, "reward_model")
     c.require(sft_dir, "sft.py", ["--out", cfg.out])
+    c.start_stage(out_dir)  # preferences.jsonl is part of this stage (written before its mark)
 
     # 1–2. comparison data: k SFT samples per prompt, ranked by the labeler
     policy = c.load_model(sft_dir).to(device).eval()
     enc = c.tokenizer(policy.config.bpe_ranks)
     train = comparisons(policy, enc, "train", cfg.n_prompts, cfg, device, gen)
     val = comparisons(policy, enc, "valid", cfg.n_val_prompts, cfg, device, gen)
-    os.makedirs(out_dir, exist_ok=True)
     write_preferences(os.path.join(cfg.out, "preferences.jsonl"), enc,
                       {"train": train, "valid": val})
     print(f"{len(train) * cfg.k * (cfg.k - 1) // 2} training pairs, labeler τ = {cfg.tau}")
 
     # 3. the reward model: SFT trunk + a scalar head (HF's sequence classifier with one label)
-    rm = c.load_model(sft_dir, GPT2ForSequenceClassification, num_labels=1).to(device).train()
-    opt = torch.optim.AdamW(rm.parameters(), lr=cfg.lr, weight_decay=0.0)
-    n_steps = cfg.epochs * len(train) // cfg.batch_size
-    logger = c.Logger(out_dir, n_steps)
-    for step in range(1, n_steps + 1):
-        if (step - 1) % (len(train) // cfg.batch_size) == 0:
-            order = torch.randperm(len(train), generator=gen).tolist()
-        j = (step - 1) % (len(train) // cfg.batch_size) * cfg.batch_size
-        groups = [train[i] for i in order[j:j + cfg.batch_size]]
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, step / 20)
-        with c.autocast(device):
-            rewards = batch_rewards(rm, groups, device)  # (batch_size, k)
-        chosen, rejected, *_ = pair_stats(rewards, groups)
-        loss = bt_loss(chosen, rejected)
-        if not torch.isfinite(loss):
-            c.die(f"non-finite loss at step {step}; try a lower --lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(rm.parameters(), 1.0)
-        opt.step()
-        metrics = {"loss": loss.item(), "acc": (chosen > rejected).float().mean().item()}
-        if step % cfg.eval_every == 0 or step == n_steps:
-            rm.eval()
-            metrics.update(validate(rm, val, device))
-            rm.train()
-        logger.log(step, **metrics)
+    rm = new_reward_model(sft_dir, cfg).to(device)
+    logger = c.Logger(out_dir, cfg.epochs * steps_per_epoch(train, cfg))
+    fit(rm, train, val, cfg, device, gen, logger)
 
     # 4. normalise: mean 0 on SFT samples, folded into the saved weights
     rm.eval()
@@ -216,6 +284,7 @@ def main():
     print(f"held-out accuracy: vs labeler {final['val_acc']:.3f} | vs gold order"
           f" {final['val_acc_gold']:.3f} (labeler's own: {final['labeler_acc_gold']:.3f}) |"
           f" corr(r_φ, r*) {corr:.3f} | saved {out_dir}")
+    c.finish_stage(out_dir, cfg, [sft_dir])
 
 
 if __name__ == "__main__":

@@ -12,11 +12,10 @@ reward of the other k−1 responses to the same prompt; 5. update on −mean_i A
 Left out: advantage whitening, a penalty for responses that never stop, multi-GPU.
 Run: python rloo.py          (builds out/sft and out/reward_model first if they are missing)
 """
-import os
+import collections, os
 from dataclasses import dataclass
 
 import torch
-from transformers import GPT2ForSequenceClassification
 
 import common as c
 
@@ -42,11 +41,6 @@ class Config:
     precision: str = "auto"  # auto: bf16 autocast where the device has it natively, else fp32
 
 
-def kl_penalised_reward(score, kl, beta):
-    """R_i = r_φ(x, y_i) − β·KL_i: the RLHF objective's reward of a whole response (bandit)."""
-    return score - beta * kl
-
-
 def response_logprobs(logprobs, mask):
     """log π(y|x) = Σ_t log π(y_t | x, y_<t) over the real response tokens (padding excluded)."""
     return (logprobs * mask).sum(1)
@@ -66,7 +60,7 @@ def rloo_loss(seq_logprobs, old_seq_logprobs, advantages, clip):
     −mean_i A_i ∇log π_θ(y_i|x)."""
     ratio = torch.exp(seq_logprobs - old_seq_logprobs)
     losses = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip))
-    return losses.mean(), ratio
+    return losses.mean()
 
 
 def main():
@@ -78,28 +72,28 @@ def main():
               " --minibatch-size")
     device = c.setup(cfg.seed, cfg.precision)
     sft_dir, rm_dir = os.path.join(cfg.out, "sft"), os.path.join(cfg.out, "reward_model")
-    c.require(rm_dir, "reward_model.py", ["--out", cfg.out])
-    run_name = f"rloo-{'gt' if cfg.reward == 'gold' else 'rm'} β={cfg.beta}"
+    c.require(sft_dir, "sft.py", ["--out", cfg.out])
+    c.require(rm_dir, "reward_model.py", ["--out", cfg.out], built_from=[sft_dir])
     out_dir = os.path.join(cfg.out, "rloo")
+    c.start_stage(out_dir)
 
     # the models: policy and reference from SFT, the reward model; no critic
     policy = c.load_model(sft_dir).to(device).train()
     ref = c.load_model(sft_dir).to(device).eval().requires_grad_(False)
-    rm = c.load_model(rm_dir, GPT2ForSequenceClassification).to(device).eval().requires_grad_(False)
+    rm = c.load_reward_model(rm_dir, policy).to(device)
     enc = c.tokenizer(policy.config.bpe_ranks)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
 
     # data: training prompts, held-out prompts for the shared evaluation
     train_prompts = c.prompts("train", enc)
     eval_prompts = c.prompts("eval", enc, cfg.n_eval_prompts)
-    results = os.path.join(cfg.out, "results.jsonl")
-    c.drop_results(results, run_name)
+    fields = c.run_key("rloo", cfg, Config())
+    results = c.Results(os.path.join(cfg.out, "results.jsonl"), out_dir, fields)
+    ckpt = c.Checkpoint(out_dir)
 
     def evaluate(step):
         ev = c.evaluate(policy, ref, enc, eval_prompts, cfg.max_new_tokens, rm)
-        c.append_result(results, ev, run=run_name, algo="rloo", beta=cfg.beta, step=step,
-                        final=step == cfg.steps)
-        return ev
+        return results.add(ev, step, final=step == cfg.steps)
 
     before = evaluate(0)
     logger = c.Logger(out_dir, cfg.steps)
@@ -111,71 +105,51 @@ def main():
                                     cfg.max_new_tokens, cfg.temperature)
             P, mask = tokens.shape[1] - mask.shape[1], mask.float()
             # 2. score: r_φ(x, y), or the gold reward
-            if cfg.reward == "gold":
-                score = c.gold_reward([c.decode(enc, t) for t in tokens.tolist()]).to(device)
-            else:
-                score = c.reward(rm, tokens)
-            # old log-probs, in the minibatches the update will use (bit-identical)
-            chunks = [slice(j, j + cfg.minibatch_size) for j in range(0, len(tokens),
-                                                                      cfg.minibatch_size)]
-            old_logprobs = torch.cat([c.token_logprobs(policy, tokens[s], P, cfg.temperature)[0]
-                                      for s in chunks])
-            ref_logprobs = torch.cat([c.token_logprobs(ref, tokens[s], P, cfg.temperature)[0]
-                                      for s in chunks])
+            score = c.score_responses(cfg.reward, rm, enc, tokens)
+            # log-probs of the sampling policy and of the reference
+            old_logprobs = c.rollout_logprobs(policy, tokens, P, cfg.minibatch_size,
+                                              cfg.temperature)
+            ref_logprobs = c.rollout_logprobs(ref, tokens, P, cfg.minibatch_size,
+                                              cfg.temperature)
         # 3. reward = score − β·sequence KL
         kl = c.sequence_kl(old_logprobs, ref_logprobs, mask)  # (B·k,)
-        if kl.mean() > cfg.max_kl:
-            c.die(f"KL exploded ({kl.mean():.1f} nats > --max-kl {cfg.max_kl}) at step {step};"
-                  f" the last good policy is in {out_dir}; raise --beta or lower --lr")
-        rewards = kl_penalised_reward(score, kl, cfg.beta)
+        c.check_kl(kl, cfg.max_kl, step, ckpt)
+        rewards = c.kl_penalised_reward(score, kl, cfg.beta)
         # 4. leave-one-out advantages
         advantages, baseline = rloo_advantages(rewards, cfg.k)
         old_seq_logprobs = response_logprobs(old_logprobs, mask)
 
         # 5. update: REINFORCE on whole responses (clipped ratio on later passes)
-        stats = {k: [] for k in ("pg_loss", "entropy", "ratio", "clipfrac")}
+        stats = collections.defaultdict(list)
         for epoch in range(cfg.ppo_epochs):
-            for j in (torch.randperm(len(chunks)).tolist() if epoch else range(len(chunks))):
-                s = chunks[j]
+            for s in c.minibatches(len(tokens), cfg.minibatch_size, epoch):
                 with c.autocast(device):
                     logprobs, entropy = c.token_logprobs(policy, tokens[s], P, cfg.temperature)
                 seq_logprobs = response_logprobs(logprobs, mask[s])  # log π(y|x), (mb,)
-                loss, ratio = rloo_loss(seq_logprobs, old_seq_logprobs[s], advantages[s],
-                                        cfg.clip)
-                if not torch.isfinite(loss):
-                    c.die(f"non-finite loss at step {step}; the last good policy is in"
-                          f" {out_dir}; try a lower --lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-                opt.step()
+                loss = rloo_loss(seq_logprobs, old_seq_logprobs[s], advantages[s], cfg.clip)
+                c.optimizer_step(opt, loss, policy.parameters(), step, ckpt)
                 stats["pg_loss"].append(loss.item())
                 stats["entropy"].append(c.masked_mean(entropy, mask[s]).item())
-                stats["ratio"].append(ratio.mean().item())
-                stats["clipfrac"].append(((ratio - 1).abs() > cfg.clip).float().mean().item())
+                for k, v in c.update_stats(seq_logprobs, old_seq_logprobs[s], torch.ones_like(
+                        seq_logprobs), cfg.clip).items():  # one action per response
+                    stats[k].append(v)
 
         # 6. log; evaluate and checkpoint every eval_every steps
         metrics = {"score": score.mean().item(), "kl": kl.mean().item(),
                    "non_score_reward": (rewards - score).mean().item(),
                    "length": mask.sum(1).mean().item(), "baseline": baseline.mean().item(),
-                   "adv_std": advantages.std().item(), "adv_abs": advantages.abs().mean().item(),
-                   **{k: sum(v) / len(v) for k, v in stats.items()}}
+                   "adv_std": advantages.std().item(), **c.mean_stats(stats)}
         if step % cfg.eval_every == 0 or step == cfg.steps:
             ev = evaluate(step)
             metrics.update({f"eval_{k}": ev[k] for k in ("gold", "proxy", "kl")})
-            c.save_model(policy, out_dir)
+            ckpt.save(policy, step)
             print("  sample:", ev["samples"][0][:150])
         logger.log(step, **metrics)
 
-    # final: samples before/after, plots
-    after = ev
-    c.write_samples(os.path.join(out_dir, "samples.txt"), before, after)
-    c.write_card(out_dir, cfg, f"RLOO policy ({run_name})",
-                 f"{c.before_after(before, after)} on {len(eval_prompts)} held-out prompts")
-    print(f"held-out: {c.before_after(before, after)}")
-    c.plot_metrics(out_dir, [("score", "eval_proxy", "eval_gold"), ("kl", "eval_kl"),
-                             "entropy", "adv_std"])
-    c.plot_frontier(results, os.path.join(out_dir, "reward_vs_kl.png"))
+    # final: results, samples before/after, plots
+    c.finish_rl(cfg, out_dir, results, before, ev, f"RLOO policy ({fields['run']})",
+                [("score", "eval_proxy", "eval_gold"), ("kl", "eval_kl"), "entropy", "adv_std"],
+                [sft_dir, rm_dir])
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ loss.png, samples.txt, and the SFT point (gold reward of its samples, KL 0) in o
 Left out: packing several openings into one row, multi-GPU, gradient accumulation.
 Run: python sft.py            (GPU, real GPT-2: python sft.py --init gpt2 --lr 1e-4 --steps 1000)
 """
-import math, os
+import math, os, time
 from dataclasses import dataclass
 
 import torch
@@ -93,15 +93,6 @@ def length_batches(lengths, batch_size, group=16):
     return [batches[i] for i in torch.randperm(len(batches)).tolist()]
 
 
-def lr_at(step, lr, warmup, steps):
-    """Linear warmup over `warmup` steps, then cosine decay from lr to lr/10 at the last step
-    (step counts from 0)."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def sft_loss(model, x, y):
     """Mean −log π(y_t | x, y_<t) over response tokens (nats/token); -100 masks the rest."""
     logits = model(x).logits  # (B, T, V); right padding: real tokens never attend to it
@@ -128,14 +119,17 @@ def main():
     pref_path = os.path.join(cfg.out, "preferences.jsonl")
 
     # model: from scratch, any Hugging Face GPT-2, or the SFT model (Preferred-FT)
-    if cfg.preferred:
-        c.require(pref_path, "reward_model.py", ["--out", cfg.out])
-        model = c.load_model(os.path.join(cfg.out, "sft"))
+    inputs = [os.path.join(cfg.out, "sft"), os.path.join(cfg.out, "reward_model")]
+    if cfg.preferred:  # preferences.jsonl is written with out/reward_model
+        c.require(inputs[0], "sft.py", ["--out", cfg.out])
+        c.require(inputs[1], "reward_model.py", ["--out", cfg.out], built_from=inputs[:1])
+        model = c.load_model(inputs[0])
     elif cfg.init:
         model = c.load_model(cfg.init)
     else:
         model = c.build_model(cfg.n_ranks, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.max_len + 64)
     model.to(device).train()
+    c.start_stage(out_dir)
     enc = c.tokenizer(model.config.bpe_ranks)
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters,"
           f" vocabulary {model.config.vocab_size}")
@@ -166,7 +160,7 @@ def main():
         n = int(lengths[idx].max())
         xb, yb = x[idx, :n].to(device), y[idx, :n].to(device)
         # 2. loss on response tokens, 3. update
-        lr = lr_at(step - 1, cfg.lr, cfg.warmup, cfg.steps)
+        lr = c.lr_at(step - 1, cfg.lr, cfg.warmup, cfg.steps)
         for group in opt.param_groups:
             group["lr"] = lr
         with c.autocast(device):
@@ -200,11 +194,14 @@ def main():
     ev = c.evaluate(model, ref.eval(), enc, prompt_ids, cfg.max_new_tokens)
     results = os.path.join(cfg.out, "results.jsonl")
     if not cfg.preferred and os.path.exists(results):  # a new π_ref: old points incomparable
-        os.replace(results, results + ".old")
-        print(f"new SFT model: earlier results moved to {results}.old")
+        old = results.replace(".jsonl", time.strftime("-before-sft-%Y%m%d-%H%M%S.jsonl"))
+        os.replace(results, old)
+        print(f"new SFT model: earlier results moved to {old}")
     name = "preferred-ft" if cfg.preferred else "sft"
-    c.drop_results(results, name)
-    c.append_result(results, ev, run=name, algo=name, beta=None, step=cfg.steps, final=True)
+    fields = c.run_key(name, cfg, Config())
+    points = c.Results(results, out_dir, fields)
+    points.add(ev, cfg.steps, final=True)
+    points.finish()
     with open(os.path.join(out_dir, "samples.txt"), "w") as f:
         f.write(f"{name} samples on held-out prompts (mean gold reward {ev['gold']:.3f}"
                 f" over {len(prompt_ids)} prompts)\n\n" + "\n\n".join(ev["samples"]) + "\n")
@@ -216,6 +213,7 @@ def main():
     print(f"held-out loss {metrics['val_loss']:.3f} nats/token = {metrics['val_bpb']:.3f}"
           f" bits/byte | gold reward of samples {ev['gold']:.3f} | saved {out_dir}")
     print("sample:", ev["samples"][0])
+    c.finish_stage(out_dir, cfg, inputs if cfg.preferred else [])
 
 
 if __name__ == "__main__":

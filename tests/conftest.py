@@ -2,7 +2,7 @@
 statistical check of the learning tests. The tests run in the precision the scripts pick
 (RLHF_PRECISION=fp32 or bf16 in the environment forces one; .ci/run also runs the learning
 tests in fp32 on machines whose default is bf16)."""
-import math, os, subprocess, sys
+import json, math, os, subprocess, sys
 
 import pytest
 
@@ -48,3 +48,12 @@ def pipeline(tmp_path_factory):
     run_script("reward_model.py", "--out", out, "--n-prompts", 600, "--n-val-prompts", 50,
                "--max-new-tokens", 16, "--n-eval-prompts", 32, "--lr", 3e-3, "--epochs", 4)
     return out
+
+
+def run_points(out, stage):
+    """The evaluation points of the last run in out/<stage>, after checking that the shared
+    results file holds exactly them under the run's key (put there when the run finished)."""
+    points = [json.loads(line) for line in open(os.path.join(out, stage, "points.jsonl"))]
+    shared = [json.loads(line) for line in open(os.path.join(out, "results.jsonl"))]
+    assert [p for p in shared if p["run"] == points[0]["run"]] == points
+    return points

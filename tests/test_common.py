@@ -6,6 +6,8 @@ import torch
 from transformers import GPT2ForSequenceClassification
 
 import common as c
+import dpo
+import runs
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +110,7 @@ def test_logprobs_against_hand_computation(model):
     torch.testing.assert_close(logprobs[0].detach(), torch.tensor(hand), atol=1e-4, rtol=0)
     hand_entropy = -(probs[2] * probs[2].log()).sum()
     torch.testing.assert_close(entropy[0, 0].detach(), hand_entropy, atol=1e-4, rtol=0)
-    seq = c.sequence_logprobs(model, tokens, mask, 3)
+    seq = dpo.sequence_logprobs(model, tokens, mask, 3)  # dpo.py's Σ_t, its only user
     torch.testing.assert_close(seq[0].detach(), torch.tensor(sum(hand)), atol=1e-4, rtol=0)
     # the second row's padding adds nothing
     torch.testing.assert_close(seq[1], logprobs[1, 0])
@@ -137,10 +139,6 @@ def test_reward_read_at_last_real_token(tmp_path, model):
 def test_gold_reward_is_vader_sentiment():
     r = c.gold_reward(["This movie was wonderful, I loved it.", "Terrible, boring film.", "It."])
     assert r[0] > 0.5 and r[1] < -0.5 and r[2] == 0
-
-
-def test_noiseless_labeler_sorts():
-    assert c.rank([0.1, 0.9, -0.5, 0.3], tau=0).tolist() == [1, 3, 0, 2]
 
 
 def test_save_is_atomic(tmp_path, model, monkeypatch):
@@ -252,9 +250,9 @@ def test_flags_are_range_checked(flags, message, capsys):
 
 def test_precision_is_bf16_only_where_native(monkeypatch, capsys):
     monkeypatch.setenv(c.PRECISION_ENV, "auto")  # restored after the test, as is _bf16
-    monkeypatch.setattr(c, "_bf16", {})
+    monkeypatch.setattr(runs, "_bf16", {})
     cpu = torch.device("cpu")
-    monkeypatch.setattr(c, "native_bf16", lambda device: (False, "no native bf16"))
+    monkeypatch.setattr(runs, "native_bf16", lambda device: (False, "no native bf16"))
     c.setup(0)
     with c.autocast(cpu):
         assert not torch.is_autocast_enabled("cpu")
@@ -263,7 +261,7 @@ def test_precision_is_bf16_only_where_native(monkeypatch, capsys):
         c.setup(0, "bf16")
     err = capsys.readouterr().err.strip()
     assert "--precision bf16" in err and "no native bf16" in err and "\n" not in err
-    monkeypatch.setattr(c, "native_bf16", lambda device: (True, "AVX512-BF16"))
+    monkeypatch.setattr(runs, "native_bf16", lambda device: (True, "AVX512-BF16"))
     monkeypatch.setenv(c.PRECISION_ENV, "auto")
     c.setup(0)
     with c.autocast(cpu):
@@ -273,3 +271,14 @@ def test_precision_is_bf16_only_where_native(monkeypatch, capsys):
     with c.autocast(cpu):
         assert not torch.is_autocast_enabled("cpu")
     assert "fp32 (as asked" in capsys.readouterr().out
+
+
+def test_lr_schedule_by_hand():
+    lr, warmup, steps = 1e-3, 10, 110
+    assert c.lr_at(0, lr, warmup, steps) == pytest.approx(1e-4)  # warmup: (step + 1)/warmup
+    assert c.lr_at(9, lr, warmup, steps) == pytest.approx(1e-3)
+    assert c.lr_at(10, lr, warmup, steps) == pytest.approx(1e-3)  # cosine from the peak ...
+    assert c.lr_at(60, lr, warmup, steps) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # half
+    assert c.lr_at(110, lr, warmup, steps) == pytest.approx(1e-4)  # ... to lr/10
+    assert c.lr_at(60, lr, warmup, steps, cosine=False) == pytest.approx(1e-3)  # constant
+    assert c.lr_at(4, lr, warmup, steps, cosine=False) == pytest.approx(5e-4)  # still warms up

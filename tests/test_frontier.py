@@ -24,18 +24,24 @@ def test_best_of_n_picks_by_proxy_and_bounds_kl():
     assert math.isclose(rows[2][2], math.log(4) - 0.75)
 
 
+def finished_stage(path, **inputs):
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    (path / "run.json").write_text(json.dumps({"id": path.name, "inputs": inputs}))
+
+
 def test_resume_skips_finished_runs(tmp_path):
     """With every final point already in results.jsonl, nothing runs: it only draws."""
-    (tmp_path / "reward_model").mkdir()
-    (tmp_path / "reward_model" / "config.json").write_text("{}")
-    points = [{"run": "sft", "algo": "sft", "step": 0, "kl": 0.0, "gold": 0.2, "proxy": None}]
-    runs = frontier.sweep(quick=True) + [(None, "best-of-n", 64, None)]
-    for i, (_, name, steps, _) in enumerate(runs):
-        points += [{"run": name, "step": s, "final": s == steps, "kl": 5.0 * s / steps + i,
-                    "gold": 0.2 + 0.5 * s / steps, "proxy": 0.3 * s} for s in (0, steps)]
-    c.append_result(tmp_path / "results.jsonl", points[0])
-    for p in points[1:]:
-        c.append_result(tmp_path / "results.jsonl", p)
+    finished_stage(tmp_path / "sft")
+    finished_stage(tmp_path / "reward_model", sft="sft")
+    rows = [{"run": "sft", "algo": "sft", "step": 0, "kl": 0.0, "gold": 0.2, "proxy": None}]
+    runs = [(frontier.key_of(script, flags), script[:-3]) for script, _, flags in
+            frontier.sweep(quick=True)] + [("best-of-n", "best-of-n")]
+    for i, (key, algo) in enumerate(runs):
+        rows += [{"run": key, "algo": algo, "variant": "rm" if algo == "ppo" else "", "beta": 0.1,
+                  "step": s, "final": s == 10, "kl": 0.5 * s + i, "gold": 0.2 + 0.05 * s,
+                  "proxy": 0.3 * s} for s in (0, 10)]
+    c.replace_rows(tmp_path / "results.jsonl", None, rows)
     proc = run_script("frontier.py", "--out", tmp_path, "--quick")
     assert proc.stdout.count("skipped") == len(frontier.sweep(quick=True))
     for name in ("frontier.png", "overoptimisation.png", "frontier.md"):
@@ -52,7 +58,11 @@ def test_tiny_sweep_end_to_end(pipeline, tmp_path):
                "--bon-max-n", 4, "--max-new-tokens", 8)
     rows = [json.loads(line) for line in open(out / "results.jsonl")]
     finished = {r["run"] for r in rows if r.get("final")}
-    assert {name for _, name, _, _ in frontier.sweep(quick=True)} | {"best-of-n"} <= finished
+    keys = {frontier.key_of(script, [*map(str, flags), *tiny.split()])
+            for script, _, flags in frontier.sweep(quick=True)}
+    assert keys | {"best-of-n"} <= finished
+    assert {(r["algo"], r["variant"]) for r in rows} >= {("ppo", "rm"), ("ppo", "gt"),
+                                                         ("dpo", "sigmoid"), ("grpo", "rm")}
     bon = [r for r in rows if r["run"] == "best-of-n"]
     assert [r["n"] for r in bon] == [1, 2, 4] and bon[0]["kl"] == 0.0
     assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG"
@@ -60,13 +70,18 @@ def test_tiny_sweep_end_to_end(pipeline, tmp_path):
 
 
 def test_redraw_trains_nothing(tmp_path):
-    for p in ({"run": "sft", "algo": "sft", "step": 0, "kl": 0.0, "gold": 0.2, "proxy": None},
-              {"run": "rloo-rm β=0.1", "step": 0, "kl": 0.0, "gold": 0.2, "proxy": 0.0},
-              {"run": "rloo-rm β=0.1", "step": 10, "kl": 3.0, "gold": 0.6, "proxy": 1.0}):
-        c.append_result(tmp_path / "results.jsonl", p)
+    rows = [{"run": "sft", "algo": "sft", "step": 0, "kl": 0.0, "gold": 0.2, "proxy": None},
+            {"run": "r", "algo": "rloo", "variant": "rm", "step": 0, "kl": 0.0, "gold": 0.2,
+             "proxy": 0.0},
+            {"run": "r", "algo": "rloo", "variant": "rm", "step": 10, "kl": 3.0, "gold": 0.6,
+             "proxy": 1.0}]
+    c.replace_rows(tmp_path / "results.jsonl", None, rows)
+    with open(tmp_path / "results.jsonl", "a") as f:
+        f.write('{"run": "cut off mid-li\n')  # a corrupt line: skipped with a warning
     proc = run_script("frontier.py", "--out", tmp_path, "--redraw")
     assert (tmp_path / "frontier.png").read_bytes()[:4] == b"\x89PNG"
     assert "| rloo-rm | 0.200 | 0.600 | 0.600 | 0.600 |" in (tmp_path / "frontier.md").read_text()
     assert not (tmp_path / "reward_model").exists() and "missing" not in proc.stdout
+    assert "line 4 is not JSON; skipped" in proc.stderr
     proc = run_script("frontier.py", "--out", tmp_path / "none", "--redraw", check=False)
     assert proc.returncode == 1 and "does not exist" in proc.stderr

@@ -7,7 +7,7 @@ import torch
 
 import common as c
 import grpo
-from conftest import assert_rises, run_script
+from conftest import assert_rises, run_points, run_script
 
 
 def test_group_advantages_by_hand():
@@ -30,7 +30,7 @@ def test_token_level_clip_table(ratio, adv, clipped):
     """One token, β = 0: −Â·ρ inside the trust region; the clipped cases have zero gradient."""
     logprobs = torch.full((1, 1), math.log(ratio), requires_grad=True)
     zeros, mask = torch.zeros(1, 1), torch.ones(1, 1)
-    loss, _, _ = grpo.grpo_loss(logprobs, zeros, zeros, torch.tensor([adv]), mask, 0.2, 0.0,
+    loss, _ = grpo.grpo_loss(logprobs, zeros, zeros, torch.tensor([adv]), mask, 0.2, 0.0,
                                 "sequence", 1)
     expected = -adv * (min(max(ratio, 0.8), 1.2) if clipped else ratio)
     assert loss.item() == pytest.approx(expected, abs=1e-6)
@@ -45,14 +45,13 @@ def test_loss_normalisations_by_hand():
     mask = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])  # lengths 2 and 4
     adv = torch.tensor([1.0, -1.0])
     zeros = torch.zeros(2, 4)
-    loss, ratio, _ = grpo.grpo_loss(logprobs, zeros, zeros, adv, mask, 0.2, 0.0, "sequence", 4)
+    loss, _ = grpo.grpo_loss(logprobs, zeros, zeros, adv, mask, 0.2, 0.0, "sequence", 4)
     assert loss.item() == pytest.approx((-1.0 + 1.0) / 2)
-    assert (ratio == 1).all()  # μ = 1: old = current, the ratio is exactly 1
     loss.backward()  # GRPO's length bias: a short response's token weighs 1/2, a long one's 1/4
     assert logprobs.grad[0, 0].item() == pytest.approx(-1 / 2 / 2)
     assert logprobs.grad[1, 0].item() == pytest.approx(1 / 4 / 2)
     logprobs.grad = None
-    loss, _, _ = grpo.grpo_loss(logprobs, zeros, zeros, adv, mask, 0.2, 0.0, "constant", 4)
+    loss, _ = grpo.grpo_loss(logprobs, zeros, zeros, adv, mask, 0.2, 0.0, "constant", 4)
     assert loss.item() == pytest.approx((-2.0 + 4.0) / 8)
     loss.backward()  # Dr. GRPO: every token weighs the same, 1/(B·max_new_tokens)
     assert logprobs.grad[0, 0].item() == pytest.approx(-1 / 8)
@@ -67,11 +66,11 @@ def test_zero_variance_group_gives_only_the_kl_gradient():
     ref, old, mask = torch.randn(4, 3), logprobs.detach(), torch.ones(4, 3)
     adv, zero_std = grpo.grpo_advantages(torch.full((4,), 0.7), k=4, scale_std=True)
     assert zero_std.all()
-    loss, _, _ = grpo.grpo_loss(logprobs, old, ref, adv, mask, 0.2, 0.0, "sequence", 3)
+    loss, _ = grpo.grpo_loss(logprobs, old, ref, adv, mask, 0.2, 0.0, "sequence", 3)
     loss.backward()
     assert (logprobs.grad == 0).all()
     logprobs.grad = None
-    loss, _, kl = grpo.grpo_loss(logprobs, old, ref, adv, mask, 0.2, 0.1, "sequence", 3)
+    loss, kl = grpo.grpo_loss(logprobs, old, ref, adv, mask, 0.2, 0.1, "sequence", 3)
     loss.backward()
     # d/dlogπ [β·k3] = β·(1 − π_ref/π), averaged over 3 tokens and 4 responses
     expected = 0.1 * (1 - torch.exp(ref - old)) / 3 / 4
@@ -79,7 +78,7 @@ def test_zero_variance_group_gives_only_the_kl_gradient():
 
 
 def test_kl_in_the_reward_by_hand():
-    rewards = grpo.kl_penalised_reward(torch.tensor([1.0, 2.0]), torch.tensor([3.0, -1.0]), 0.1)
+    rewards = c.kl_penalised_reward(torch.tensor([1.0, 2.0]), torch.tensor([3.0, -1.0]), 0.1)
     torch.testing.assert_close(rewards, torch.tensor([0.7, 2.1]))  # r − β·KL
 
 
@@ -161,13 +160,14 @@ def test_grpo_end_to_end(pipeline):
     for key in ("score", "kl", "kl_k3", "frac_zero_std", "entropy", "ratio", "clipfrac"):
         assert key in rows[-1], key
     assert rows[0]["non_score_reward"] == 0.0  # the KL is in the loss, not in the reward
-    points = [json.loads(line) for line in open(pipeline / "results.jsonl")]
-    assert [p["step"] for p in points if p["run"] == "grpo-rm β=0.05 const-norm"] == [0, 2, 4]
+    points = run_points(pipeline, "grpo")
+    assert [p["step"] for p in points] == [0, 2, 4]
+    assert points[0]["settings"]["loss_norm"] == "constant" and points[0]["variant"] == "rm"
 
 
 def test_group_of_one_is_refused(tmp_path):
     proc = run_script("grpo.py", "--out", tmp_path, "--k", 1, check=False)
-    assert proc.returncode == 1 and "at least 2 samples per prompt" in proc.stderr
+    assert proc.returncode == 1 and "at least 2 responses per prompt" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
@@ -178,6 +178,6 @@ def test_grpo_learns(pipeline):
     +23.6 to +27.1 SE."""
     run_script("grpo.py", "--out", pipeline, "--steps", 60, "--eval-every", 60, "--lr", 5e-4,
                "--beta", 0.02, "--reward", "gold", *TINY_GRPO, "--n-eval-prompts", 64)
-    points = [json.loads(line) for line in open(pipeline / "results.jsonl")]
-    points = [p for p in points if p["run"] == "grpo-gt β=0.02"]
+    points = run_points(pipeline, "grpo")
+    assert points[0]["variant"] == "gt" and points[0]["beta"] == 0.02
     assert_rises(points[0], points[-1], "gold", 5)

@@ -7,7 +7,7 @@ from transformers import GPT2ForSequenceClassification
 
 import common as c
 import ppo
-from conftest import assert_rises, run_script
+from conftest import assert_rises, run_points, run_script
 
 EPS = 0.2
 
@@ -20,7 +20,7 @@ EPS = 0.2
 def test_clip_table(ratio, adv, clipped):
     old = torch.zeros(1, 1)
     logprobs = torch.full((1, 1), float(torch.log(torch.tensor(ratio))), requires_grad=True)
-    loss, r = ppo.ppo_policy_loss(logprobs, old, torch.tensor([[adv]]), torch.ones(1, 1), EPS)
+    loss = ppo.ppo_policy_loss(logprobs, old, torch.tensor([[adv]]), torch.ones(1, 1), EPS)
     expected = -adv * (min(max(ratio, 1 - EPS), 1 + EPS) if clipped else ratio)
     assert loss.item() == pytest.approx(expected, abs=1e-6)
     loss.backward()
@@ -33,8 +33,8 @@ def test_clip_table(ratio, adv, clipped):
 def test_policy_loss_ignores_padding():
     logprobs = torch.tensor([[0.1, 0.2, 5.0]])
     mask = torch.tensor([[1.0, 1.0, 0.0]])
-    a, _ = ppo.ppo_policy_loss(logprobs, torch.zeros(1, 3), torch.ones(1, 3), mask, EPS)
-    b, _ = ppo.ppo_policy_loss(logprobs[:, :2], torch.zeros(1, 2), torch.ones(1, 2),
+    a = ppo.ppo_policy_loss(logprobs, torch.zeros(1, 3), torch.ones(1, 3), mask, EPS)
+    b = ppo.ppo_policy_loss(logprobs[:, :2], torch.zeros(1, 2), torch.ones(1, 2),
                                mask[:, :2], EPS)
     torch.testing.assert_close(a, b)
 
@@ -104,7 +104,7 @@ def test_critic_value_at_t_is_read_before_y_t(tmp_path):
     prompt, response = [5, 17, 300], [42, 7, 99, 512]
     tokens, mask = c.collate([prompt, [8, 9]], [response, [3, 4]], critic.config.pad_token_id)
     with torch.no_grad():
-        values = ppo.critic_values(critic, tokens, tokens.shape[1] - mask.shape[1])
+        values = ppo.critic_values(critic, tokens, tokens.shape[1] - mask.shape[1], 4)
         for t in range(len(response)):
             prefix = torch.tensor([prompt + response[:t]])
             torch.testing.assert_close(values[0, t], c.reward(critic, prefix)[0], atol=1e-5,
@@ -126,8 +126,8 @@ def test_ppo_end_to_end(pipeline):
     for key in ("score", "kl", "entropy", "approx_kl", "clipfrac", "ratio", "vf_loss",
                 "non_score_reward", "length"):
         assert key in rows[-1], key
-    results = [json.loads(line) for line in open(pipeline / "results.jsonl")]
-    points = [r for r in results if r["run"] == "ppo-rm β=0.05 kl→1.0 ptx=0.5"]
+    points = run_points(pipeline, "ppo")
+    assert points[0]["settings"]["ptx_coef"] == 0.5 and points[0]["settings"]["target_kl"] == 1
     assert [p["step"] for p in points] == [0, 2, 4] and points[0]["kl"] == 0.0
     assert "before:" in (out / "samples.txt").read_text()
     assert "alignment tax" in proc.stdout and "lm_loss" in points[-1]
@@ -158,8 +158,8 @@ def test_ppo_learns(pipeline):
     flags over seeds 0–2 in fp32 and bf16: +8.1 to +18.8 SE."""
     run_script("ppo.py", "--out", pipeline, "--steps", 30, "--eval-every", 30, "--lr", 5e-4,
                "--beta", 0.02, "--reward", "gold", *TINY_PPO, "--n-eval-prompts", 64)
-    points = [json.loads(line) for line in open(pipeline / "results.jsonl")]
-    points = [p for p in points if p["run"] == "ppo-gt β=0.02"]
+    points = run_points(pipeline, "ppo")
+    assert points[0]["variant"] == "gt" and points[0]["beta"] == 0.02
     assert_rises(points[0], points[-1], "gold", 5)
 
 
@@ -177,7 +177,7 @@ def test_update_stats_by_hand():
     old = torch.zeros(1, 3)
     logprobs = torch.log(torch.tensor([[1.5, 1.0, 0.9]]))
     mask = torch.tensor([[1.0, 1.0, 0.0]])  # the third token is padding
-    stats = ppo.update_stats(logprobs, old, mask, clip=0.2)
+    stats = c.update_stats(logprobs, old, mask, clip=0.2)
     assert stats["ratio"] == pytest.approx(1.25)
     assert stats["clipfrac"] == pytest.approx(0.5)  # 1.5 is outside [0.8, 1.2], 1.0 inside
     assert stats["approx_kl"] == pytest.approx((0.5 - math.log(1.5)) / 2)  # (ρ − 1) − log ρ

@@ -26,13 +26,17 @@ def test_k4_ranking_gives_6_ordered_pairs():
     assert rmod.ranking_pairs([1, 0]) == [(1, 0)]
 
 
+def test_noiseless_labeler_sorts():
+    assert rmod.rank([0.1, 0.9, -0.5, 0.3], tau=0).tolist() == [1, 3, 0, 2]
+
+
 def test_labeler_follows_bradley_terry():
     """P(y1 ranked above y2) = σ((r1 − r2)/τ), also inside a ranking of K = 4."""
     gen = torch.Generator().manual_seed(0)
     gold, tau, n = torch.tensor([0.3, 0.1, -0.2, 0.5]), 0.2, 20000
     above = torch.zeros(4, 4)
     for _ in range(n):
-        r = c.rank(gold, tau, gen).tolist()
+        r = rmod.rank(gold, tau, gen).tolist()
         for a in range(4):
             for b in range(a + 1, 4):
                 above[r[a], r[b]] += 1

@@ -4,8 +4,9 @@ import json
 import pytest
 import torch
 
+import common as c
 import rloo
-from conftest import assert_rises, run_script
+from conftest import assert_rises, run_points, run_script
 
 
 def test_leave_one_out_baseline_by_hand():
@@ -28,9 +29,8 @@ def test_gradient_is_reinforce_on_a_toy_policy():
     theta = torch.randn(3, requires_grad=True)
     ys, adv = torch.tensor([0, 2, 2, 1]), torch.tensor([0.5, -1.0, 2.0, 0.3])
     logp = theta.log_softmax(0)[ys]
-    loss, ratio = rloo.rloo_loss(logp, logp.detach(), adv, clip=0.2)
+    loss = rloo.rloo_loss(logp, logp.detach(), adv, clip=0.2)
     loss.backward()
-    assert torch.allclose(ratio, torch.ones(4))
     expected = torch.zeros(3)
     probs = theta.detach().softmax(0)
     for y, a in zip(ys, adv):  # ∇log π(y) = onehot(y) − π
@@ -41,14 +41,14 @@ def test_gradient_is_reinforce_on_a_toy_policy():
 def test_clipped_sequence_ratio():
     old = torch.zeros(2)
     logp = torch.log(torch.tensor([1.5, 0.5])).requires_grad_()
-    loss, _ = rloo.rloo_loss(logp, old, torch.tensor([1.0, -1.0]), clip=0.2)
+    loss = rloo.rloo_loss(logp, old, torch.tensor([1.0, -1.0]), clip=0.2)
     assert loss.item() == pytest.approx(-(1.2 - 0.8) / 2)
     loss.backward()
     assert (logp.grad == 0).all()  # both clipped
 
 
 def test_kl_penalised_reward_and_response_logprob_by_hand():
-    rewards = rloo.kl_penalised_reward(torch.tensor([1.0, 2.0]), torch.tensor([3.0, -1.0]), 0.1)
+    rewards = c.kl_penalised_reward(torch.tensor([1.0, 2.0]), torch.tensor([3.0, -1.0]), 0.1)
     torch.testing.assert_close(rewards, torch.tensor([0.7, 2.1]))  # r − β·KL
     logprobs = torch.tensor([[-1.0, -2.0, -5.0], [-0.5, -0.5, -0.5]])
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])  # padding at [0, 2]
@@ -72,8 +72,9 @@ def test_rloo_end_to_end(pipeline):
         assert r["non_score_reward"] == pytest.approx(-0.05 * r["kl"], rel=1e-4, abs=1e-7)
         assert r["ratio"] == 1.0 and r["clipfrac"] == 0.0  # one pass, one minibatch: on-policy
     assert max(abs(r["kl"]) for r in rows) > 1e-3  # the policy moved: the check is not 0 = 0
-    points = [json.loads(line) for line in open(pipeline / "results.jsonl")]
-    assert [p["step"] for p in points if p["run"] == "rloo-rm β=0.05"] == [0, 2, 4]
+    points = run_points(pipeline, "rloo")
+    assert [p["step"] for p in points] == [0, 2, 4]
+    assert (points[0]["algo"], points[0]["variant"], points[0]["beta"]) == ("rloo", "rm", 0.05)
 
 
 @pytest.mark.learning
@@ -85,6 +86,6 @@ def test_rloo_learns(pipeline):
     run_script("rloo.py", "--out", pipeline, "--steps", 60, "--eval-every", 60, "--lr", 5e-4,
                "--beta", 0.02, "--reward", "gold", "--batch-size", 8, "--k", 4,
                "--minibatch-size", 32, "--max-new-tokens", 16, "--n-eval-prompts", 64)
-    points = [json.loads(line) for line in open(pipeline / "results.jsonl")]
-    points = [p for p in points if p["run"] == "rloo-gt β=0.02"]
+    points = run_points(pipeline, "rloo")
+    assert points[0]["variant"] == "gt" and points[0]["beta"] == 0.02
     assert_rises(points[0], points[-1], "gold", 5)
