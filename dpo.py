@@ -45,7 +45,7 @@ class Config:
 
 def sequence_logprobs(model, tokens, mask, n_prompt):
     """Σ_t log π(y_t | x, y_<t) over the real response tokens: (B,)."""
-    return (c.token_logprobs(model, tokens, n_prompt)[0] * mask).sum(1)
+    return c.response_logprobs(c.token_logprobs(model, tokens, n_prompt)[0], mask)
 
 
 def preference_loss(logps_chosen, logps_rejected, ref_chosen, ref_rejected, beta, kind):

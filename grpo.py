@@ -1,24 +1,15 @@
 """grpo.py: Group Relative Policy Optimisation (Shao et al. 2024, DeepSeekMath) against r_φ.
 
-RLOO's family: no critic, the baseline comes from the other samples of the same prompt. Each
-iteration: 1. sample a group of G responses to each prompt of a batch; 2. score them with r_φ;
-3. group-relative advantage Â_i = (r_i − mean(r_1..G)) / (std(r_1..G) + ε), the same for every
-token of response i (--no-scale-std drops the division: Dr. GRPO, Liu et al. 2025); 4. the
-per-token clipped ratio objective of PPO with μ passes over the batch (--ppo-epochs). With μ = 1
-and one minibatch per batch the ratio is exactly 1 and this is REINFORCE with the group baseline;
-by default a batch is 4 minibatches, and the later ones see a policy that has moved, so the clip
-can act; 5. the KL to π_ref *in the loss*, per token, with the k3 estimator
-π_ref/π − log(π_ref/π) − 1 (≥ 0), weighted by β; or, with --kl-in reward, in the
-reward as rloo.py and ppo.py do (r_i − β·Σ_t log π/π_ref); 6. log, evaluate.
---reward gold optimises the gold reward itself (the GRPO counterpart of PPO-GT).
+RLOO's family: the action is the whole response. The models: the policy π_θ (trained, from
+SFT), the reward model r_φ and the reference π_ref (frozen); no critic. Each iteration:
+1. sample a group of k responses to each prompt of a batch; 2. score them with r_φ;
+3. the KL goes into the loss (step 5), or with --kl-in reward into R_i as in rloo.py;
+4. advantage Â_i = (R_i − mean_k R)/(std_k R + ε), the same for every token of response i
+   (--no-scale-std: Dr. GRPO, Liu et al. 2025); a group of equal rewards gets Â = 0;
+5. update on PPO's per-token clipped ratio objective + β·k3, k3 = π_ref/π − log(π_ref/π) − 1;
+6. log, and every few steps evaluate on held-out prompts.
+--reward gold optimises the gold reward itself (the counterpart of PPO-GT).
 
-Loss normalisation (--loss-norm): 'sequence' is GRPO's mean over each response's tokens, then
-over responses: a token of a short response weighs more than one of a long response, so a
-positive advantage favours short responses and a negative one punishes long ones less (the
-length bias Dr. GRPO removes); 'constant' divides every response's token sum by the same
-number, G·max_new_tokens per prompt (Dr. GRPO).
-A group whose rewards are all equal gets zero advantage: no policy-gradient signal, only the
-KL term (logged as frac_zero_std).
 Left out: a penalty for responses that never stop, multi-GPU.
 Run: python grpo.py          (builds out/sft and out/reward_model first if they are missing)
 """
@@ -30,21 +21,22 @@ import torch
 import common as c
 
 
+CHOICES = {"reward": ["model", "gold"], "kl_in": ["loss", "reward"],  # flags with a fixed set
+           "loss_norm": ["sequence", "constant"]}  # of values
+
+
 @dataclass
 class Config:
     out: str = "out"  # root directory: reads out/sft, out/reward_model; writes out/grpo
     reward: str = "model"  # what to maximise: 'model' = learned r_φ, 'gold' = VADER
-    beta: float = 0.05  # KL coefficient β (per token in the loss, or per response in the reward)
-    kl_in: str = "loss"  # where the KL goes: 'loss' (GRPO, k3 per token) or 'reward' (as RLOO)
-    k: int = 4  # group size G: responses per prompt
-    scale_std: bool = True  # divide advantages by the group's std (GRPO); off: Dr. GRPO
+    beta: float = 0.05  # KL coefficient β
+    k: int = 4  # responses per prompt (≥ 2: each one's baseline comes from the others)
     steps: int = 100  # iterations (one batch of samples and its update each)
     batch_size: int = 16  # prompts per iteration (k responses each)
     minibatch_size: int = 16  # responses per gradient step
-    ppo_epochs: int = 1  # μ: passes over each batch (ratio 1 on the first minibatch)
-    loss_norm: str = "sequence"  # 'sequence' (GRPO: mean per response) or 'constant' (Dr. GRPO)
+    ppo_epochs: int = 1  # passes over each batch (ratio 1 on the first minibatch)
     lr: float = 3e-5  # AdamW learning rate
-    clip: float = 0.2  # ε of the per-token clipped ratio (only matters if ppo_epochs > 1)
+    clip: float = 0.2  # ε of the clipped ratio (only matters if ppo_epochs > 1)
     temperature: float = 1.0  # sampling temperature (log-probs use the same)
     max_new_tokens: int = 48  # response length cap
     max_kl: float = 100.0  # stop if the batch KL per response exceeds this (a KL explosion)
@@ -52,6 +44,9 @@ class Config:
     n_eval_prompts: int = 256  # held-out prompts of the shared evaluation
     seed: int = 0  # random seed
     precision: str = "auto"  # auto: bf16 autocast where the device has it natively, else fp32
+    kl_in: str = "loss"  # where the KL goes: 'loss' (GRPO, k3 per token) or 'reward' (as RLOO)
+    scale_std: bool = True  # divide advantages by the group's std (GRPO); off: Dr. GRPO
+    loss_norm: str = "sequence"  # 'sequence' (GRPO: mean per response) or 'constant' (Dr. GRPO)
 
 
 def grpo_advantages(rewards, k, scale_std, eps=1e-4):
@@ -69,9 +64,12 @@ def grpo_advantages(rewards, k, scale_std, eps=1e-4):
 def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, clip, beta, loss_norm,
               max_new_tokens):
     """Per token: max(−Â·ρ_t, −Â·clip(ρ_t, 1±ε)) + β·k3_t, with the ratio
-    ρ_t = π_θ(y_t)/π_old(y_t) (GRPO, eq. 3 of Shao et al., negated). Normalised per response
-    ('sequence') or by a constant. β = 0 leaves the KL out of the loss (--kl-in reward).
-    Returns loss and k3 (B, T)."""
+    ρ_t = π_θ(y_t)/π_old(y_t) (GRPO, eq. 3 of Shao et al., negated). 'sequence': GRPO's mean
+    over each response's tokens, then over responses, so a token of a short response weighs
+    more (the length bias Dr. GRPO removes); 'constant': every response's token sum divided by
+    the same number, k·max_new_tokens per prompt (Dr. GRPO). β = 0 leaves the KL out of the
+    loss (--kl-in reward). With one pass and one minibatch the ratio is exactly 1: REINFORCE
+    with the group baseline. Returns the loss and k3 (B, T)."""
     ratio = torch.exp(logprobs - old_logprobs)
     A = advantages[:, None]  # (B, 1): the same advantage for every token of a response
     pg = torch.max(-A * ratio, -A * ratio.clamp(1 - clip, 1 + clip))  # (B, T)
@@ -85,10 +83,9 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, clip, beta
 
 
 def main():
-    cfg = c.parse_config(Config, __doc__, {"reward": ["model", "gold"], "kl_in": ["loss", "reward"],
-                                           "loss_norm": ["sequence", "constant"]})
+    cfg = c.parse_config(Config, __doc__, CHOICES)
     if cfg.k < 2:
-        c.die(f"--k {cfg.k}: the group baseline needs at least 2 responses per prompt")
+        c.die(f"--k {cfg.k}: the baseline needs at least 2 responses per prompt")
     if cfg.batch_size * cfg.k % cfg.minibatch_size:
         c.die(f"--batch-size × --k ({cfg.batch_size * cfg.k}) must be a multiple of"
               " --minibatch-size")
@@ -168,6 +165,7 @@ def main():
             metrics.update({f"eval_{k}": ev[k] for k in ("gold", "proxy", "kl")})
             ckpt.save(policy, step)
             print("  sample:", ev["samples"][0][:150])
+            c.warn_if_collapsed(metrics)
         logger.log(step, **metrics)
 
     # final: results, samples before/after, plots

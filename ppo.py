@@ -24,6 +24,9 @@ from transformers import GPT2ForSequenceClassification
 import common as c
 
 
+CHOICES = {"reward": ["model", "gold"]}  # flags with a fixed set of values
+
+
 @dataclass
 class Config:
     out: str = "out"  # root directory: reads out/sft, out/reward_model; writes out/ppo
@@ -144,14 +147,6 @@ def alignment_tax(policy, tokens, device):
         return lm_loss(policy, tokens).item()
 
 
-def warn_if_collapsed(metrics, min_entropy=0.05, max_vf_loss=1e3):
-    """One line when the policy collapsed (entropy ≈ 0) or the critic blew up."""
-    if metrics["entropy"] < min_entropy or metrics["vf_loss"] > max_vf_loss:
-        print(f"warning: the policy looks collapsed (entropy {metrics['entropy']:.3g}, value"
-              f" loss {metrics['vf_loss']:.3g}); its samples are likely one repeated token;"
-              " lower --lr", flush=True)
-
-
 def lm_loss(model, tokens):
     """Mean next-token loss (nats/token) on real tokens."""
     logits = model.lm_head(c.forward(model, tokens)[:, :-1]).float()
@@ -160,7 +155,7 @@ def lm_loss(model, tokens):
 
 
 def main():
-    cfg = c.parse_config(Config, __doc__, {"reward": ["model", "gold"]})
+    cfg = c.parse_config(Config, __doc__, CHOICES)
     if cfg.batch_size % cfg.minibatch_size:
         c.die(f"--batch-size {cfg.batch_size} must be a multiple of --minibatch-size")
     device = c.setup(cfg.seed, cfg.precision)
@@ -248,7 +243,7 @@ def main():
             metrics.update({f"eval_{k}": ev[k] for k in ("gold", "proxy", "kl")})
             ckpt.save(policy, step)
             print("  sample:", ev["samples"][0][:150])
-            warn_if_collapsed(metrics)
+            c.warn_if_collapsed(metrics)
         logger.log(step, **metrics)
         if cfg.target_kl:  # the adaptive KL controller sets β for the next batch
             beta = adaptive_beta(beta, kl.mean().item(), cfg.target_kl, len(tokens), cfg.horizon)

@@ -1,13 +1,13 @@
-"""rloo.py: Step 3 the light way: REINFORCE Leave-One-Out (Ahmadian et al. 2024) against r_φ.
+"""rloo.py: REINFORCE Leave-One-Out (Ahmadian et al. 2024): Step 3 the light way, against r_φ.
 
-RLHF as a bandit: the action is the whole response. Two models are trained or used: the policy
-π_θ (from SFT) and the reward model r_φ (frozen), plus the frozen reference π_ref for the KL.
-No critic, no GAE. Each iteration: 1. sample k responses to each prompt of a batch;
-2. score them with r_φ; 3. reward R_i = r_φ(x, y_i) − β·KL_i with the sequence KL
-Σ_t log π(y_t)/π_ref(y_t); 4. advantage A_i = R_i − b_i, with the baseline b_i = the mean
-reward of the other k−1 responses to the same prompt; 5. update on −mean_i A_i log π(y_i|x)
-(with --ppo-epochs > 1, several passes with a sequence-level clipped ratio); 6. log, evaluate.
---reward gold optimises the gold reward itself (the RLOO counterpart of PPO-GT).
+RLHF as a bandit: the action is the whole response. The models: the policy π_θ (trained, from
+SFT), the reward model r_φ and the reference π_ref (frozen); no critic. Each iteration:
+1. sample k responses to each prompt of a batch; 2. score them with r_φ;
+3. reward R_i = r_φ(x, y_i) − β·KL_i, with the sequence KL Σ_t log π(y_t)/π_ref(y_t);
+4. advantage A_i = R_i − b_i, the baseline b_i = the mean reward of the other k−1 responses;
+5. update on −mean_i A_i log π(y_i|x) (--ppo-epochs > 1: a sequence-level clipped ratio);
+6. log, and every few steps evaluate on held-out prompts.
+--reward gold optimises the gold reward itself (the counterpart of PPO-GT).
 
 Left out: advantage whitening, a penalty for responses that never stop, multi-GPU.
 Run: python rloo.py          (builds out/sft and out/reward_model first if they are missing)
@@ -20,18 +20,21 @@ import torch
 import common as c
 
 
+CHOICES = {"reward": ["model", "gold"]}  # flags with a fixed set of values
+
+
 @dataclass
 class Config:
     out: str = "out"  # root directory: reads out/sft, out/reward_model; writes out/rloo
     reward: str = "model"  # what to maximise: 'model' = learned r_φ, 'gold' = VADER
-    beta: float = 0.05  # KL penalty coefficient β
-    k: int = 4  # responses per prompt (the baseline of each is the mean of the other k−1)
+    beta: float = 0.05  # KL coefficient β
+    k: int = 4  # responses per prompt (≥ 2: each one's baseline comes from the others)
     steps: int = 100  # iterations (one batch of samples and its update each)
     batch_size: int = 16  # prompts per iteration (k responses each)
     minibatch_size: int = 16  # responses per gradient step
-    ppo_epochs: int = 1  # passes over each batch; > 1 uses the clipped sequence ratio
+    ppo_epochs: int = 1  # passes over each batch (ratio 1 on the first minibatch)
     lr: float = 3e-5  # AdamW learning rate
-    clip: float = 0.2  # ε of the sequence-level clipped ratio (only matters if ppo_epochs > 1)
+    clip: float = 0.2  # ε of the clipped ratio (only matters if ppo_epochs > 1)
     temperature: float = 1.0  # sampling temperature (log-probs use the same)
     max_new_tokens: int = 48  # response length cap
     max_kl: float = 100.0  # stop if the batch KL per response exceeds this (a KL explosion)
@@ -39,11 +42,6 @@ class Config:
     n_eval_prompts: int = 256  # held-out prompts of the shared evaluation
     seed: int = 0  # random seed
     precision: str = "auto"  # auto: bf16 autocast where the device has it natively, else fp32
-
-
-def response_logprobs(logprobs, mask):
-    """log π(y|x) = Σ_t log π(y_t | x, y_<t) over the real response tokens (padding excluded)."""
-    return (logprobs * mask).sum(1)
 
 
 def rloo_advantages(rewards, k):
@@ -64,9 +62,9 @@ def rloo_loss(seq_logprobs, old_seq_logprobs, advantages, clip):
 
 
 def main():
-    cfg = c.parse_config(Config, __doc__, {"reward": ["model", "gold"]})
+    cfg = c.parse_config(Config, __doc__, CHOICES)
     if cfg.k < 2:
-        c.die(f"--k {cfg.k}: the leave-one-out baseline needs at least 2 responses per prompt")
+        c.die(f"--k {cfg.k}: the baseline needs at least 2 responses per prompt")
     if cfg.batch_size * cfg.k % cfg.minibatch_size:
         c.die(f"--batch-size × --k ({cfg.batch_size * cfg.k}) must be a multiple of"
               " --minibatch-size")
@@ -98,7 +96,7 @@ def main():
     before = evaluate(0)
     logger = c.Logger(out_dir, cfg.steps)
     for step in range(1, cfg.steps + 1):
-        # 1. sample k responses to each prompt of a batch (rows grouped by prompt)
+        # 1. sample a group of k responses to each prompt of a batch (rows grouped by prompt)
         idx = torch.randint(len(train_prompts), (cfg.batch_size,)).tolist()
         with torch.no_grad(), c.autocast(device):
             tokens, mask = c.sample(policy, [train_prompts[i] for i in idx for _ in range(cfg.k)],
@@ -117,7 +115,7 @@ def main():
         rewards = c.kl_penalised_reward(score, kl, cfg.beta)
         # 4. leave-one-out advantages
         advantages, baseline = rloo_advantages(rewards, cfg.k)
-        old_seq_logprobs = response_logprobs(old_logprobs, mask)
+        old_seq_logprobs = c.response_logprobs(old_logprobs, mask)
 
         # 5. update: REINFORCE on whole responses (clipped ratio on later passes)
         stats = collections.defaultdict(list)
@@ -125,7 +123,7 @@ def main():
             for s in c.minibatches(len(tokens), cfg.minibatch_size, epoch):
                 with c.autocast(device):
                     logprobs, entropy = c.token_logprobs(policy, tokens[s], P, cfg.temperature)
-                seq_logprobs = response_logprobs(logprobs, mask[s])  # log π(y|x), (mb,)
+                seq_logprobs = c.response_logprobs(logprobs, mask[s])  # log π(y|x), (mb,)
                 loss = rloo_loss(seq_logprobs, old_seq_logprobs[s], advantages[s], cfg.clip)
                 c.optimizer_step(opt, loss, policy.parameters(), step, ckpt)
                 stats["pg_loss"].append(loss.item())
@@ -144,6 +142,7 @@ def main():
             metrics.update({f"eval_{k}": ev[k] for k in ("gold", "proxy", "kl")})
             ckpt.save(policy, step)
             print("  sample:", ev["samples"][0][:150])
+            c.warn_if_collapsed(metrics)
         logger.log(step, **metrics)
 
     # final: results, samples before/after, plots

@@ -52,7 +52,7 @@ def test_kl_penalised_reward_and_response_logprob_by_hand():
     torch.testing.assert_close(rewards, torch.tensor([0.7, 2.1]))  # r − β·KL
     logprobs = torch.tensor([[-1.0, -2.0, -5.0], [-0.5, -0.5, -0.5]])
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])  # padding at [0, 2]
-    torch.testing.assert_close(rloo.response_logprobs(logprobs, mask), torch.tensor([-3.0, -1.5]))
+    torch.testing.assert_close(c.response_logprobs(logprobs, mask), torch.tensor([-3.0, -1.5]))
 
 
 TINY_RLOO = ["--batch-size", 8, "--k", 2, "--minibatch-size", 16, "--max-new-tokens", 16,

