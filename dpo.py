@@ -69,24 +69,6 @@ def accuracy(chosen_rewards, rejected_rewards):
             + 0.5 * (chosen_rewards == rejected_rewards).float()).mean().item()
 
 
-def read_preferences(path, enc):
-    """Pairs of preferences.jsonl as token lists; a malformed record stops with its line number."""
-    pairs = {"train": [], "valid": []}
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            try:
-                r = json.loads(line)
-                ids = [r.get(k + "_ids") or enc.encode_ordinary(r[k])
-                       for k in ("prompt", "chosen", "rejected")]
-                pairs[r.get("split", "train")].append(ids)
-            except (ValueError, KeyError, TypeError) as e:
-                c.die(f"{path} line {n} is not a preference record ({type(e).__name__}: {e});"
-                      " each line needs prompt, chosen and rejected; delete the file to rebuild it")
-    if not pairs["train"]:
-        c.die(f"{path} holds no training pairs; delete it to rebuild it with reward_model.py")
-    return pairs
-
-
 def online_pairs(prompt_ids, responses, score):
     """Two responses per prompt (rows 2i, 2i+1) → (prompt, chosen, rejected), chosen = the one
     r_φ scores higher (the first on a tie)."""
@@ -136,7 +118,7 @@ def main():
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
 
     # data: the preference pairs and their reference log-probs (once); held-out prompts
-    pairs = read_preferences(pref_path, enc)
+    pairs = c.read_preferences(pref_path, enc)
     val = pairs["valid"][:512]
     # the training pairs this run will see, shuffled (steps · batch_size of them at most)
     n = min(len(pairs["train"]), cfg.steps * cfg.batch_size)

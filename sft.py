@@ -58,9 +58,9 @@ def openings(split, enc, max_len, n=None):
     return examples
 
 
-def preferred(path, split):
+def preferred(path, split, enc):
     """Preferred-FT's data: (prompt, chosen response) of every pair of preferences.jsonl."""
-    return [(r["prompt_ids"], r["chosen_ids"]) for r in c.read_jsonl(path) if r["split"] == split]
+    return [(prompt, chosen) for prompt, chosen, _ in c.read_preferences(path, enc)[split]]
 
 
 def batch(examples, enc, max_len):
@@ -135,7 +135,7 @@ def main():
           f" vocabulary {model.config.vocab_size}")
 
     # data: review openings of the train and validation splits (Preferred-FT: chosen responses)
-    data = (lambda split: preferred(pref_path, split)) if cfg.preferred else \
+    data = (lambda split: preferred(pref_path, split, enc)) if cfg.preferred else \
         (lambda split: openings(split, enc, cfg.max_len))
     x, y, _ = batch(data("train"), enc, cfg.max_len)
     val_x, val_y, val_bytes = batch(data("valid"), enc, cfg.max_len)

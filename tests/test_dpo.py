@@ -99,3 +99,22 @@ def test_bad_input(pipeline, tmp_path):
     proc = run_script("dpo.py", "--out", bad, "--steps", 1, check=False)
     assert proc.returncode == 1 and "line 2" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+    for line, says in (("null", "line 1 is not a preference record"),
+                       ('{"prompt_ids": [1], "chosen_ids": [99999], "rejected_ids": [2]}',
+                        "beyond this model's vocabulary")):
+        (bad / "preferences.jsonl").write_text(line + "\n")
+        proc = run_script("dpo.py", "--out", bad, "--steps", 1, check=False)
+        assert proc.returncode == 1 and says in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_pairs_that_teach_nothing_are_skipped_and_counted(tmp_path, capsys):
+    enc = c.tokenizer(1024)
+    good = {"prompt": "The film", "chosen": " was great.", "rejected": " was bad."}
+    lines = [good, {**good, "chosen": ""}, {**good, "prompt": ""},
+             {**good, "rejected": " was great."}]
+    path = tmp_path / "preferences.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    pairs = c.read_preferences(str(path), enc)
+    assert len(pairs["train"]) == 1
+    assert "skipped 3 pairs" in capsys.readouterr().out
