@@ -14,10 +14,10 @@ import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
-from runs import (PRECISION_ENV, Logger, Results, autocast, before_after, die,  # noqa: F401
+from runs import (PRECISION_ENV, Logger, Results, append_row, autocast, before_after, die,  # noqa
                   finish_rl, finish_stage, mean_stats, native_bf16, parse_config, plot_frontier,
-                  plot_metrics, plot_scatter, read_jsonl, replace_rows, require, run, run_child,
-                  run_key, save_figure, setup, start_stage, write_card, write_samples)
+                  plot_metrics, plot_scatter, read_jsonl, record_id, replace_rows, require, run,
+                  run_child, run_key, save_figure, setup, start_stage, write_card, write_samples)
 from data import (EOT_TEXT, decode, hf_tokenizer, imdb, prompts, read_preferences,  # noqa
                   tokenizer)
 from sampler import _cached_step, sample, sample_batched  # noqa: F401 (scripts import common only)
@@ -253,6 +253,12 @@ class Checkpoint:
         if self.step is None:
             return "no policy was saved"
         return f"the last good policy (step {self.step}) is in {self.dir}"
+
+
+def evaluates_at(step, every, steps):
+    """Evaluate every `every` steps, at the last, and at the powers of two below `every`: the
+    early, low-KL part of each reward–KL curve is where the methods differ most."""
+    return step % every == 0 or step == steps or (step < every and step & (step - 1) == 0)
 
 
 def warn_if_collapsed(metrics, min_entropy=0.05, max_vf_loss=1e3):

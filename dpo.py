@@ -23,6 +23,7 @@ import torch.nn.functional as F
 import common as c
 
 WARMUP = 20  # steps of linear learning-rate warmup
+N_VAL_PAIRS = 512  # held-out pairs for the pair accuracy of each evaluation
 
 LOSSES = ["sigmoid", "ipo", "hinge"]
 
@@ -37,7 +38,7 @@ class Config:
     batch_size: int = 32  # preference pairs per step
     lr: float = 1e-4  # AdamW learning rate (20 warmup steps)
     max_new_tokens: int = 48  # response length cap (online sampling and evaluation)
-    eval_every: int = 50  # steps between held-out evaluations and checkpoints
+    eval_every: int = 50  # steps between evaluations and checkpoints (also at 1, 2, 4, …)
     n_eval_prompts: int = 256  # held-out prompts of the shared evaluation
     seed: int = 0  # random seed
     precision: str = "auto"  # auto: bf16 autocast where the device has it natively, else fp32
@@ -49,10 +50,10 @@ def sequence_logprobs(model, tokens, mask, n_prompt):
 
 
 def preference_loss(logps_chosen, logps_rejected, ref_chosen, ref_rejected, beta, kind):
-    """Per-pair losses and the implicit rewards β·log π/π_ref of chosen and rejected."""
-    chosen_rewards = beta * (logps_chosen - ref_chosen)
-    rejected_rewards = beta * (logps_rejected - ref_rejected)
-    h = (logps_chosen - ref_chosen) - (logps_rejected - ref_rejected)
+    """Per-pair losses, and the implicit rewards β·log π/π_ref of chosen and rejected (detached:
+    for logging and accuracy, never for the gradient)."""
+    chosen_ratio, rejected_ratio = logps_chosen - ref_chosen, logps_rejected - ref_rejected
+    h = chosen_ratio - rejected_ratio  # the log-ratios once, used by every loss
     if kind == "sigmoid":  # DPO, eq. 7: the Bradley–Terry likelihood of the implicit reward
         losses = -F.logsigmoid(beta * h)
     elif kind == "ipo":  # IPO (Azar et al. 2023, eq. 17): regress h onto 1/(2β). The slides'
@@ -60,7 +61,7 @@ def preference_loss(logps_chosen, logps_rejected, ref_chosen, ref_rejected, beta
         losses = (h - 1 / (2 * beta)) ** 2
     else:  # hinge, SLiC (Zhao et al. 2023): a margin of 1 on β·h
         losses = torch.relu(1 - beta * h)
-    return losses, chosen_rewards, rejected_rewards
+    return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
 
 
 def accuracy(chosen_rewards, rejected_rewards):
@@ -119,7 +120,7 @@ def main():
 
     # data: the preference pairs and their reference log-probs (once); held-out prompts
     pairs = c.read_preferences(pref_path, enc)
-    val = pairs["valid"][:512]
+    val = pairs["valid"][:N_VAL_PAIRS]
     # the training pairs this run will see, shuffled (steps · batch_size of them at most)
     n = min(len(pairs["train"]), cfg.steps * cfg.batch_size)
     train = [pairs["train"][i] for i in torch.randperm(len(pairs["train"]))[:n].tolist()]
@@ -175,7 +176,7 @@ def main():
                    "accuracy": accuracy(chosen_rewards, rejected_rewards),
                    "logps_chosen": logps_chosen.mean().item(),
                    "logps_rejected": logps_rejected.mean().item()}
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if c.evaluates_at(step, cfg.eval_every, cfg.steps):
             ev = evaluate(step)
             metrics.update({f"eval_{k}": ev[k] for k in ("gold", "proxy", "kl", "val_acc")
                             if k in ev})

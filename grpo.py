@@ -40,7 +40,7 @@ class Config:
     temperature: float = 1.0  # sampling temperature (log-probs use the same)
     max_new_tokens: int = 48  # response length cap
     max_kl: float = 100.0  # stop if the batch KL per response exceeds this (a KL explosion)
-    eval_every: int = 10  # iterations between held-out evaluations and checkpoints
+    eval_every: int = 10  # iterations between evaluations and checkpoints (also at 1, 2, 4, …)
     n_eval_prompts: int = 256  # held-out prompts of the shared evaluation
     seed: int = 0  # random seed
     precision: str = "auto"  # auto: bf16 autocast where the device has it natively, else fp32
@@ -160,7 +160,7 @@ def main():
                    "length": mask.sum(1).mean().item(),
                    "frac_zero_std": zero_std.float().mean().item(),
                    "adv_std": advantages.std().item(), **c.mean_stats(stats)}
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if c.evaluates_at(step, cfg.eval_every, cfg.steps):
             ev = evaluate(step)
             metrics.update({f"eval_{k}": ev[k] for k in ("gold", "proxy", "kl")})
             ckpt.save(policy, step)

@@ -25,6 +25,8 @@ import common as c
 
 
 CHOICES = {"reward": ["model", "gold"]}  # flags with a fixed set of values
+LM_TOKENS = 64  # tokens per IMDb text window of the language-model loss (PPO-ptx, the tax)
+N_TAX_TEXTS = 256  # held-out IMDb texts on which the alignment tax is measured
 
 
 @dataclass
@@ -49,7 +51,7 @@ class Config:
     temperature: float = 1.0  # sampling temperature (log-probs use the same)
     max_new_tokens: int = 48  # response length cap
     max_kl: float = 100.0  # stop if the rollout KL per response exceeds this (a KL explosion)
-    eval_every: int = 10  # iterations between held-out evaluations and checkpoints
+    eval_every: int = 10  # iterations between evaluations and checkpoints (also at 1, 2, 4, …)
     n_eval_prompts: int = 256  # held-out prompts of the shared evaluation
     seed: int = 0  # random seed
     precision: str = "auto"  # auto: bf16 autocast where the device has it natively, else fp32
@@ -137,7 +139,7 @@ def ptx_loss(policy, enc, n, device):
     """PPO-ptx's term: the language-model loss on n random IMDb training texts."""
     idx = torch.randint(len(c.imdb()["train"]), (n,)).tolist()
     with c.autocast(device):
-        return lm_loss(policy, lm_batch(enc, "train", idx, 64, device))
+        return lm_loss(policy, lm_batch(enc, "train", idx, LM_TOKENS, device))
 
 
 @torch.no_grad()
@@ -180,7 +182,7 @@ def main():
     fields = c.run_key("ppo", cfg, Config())
     results = c.Results(os.path.join(cfg.out, "results.jsonl"), out_dir, fields)
     ckpt = c.Checkpoint(out_dir)
-    tax_batch = lm_batch(enc, "valid", range(256), 64, device)
+    tax_batch = lm_batch(enc, "valid", range(N_TAX_TEXTS), LM_TOKENS, device)
 
     def evaluate(step):
         ev = c.evaluate(policy, ref, enc, eval_prompts, cfg.max_new_tokens, rm)
@@ -238,7 +240,7 @@ def main():
         metrics = {"score": score.mean().item(), "kl": kl.mean().item(),
                    "non_score_reward": (rewards.sum(1) - score).mean().item(),
                    "length": mask.sum(1).mean().item(), "beta": beta, **c.mean_stats(stats)}
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if c.evaluates_at(step, cfg.eval_every, cfg.steps):
             ev = evaluate(step)
             metrics.update({f"eval_{k}": ev[k] for k in ("gold", "proxy", "kl")})
             ckpt.save(policy, step)

@@ -280,6 +280,13 @@ def replace_rows(path, run_key, rows):
         os.replace(str(path) + ".tmp", path)
 
 
+def append_row(path, row):
+    """Add one finite row to a JSONL file of results, under its lock."""
+    with _FileLock(path):
+        with open(path, "a") as f:
+            f.write(json.dumps(finite_row(row)) + "\n")
+
+
 def run_key(algo, cfg, defaults, ignore=("out", "precision", "eval_every", "preferred")):
     """What a run is, as fields (method, variant, β, seed, every setting that differs from the
     script's defaults), and its key "run", made of all of them: a rerun with another --lr or

@@ -171,7 +171,7 @@ def main():
             c.die(f"non-finite loss at step {step}; {kept}; try a lower --lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.GRAD_CLIP)
         opt.step()
         # 4. log; every eval_every steps also the held-out loss and a checkpoint
         metrics = {"loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr}

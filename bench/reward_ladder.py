@@ -37,6 +37,7 @@ VARIANTS = {  # in the order they run, most telling first
     "default": ({}, "last"),
     "tau0": ({"tau": 0.0}, "last"),
     "3 epochs cosine": ({"epochs": 3, "schedule": "cosine"}, "last"),
+    "2 epochs cosine": ({"epochs": 2, "schedule": "cosine"}, "last"),
     "mean readout": ({}, "mean"),
     "scratch 4x192": ({"trunk": "4x192", "epochs": 3, "schedule": "cosine"}, "last"),
     "scratch 8x384": ({"trunk": "8x384", "epochs": 3, "schedule": "cosine"}, "last"),
@@ -49,6 +50,11 @@ VARIANTS = {  # in the order they run, most telling first
     "scratch 6x288": ({"trunk": "6x288", "epochs": 3, "schedule": "cosine"}, "last"),
     "k8": ({"k": 8, "n_prompts": 5000}, "last"),
     "k8 3 epochs cosine": ({"k": 8, "n_prompts": 5000, "epochs": 3, "schedule": "cosine"}, "last"),
+    "pairs 180k": ({"rounds": 3}, "last"),
+    "pairs 300k": ({"rounds": 5}, "last"),
+    "bag-of-words": ({}, "bow"),
+    "bag-of-words 6k": ({"n_prompts": 1000}, "bow"),
+    "bag-of-words 18k": ({"n_prompts": 3000}, "bow"),
     "default seed 1": ({"seed": 1}, "last"),
     "default seed 2": ({"seed": 2}, "last"),
 }
@@ -58,21 +64,24 @@ def base(cfg):
     return rmod.Config(out=cfg.out, n_prompts=cfg.n_prompts, n_val_prompts=cfg.n_val_prompts)
 
 
-def samples(cfg, device, k=4):
-    """Comparisons (train, val) with k responses per prompt, as many responses as k = 4 gives,
-    and 256 held-out single samples; sampled once and cached."""
-    path = os.path.join(cfg.out, "reward_ladder", "samples.pt" if k == 4 else f"samples_k{k}.pt")
-    if os.path.exists(path):
+def samples(cfg, device, k=4, rounds=1):
+    """Comparisons (train, val) with k responses per prompt, as many responses as k = 4 gives
+    (× rounds for the training prompts: the same prompts again with fresh responses), and 256
+    held-out single samples; sampled once and cached."""
+    path = os.path.join(cfg.out, "reward_ladder", f"samples_k{k}_r{rounds}.pt")
+    sft_id = c.record_id(os.path.join(cfg.out, "sft"))
+    if os.path.exists(path) and torch.load(path).get("sft") == sft_id:
         return torch.load(path)
     sft = c.load_model(os.path.join(cfg.out, "sft")).to(device).eval()
     enc, rcfg = c.tokenizer(sft.config.bpe_ranks), base(cfg)
     rcfg = dataclasses.replace(rcfg, k=k, n_prompts=rcfg.n_prompts * 4 // k,
                                n_val_prompts=rcfg.n_val_prompts * 4 // k)
     gen = torch.Generator().manual_seed(cfg.seed)
-    data = {"train": rmod.comparisons(sft, enc, "train", rcfg.n_prompts, rcfg, device, gen),
+    data = {"train": [g for _ in range(rounds)
+                      for g in rmod.comparisons(sft, enc, "train", rcfg.n_prompts, rcfg, device, gen)],
             "valid": rmod.comparisons(sft, enc, "valid", rcfg.n_val_prompts, rcfg, device, gen),
             "eval": rmod.comparisons(sft, enc, "eval", rcfg.n_eval_prompts,
-                                     dataclasses.replace(rcfg, k=1), device, gen)}
+                                     dataclasses.replace(rcfg, k=1), device, gen), "sft": sft_id}
     os.makedirs(os.path.dirname(path), exist_ok=True)
     torch.save(data, path + ".tmp")
     os.replace(path + ".tmp", path)
@@ -85,31 +94,62 @@ def relabel(groups, tau, seed):
     return [{**g, "ranking": rmod.rank(g["gold"], tau, gen).tolist()} for g in groups]
 
 
+def bag_of_words(groups, n_vocab):
+    """Token counts of each response: (n_prompts, k, n_vocab)."""
+    X = torch.zeros(len(groups), len(groups[0]["responses"]), n_vocab)
+    for i, g in enumerate(groups):
+        for j, r in enumerate(g["responses"]):
+            X[i, j].index_add_(0, torch.tensor(r, dtype=torch.long), torch.ones(len(r)))
+    return X
+
+
+def fit_bag_of_words(train, n_vocab, steps=300, lr=0.05):
+    """The control with VADER's own form: r(y) = Σ_t w[y_t], a linear score of token counts
+    (VADER sums word valences), fitted by Bradley–Terry on the same pairs (full batch, Adam)."""
+    X, w = bag_of_words(train, n_vocab), torch.zeros(n_vocab, requires_grad=True)
+    opt = torch.optim.Adam([w], lr=lr)
+    for _ in range(steps):
+        chosen, rejected, *_ = rmod.pair_stats(X @ w, train)
+        loss = rmod.bt_loss(chosen, rejected) + 1e-4 * w.square().sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return lambda groups: bag_of_words(groups, n_vocab) @ w.detach()
+
+
 def run_variant(name, cfg, device):
     overrides, readout = VARIANTS[name]
-    rcfg = dataclasses.replace(base(cfg), **overrides)
-    data = samples(cfg, device, rcfg.k)
-    train, val = data["train"][:rcfg.n_prompts], data["valid"]
+    rounds = overrides.get("rounds", 1)
+    rcfg = dataclasses.replace(base(cfg), **{k: v for k, v in overrides.items() if k != "rounds"})
+    data = samples(cfg, device, rcfg.k, rounds)
+    train, val = data["train"][:rcfg.n_prompts * rounds], data["valid"]
     if rcfg.tau != rmod.Config.tau:
         train, val = relabel(train, rcfg.tau, 1), relabel(val, rcfg.tau, 2)
     torch.manual_seed(rcfg.seed)
     gen = torch.Generator().manual_seed(rcfg.seed)
-    rm = rmod.new_reward_model(os.path.join(cfg.out, "sft"), rcfg).to(device)
-    logger = c.Logger(os.path.join(cfg.out, "reward_ladder", name.replace(" ", "_")),
-                      rcfg.epochs * rmod.steps_per_epoch(train, rcfg), every=60)
-    t0 = time.time()
-    rmod.fit(rm, train, val, rcfg, device, gen, logger, readout)
+    sft_dir, t0 = os.path.join(cfg.out, "sft"), time.time()
+    if readout == "bow":
+        n_params = c.load_model(sft_dir).config.vocab_size
+        score = fit_bag_of_words(train, n_params)
+    else:
+        rm = rmod.new_reward_model(sft_dir, rcfg).to(device)
+        logger = c.Logger(os.path.join(cfg.out, "reward_ladder", name.replace(" ", "_")),
+                          rcfg.epochs * rmod.steps_per_epoch(train, rcfg), every=60)
+        rmod.fit(rm, train, val, rcfg, device, gen, logger, readout)
+        n_params = sum(p.numel() for p in rm.transformer.parameters())
+        score = lambda groups: rmod.all_rewards(rm, groups, device, readout).float().cpu()
     seconds = time.time() - t0
-    final = rmod.validate(rm, samples(cfg, device)["valid"], device, readout)  # k = 4, τ = 0.1
-    proxy = rmod.all_rewards(rm, data["eval"], device, readout).flatten().cpu()
-    gold = torch.tensor([g["gold"][0] for g in data["eval"]])
+    valid, held_out = samples(cfg, device)["valid"], samples(cfg, device)["eval"]  # the same for all
+    proxy = score(held_out).flatten()
+    gold = torch.tensor([g["gold"][0] for g in held_out])
     corr = torch.corrcoef(torch.stack([proxy, gold]))[0, 1].item()
     return {"name": name, **overrides, "readout": readout, "trunk": rcfg.trunk,
-            "n_params": sum(p.numel() for p in rm.transformer.parameters()),
-            "k": rcfg.k, "n_pairs": len(train) * rcfg.k * (rcfg.k - 1) // 2, "epochs": rcfg.epochs,
+            "n_params": n_params, "k": rcfg.k,
+            "n_pairs": len(train) * rcfg.k * (rcfg.k - 1) // 2, "epochs": rcfg.epochs,
             "lr": rcfg.lr, "schedule": rcfg.schedule, "tau": rcfg.tau, "seed": rcfg.seed,
-            **final, "corr_gold": corr, "seconds": round(seconds, 1),
-            "device": str(device), "precision": os.environ.get(c.PRECISION_ENV, "")}
+            **rmod.pair_metrics(score(valid), valid), "corr_gold": corr,
+            "seconds": round(seconds, 1), "device": str(device),
+            "precision": os.environ.get(c.PRECISION_ENV, "")}
 
 
 def draw(rows, png):
@@ -128,10 +168,12 @@ def draw(rows, png):
     ax1.set_xscale("log")
     ax1.set_xlabel("trunk parameters (M)")
     ax1.set_ylabel("held-out accuracy vs the gold order")
-    data = sorted((r for r in rows if r["name"] in ("pairs 6k", "pairs 18k", "default")),
-                  key=lambda r: r["n_pairs"])
-    ax2.plot([r["n_pairs"] for r in data], [r["val_acc_gold"] for r in data], "o-",
-             label="SFT trunk, 1 epoch")
+    for names, label in ((("pairs 6k", "pairs 18k", "default"), "SFT trunk, 1 epoch"),
+                         (("bag-of-words 6k", "bag-of-words 18k", "bag-of-words"),
+                          "bag of words (VADER's own form)")):
+        data = sorted((r for r in rows if r["name"] in names), key=lambda r: r["n_pairs"])
+        ax2.plot([r["n_pairs"] for r in data], [r["val_acc_gold"] for r in data], "o-",
+                 label=label)
     ax2.set_xscale("log")
     ax2.set_xlabel("labelled training pairs")
     for ax in (ax1, ax2):
@@ -149,13 +191,13 @@ def main():
     if unknown:
         c.die(f"--only: unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)}")
     device = c.setup(cfg.seed, cfg.precision)
-    c.require(os.path.join(cfg.out, "sft"), "sft.py", ["--out", cfg.out])
-    done = {r["name"] for r in c.read_jsonl(cfg.results)} if os.path.exists(cfg.results) else set()
+    done = {r["name"] for r in c.read_jsonl(cfg.results)}
     for name in names:
         if name in done:
             continue
+        c.require(os.path.join(cfg.out, "sft"), "sft.py", ["--out", cfg.out])
         row = run_variant(name, cfg, device)
-        c.append_result(cfg.results, row)
+        c.append_row(cfg.results, row)
         print(f"{name}: vs gold order {row['val_acc_gold']:.3f}, vs labeler {row['val_acc']:.3f},"
               f" corr {row['corr_gold']:.3f}, {row['seconds']:.0f} s", flush=True)
     rows = c.read_jsonl(cfg.results)

@@ -282,3 +282,9 @@ def test_lr_schedule_by_hand():
     assert c.lr_at(110, lr, warmup, steps) == pytest.approx(1e-4)  # ... to lr/10
     assert c.lr_at(60, lr, warmup, steps, cosine=False) == pytest.approx(1e-3)  # constant
     assert c.lr_at(4, lr, warmup, steps, cosine=False) == pytest.approx(5e-4)  # still warms up
+
+
+def test_evaluation_schedule_is_dense_at_the_start():
+    steps = [s for s in range(1, 101) if c.evaluates_at(s, 10, 100)]
+    assert steps == [1, 2, 4, 8, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+    assert [s for s in range(1, 8) if c.evaluates_at(s, 3, 7)] == [1, 2, 3, 6, 7]

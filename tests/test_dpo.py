@@ -35,8 +35,9 @@ def test_gradient_weight_is_sigmoid_of_reversed_implicit_rewards():
     pc, pr = torch.tensor([-2.0], requires_grad=True), torch.tensor([-1.0], requires_grad=True)
     rc, rr = torch.tensor([-2.5]), torch.tensor([-2.0])
     loss, cr, rj = dpo.preference_loss(pc, pr, rc, rr, beta, "sigmoid")
+    assert not cr.requires_grad and not rj.requires_grad  # logged, never differentiated
     loss.sum().backward()
-    weight = torch.sigmoid(rj - cr).detach()
+    weight = torch.sigmoid(rj - cr)
     torch.testing.assert_close(pc.grad, -beta * weight)
     torch.testing.assert_close(pr.grad, beta * weight)
 

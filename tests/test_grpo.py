@@ -161,7 +161,7 @@ def test_grpo_end_to_end(pipeline):
         assert key in rows[-1], key
     assert rows[0]["non_score_reward"] == 0.0  # the KL is in the loss, not in the reward
     points = run_points(pipeline, "grpo")
-    assert [p["step"] for p in points] == [0, 2, 4]
+    assert [p["step"] for p in points] == [0, 1, 2, 4]
     assert points[0]["settings"]["loss_norm"] == "constant" and points[0]["variant"] == "rm"
 
 

@@ -128,7 +128,7 @@ def test_ppo_end_to_end(pipeline):
         assert key in rows[-1], key
     points = run_points(pipeline, "ppo")
     assert points[0]["settings"]["ptx_coef"] == 0.5 and points[0]["settings"]["target_kl"] == 1
-    assert [p["step"] for p in points] == [0, 2, 4] and points[0]["kl"] == 0.0
+    assert [p["step"] for p in points] == [0, 1, 2, 4] and points[0]["kl"] == 0.0
     assert "before:" in (out / "samples.txt").read_text()
     assert "alignment tax" in proc.stdout and "lm_loss" in points[-1]
     # the logged KL penalty is its definition, −β·KL, with the β of that rollout
