@@ -46,11 +46,27 @@ def parse_config(cls, doc, choices=None, argv=None):
                                 choices=choices.get(f.name))
     cfg = cls(**vars(parser.parse_args(argv)))
     for name, value in vars(cfg).items():
-        problem = _out_of_range(name, value)
+        problem = _out_of_range(name, value) or (name == "out" and _unwritable(value))
         if problem:
             print(f"error: --{name.replace('_', '-')} {value}: {problem}", file=sys.stderr)
             sys.exit(2)
     return cfg
+
+
+def _unwritable(out):
+    """What keeps a run from writing into the directory `out`, or None."""
+    parent = out
+    while not os.path.exists(parent):  # the nearest existing ancestor is where it gets created
+        parent = os.path.dirname(os.path.abspath(parent))
+    if not os.path.isdir(parent):
+        return f"{parent} is a file, not a directory; give a directory"
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        return f"cannot create it ({e.strerror}); give a directory you can write to"
+    if not os.access(out, os.W_OK | os.X_OK):
+        return f"{out} is not writable; give a directory you can write to"
+    return None
 
 
 MAY_BE_ZERO = {"seed", "warmup"}  # integer flags that may be 0; every other count must be ≥ 1

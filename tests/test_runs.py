@@ -144,9 +144,11 @@ def test_sigterm_ends_the_children(tmp_path):
     ("rloo.py", ["--max-new-tokens", 0], "--max-new-tokens"),
     ("reward_model.py", ["--tau", "nan"], "--tau"), ("sft.py", ["--lr", "inf"], "--lr"),
     ("grpo.py", ["--temperature", 0], "--temperature"),
+    ("rloo.py", ["--out", "/dev/null/out"], "is a file"),
+    ("dpo.py", ["--out", "/proc/rlhf"], "cannot create it"),
 ])
 def test_invalid_values_stop_with_one_line_naming_the_flag(tmp_path, script, flags, flag):
-    proc = run_script(script, "--out", tmp_path, *flags, check=False)
+    proc = run_script(script, "--out", tmp_path, *flags, check=False)  # a later --out wins
     assert proc.returncode == 2 and flag in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())  # nothing was written
