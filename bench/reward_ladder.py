@@ -10,6 +10,7 @@ reward_ladder.png beside the results: accuracy against trunk size and against la
 
 Run: python bench/reward_ladder.py                (needs out/sft; builds it if missing)
      python bench/reward_ladder.py --only default,tau0 --results /tmp/ladder.jsonl
+     python bench/reward_ladder.py --redraw           (the README's figure, from docs/)
 """
 import dataclasses, json, os, sys, time
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ class Config:
     n_prompts: int = 10000  # training prompts sampled (reward_model.py's default)
     n_val_prompts: int = 300  # validation prompts sampled (reward_model.py's default)
     only: str = ""  # comma-separated variant names to run ('' = all of them)
+    redraw: bool = False  # train nothing: draw the figure and table from --results
     seed: int = 0  # random seed of the sampling (each variant also sets its own)
     precision: str = "auto"  # auto: bf16 autocast where the device has it natively, else fp32
 
@@ -77,8 +79,10 @@ def samples(cfg, device, k=4, rounds=1):
     rcfg = dataclasses.replace(rcfg, k=k, n_prompts=rcfg.n_prompts * 4 // k,
                                n_val_prompts=rcfg.n_val_prompts * 4 // k)
     gen = torch.Generator().manual_seed(cfg.seed)
-    data = {"train": [g for _ in range(rounds)
-                      for g in rmod.comparisons(sft, enc, "train", rcfg.n_prompts, rcfg, device, gen)],
+    train = []
+    for _ in range(rounds):  # each round: the same prompts, fresh responses and labels
+        train += rmod.comparisons(sft, enc, "train", rcfg.n_prompts, rcfg, device, gen)
+    data = {"train": train,
             "valid": rmod.comparisons(sft, enc, "valid", rcfg.n_val_prompts, rcfg, device, gen),
             "eval": rmod.comparisons(sft, enc, "eval", rcfg.n_eval_prompts,
                                      dataclasses.replace(rcfg, k=1), device, gen), "sft": sft_id}
@@ -139,7 +143,8 @@ def run_variant(name, cfg, device):
         n_params = sum(p.numel() for p in rm.transformer.parameters())
         score = lambda groups: rmod.all_rewards(rm, groups, device, readout).float().cpu()
     seconds = time.time() - t0
-    valid, held_out = samples(cfg, device)["valid"], samples(cfg, device)["eval"]  # the same for all
+    common_samples = samples(cfg, device)  # every variant is judged on the same samples
+    valid, held_out = common_samples["valid"], common_samples["eval"]
     proxy = score(held_out).flatten()
     gold = torch.tensor([g["gold"][0] for g in held_out])
     corr = torch.corrcoef(torch.stack([proxy, gold]))[0, 1].item()
@@ -159,7 +164,8 @@ def draw(rows, png):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    scratch = sorted((r for r in rows if r["trunk"] != "sft"), key=lambda r: r["n_params"])
+    scratch = sorted((r for r in rows if r["trunk"] not in ("sft", "none")),
+                     key=lambda r: r["n_params"])
     ax1.plot([r["n_params"] / 1e6 for r in scratch], [r["val_acc_gold"] for r in scratch], "o-",
              label="from scratch, 3 epochs, cosine")
     for r in rows:
@@ -168,9 +174,9 @@ def draw(rows, png):
     ax1.set_xscale("log")
     ax1.set_xlabel("trunk parameters (M)")
     ax1.set_ylabel("held-out accuracy vs the gold order")
-    for names, label in ((("pairs 6k", "pairs 18k", "default"), "SFT trunk, 1 epoch"),
+    for names, label in ((("pairs 6k", "pairs 18k", "default", "pairs 300k"), "SFT trunk, 1 epoch"),
                          (("bag-of-words 6k", "bag-of-words 18k", "bag-of-words"),
-                          "bag of words (VADER's own form)")):
+                          "bag of words (VADER's own form), on CPU samples")):
         data = sorted((r for r in rows if r["name"] in names), key=lambda r: r["n_pairs"])
         ax2.plot([r["n_pairs"] for r in data], [r["val_acc_gold"] for r in data], "o-",
                  label=label)
@@ -192,7 +198,7 @@ def main():
         c.die(f"--only: unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)}")
     device = c.setup(cfg.seed, cfg.precision)
     done = {r["name"] for r in c.read_jsonl(cfg.results)}
-    for name in names:
+    for name in [] if cfg.redraw else names:
         if name in done:
             continue
         c.require(os.path.join(cfg.out, "sft"), "sft.py", ["--out", cfg.out])
@@ -201,6 +207,8 @@ def main():
         print(f"{name}: vs gold order {row['val_acc_gold']:.3f}, vs labeler {row['val_acc']:.3f},"
               f" corr {row['corr_gold']:.3f}, {row['seconds']:.0f} s", flush=True)
     rows = c.read_jsonl(cfg.results)
+    if not rows:
+        c.die(f"{cfg.results} holds no results to draw; run some variants first")
     draw(rows, os.path.splitext(cfg.results)[0] + ".png")
     print(f"{'variant':<18} {'params':>7} {'pairs':>6} {'vs gold':>7} {'vs lab.':>7} {'corr':>5}")
     for r in rows:
