@@ -7,6 +7,9 @@
 3. r_φ(x, y) = the SFT trunk + a scalar head read at the last real token, trained on
    −log σ(r_φ(x, y_w) − r_φ(x, y_l)); all pairs of a prompt share one batch, so each response
    is forwarded once per step (InstructGPT's trick against overfitting to repeated responses).
+   The weights of the lowest validation loss are kept (with --epochs > 1 they need not be the
+   last); --trunk LxD trains a from-scratch trunk of another size instead (README: "What limits
+   the reward model": the labels do, not the size).
 4. Shift r_φ to mean 0 on SFT samples (folded into the final LayerNorm's bias, so the saved
    model gives normalised rewards in any library).
 Reports on held-out pairs: accuracy against the labeler, against the noiseless gold order, and
@@ -15,7 +18,7 @@ the labeler's own agreement with that order (the ceiling); correlation of r_φ w
 Left out: a separate labeler pool per split, ties ("equally good") as labels, reward ensembles.
 Run: python reward_model.py
 """
-import json, os, time
+import json, math, os, time
 from dataclasses import dataclass
 
 import torch
@@ -220,6 +223,9 @@ def fit(rm, train, val, cfg, device, gen, logger, readout="last"):
             rm.eval()
             metrics.update(validate(rm, val, device, readout))
             rm.train()
+            if not math.isfinite(metrics["val_loss"]):
+                c.die(f"held-out loss is not finite at step {step}: training diverged and nothing"
+                      " was saved; try a lower --lr")
             if metrics["val_loss"] < best_loss:
                 best_loss = metrics["val_loss"]
                 best = {k: v.detach().clone() for k, v in rm.state_dict().items()}

@@ -210,9 +210,9 @@ def main():
     if not rows:
         c.die(f"{cfg.results} holds no results to draw; run some variants first")
     draw(rows, os.path.splitext(cfg.results)[0] + ".png")
-    print(f"{'variant':<18} {'params':>7} {'pairs':>6} {'vs gold':>7} {'vs lab.':>7} {'corr':>5}")
+    print(f"{'variant':<24} {'params':>7} {'pairs':>6} {'vs gold':>7} {'vs lab.':>7} {'corr':>5}")
     for r in rows:
-        print(f"{r['name']:<18} {r['n_params'] / 1e6:>6.2f}M {r['n_pairs']:>6} "
+        print(f"{r['name']:<24} {r['n_params'] / 1e6:>6.2f}M {r['n_pairs']:>6} "
               f"{r['val_acc_gold']:>7.3f} {r['val_acc']:>7.3f} {r['corr_gold']:>5.3f}")
 
 
