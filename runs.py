@@ -346,27 +346,31 @@ class Results:
 class Logger:
     """metrics.jsonl (one JSON object per step) and, on the terminal, a line at most every
     `every` seconds, at every evaluation and at the last step, with the ETA. Once a few steps
-    are timed, one line says how long the whole run will take on this machine."""
+    are timed, one line says how long the whole run will take on this machine. Steps that
+    evaluated are left out of the rate (the early ones are dense: 1, 2, 4, …)."""
 
     def __init__(self, out_dir, total_steps, every=10.0):
         os.makedirs(out_dir, exist_ok=True)
         self.path = os.path.join(out_dir, "metrics.jsonl")
         self.total, self.every = total_steps, every
-        self.t0 = self.shown = time.time()
-        self.t1 = None  # end of step 1: the rate is timed from there (step 1 warms up)
+        self.t0 = self.shown = self.last = time.time()
+        self.timed, self.timed_steps = 0.0, 0  # seconds and count of plain steps after step 1
         open(self.path, "w").close()
 
     def log(self, step, **metrics):
         now = time.time()
-        self.t1 = self.t1 or now
-        rate = (now - self.t1) / (step - 1) if step > 1 else now - self.t0  # seconds per step
+        evaluated = any(k.startswith(("val_", "eval_")) for k in metrics)
+        if step > 1 and not evaluated:  # step 1 warms up
+            self.timed, self.timed_steps = self.timed + now - self.last, self.timed_steps + 1
+        self.last = now
+        rate = self.timed / self.timed_steps if self.timed_steps else now - self.t0  # s/step
         eta = rate * (self.total - step)
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, "time": round(now - self.t0, 2), **metrics}) + "\n")
-        if step == min(6, self.total):
+        if self.timed_steps == min(5, self.total - 1) and not evaluated:
             print(f"≈ {(now - self.t0 + eta) / 60:.1f} min for {self.total} steps on this machine"
-                  f" ({rate:.2f} s/step); --steps N runs fewer", flush=True)
-        evaluated = any(k.startswith(("val_", "eval_")) for k in metrics)
+                  f" ({rate:.2f} s/step, evaluations not counted); --steps N runs fewer",
+                  flush=True)
         if evaluated or step == self.total or now - self.shown >= self.every:
             self.shown = now
             shown = " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"

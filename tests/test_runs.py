@@ -161,3 +161,15 @@ def test_a_corrupt_results_line_is_skipped_with_a_warning(tmp_path, capsys):
     assert "line 2 is not JSON; skipped" in capsys.readouterr().err
     c.replace_rows(path, "c", [{"run": "c", "step": 2}])  # the other points survive an update
     assert [(r["run"], r["step"]) for r in rows_of(path)] == [("a", 0), ("c", 2)]
+
+
+def test_the_time_estimate_leaves_evaluations_out(tmp_path, monkeypatch, capsys):
+    clock = iter([0.0, 1.0, 11.0, 12.0, 22.0, 23.0, 24.0, 25.0, 26.0, 27.0])  # evals take 10 s
+    monkeypatch.setattr(runs.time, "time", lambda: next(clock))
+    logger = runs.Logger(tmp_path, 100)
+    for step in range(1, 9):
+        logger.log(step, **({"eval_gold": 0.5} if step in (1, 2, 4) else {"loss": 1.0}))
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("≈")]
+    assert said == ["≈ 2.0 min for 100 steps on this machine (1.00 s/step, evaluations not"
+                    " counted); --steps N runs fewer"]  # 26 s so far + 92 steps of 1 s
+    assert len(rows_of(tmp_path / "metrics.jsonl")) == 8
