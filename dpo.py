@@ -26,6 +26,7 @@ WARMUP = 20  # steps of linear learning-rate warmup
 N_VAL_PAIRS = 512  # held-out pairs for the pair accuracy of each evaluation
 
 LOSSES = ["sigmoid", "ipo", "hinge"]
+CHOICES = {"loss": LOSSES}  # flags with a fixed set of values
 
 
 @dataclass
@@ -102,7 +103,7 @@ def all_logps(model, pairs, device, batch_size=64):
 
 
 def main():
-    cfg = c.parse_config(Config, __doc__, {"loss": LOSSES})
+    cfg = c.parse_config(Config, __doc__, CHOICES)
     device = c.setup(cfg.seed, cfg.precision)
     sft_dir, rm_dir = os.path.join(cfg.out, "sft"), os.path.join(cfg.out, "reward_model")
     pref_path = os.path.join(cfg.out, "preferences.jsonl")  # written with out/reward_model
