@@ -11,7 +11,7 @@ resumes. Then it draws, from that file:
   overoptimisation.png    proxy and gold reward vs √KL along the PPO, RLOO, GRPO runs (Goodhart)
   frontier.md             the best gold reward of each method below KL = 2, 5, 10, 20 nats
 Every run writes its model to the same out/<method>/ directory: only the points are kept.
-Run: python frontier.py --quick      (19 min on a 2-core CPU once out/sft and the RM exist)
+Run: python frontier.py --quick      (18 min on a 2-core CPU once out/sft and the RM exist)
      python frontier.py              (the full sweep, ≈ 60 min estimated)
      python frontier.py --out docs --redraw    (the README's figures, from docs/results.jsonl)
 """
