@@ -9,7 +9,7 @@ per variant to --results as it finishes (a rerun skips the variants already ther
 reward_ladder.png beside the results: accuracy against trunk size and against labelled pairs.
 
 Run: python bench/reward_ladder.py                (needs out/sft; builds it if missing)
-     python bench/reward_ladder.py --only default,tau0 --results /tmp/ladder.jsonl
+     python bench/reward_ladder.py --only default,tau0 --results my_ladder.jsonl
      python bench/reward_ladder.py --redraw           (the README's figure, from docs/)
 """
 import dataclasses, json, os, sys, time
