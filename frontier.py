@@ -60,10 +60,11 @@ def sweep(quick):
                                            "--warmup", 20])])
 
 
-def key_of(script, flags):
+def key_of(script, flags, out):
     """The results key the script will give this run (runs.run_key on its parsed flags)."""
     module = importlib.import_module(script[:-3])
-    cfg = c.parse_config(module.Config, module.__doc__, argv=[str(x) for x in flags])
+    cfg = c.parse_config(module.Config, module.__doc__, getattr(module, "CHOICES", None),
+                         argv=["--out", out, *map(str, flags)])
     algo = "preferred-ft" if script == "sft.py" else script[:-3]
     return c.run_key(algo, cfg, module.Config())["run"]
 
@@ -196,7 +197,7 @@ def main():
     done = {r["run"] for r in c.read_jsonl(results) if r.get("final")}
     for script, label, flags in sweep(cfg.quick):
         flags = [*map(str, flags), *cfg.extra.split()]
-        if key_of(script, flags) in done:
+        if key_of(script, flags, cfg.out) in done:
             print(f"{label}: already in {results}, skipped")
             continue
         cmd = [sys.executable, os.path.join(here, script), "--out", cfg.out, *flags]

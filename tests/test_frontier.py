@@ -35,7 +35,7 @@ def test_resume_skips_finished_runs(tmp_path):
     finished_stage(tmp_path / "sft")
     finished_stage(tmp_path / "reward_model", sft="sft")
     rows = [{"run": "sft", "algo": "sft", "step": 0, "kl": 0.0, "gold": 0.2, "proxy": None}]
-    runs = [(frontier.key_of(script, flags), script[:-3]) for script, _, flags in
+    runs = [(frontier.key_of(script, flags, str(tmp_path)), script[:-3]) for script, _, flags in
             frontier.sweep(quick=True)] + [("best-of-n", "best-of-n")]
     for i, (key, algo) in enumerate(runs):
         rows += [{"run": key, "algo": algo, "variant": "rm" if algo == "ppo" else "", "beta": 0.1,
@@ -58,7 +58,7 @@ def test_tiny_sweep_end_to_end(pipeline, tmp_path):
                "--bon-max-n", 4, "--max-new-tokens", 8)
     rows = [json.loads(line) for line in open(out / "results.jsonl")]
     finished = {r["run"] for r in rows if r.get("final")}
-    keys = {frontier.key_of(script, [*map(str, flags), *tiny.split()])
+    keys = {frontier.key_of(script, [*map(str, flags), *tiny.split()], str(out))
             for script, _, flags in frontier.sweep(quick=True)}
     assert keys | {"best-of-n"} <= finished
     assert {(r["algo"], r["variant"]) for r in rows} >= {("ppo", "rm"), ("ppo", "gt"),
