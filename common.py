@@ -230,8 +230,8 @@ def rollout_logprobs(model, tokens, n_prompt, size, temperature):
 
 def update_stats(logprobs, old_logprobs, mask, clip):
     """Diagnostics of one update, masked means: the ratio ρ = π_θ/π_old, the fraction clipped
-    (|ρ − 1| > ε) and approx_kl = (ρ − 1) − log ρ, an estimate of KL(π_old‖π_θ) (the trust
-    region; the objective's KL is to π_ref). Per token, or per response (rloo.py)."""
+    (|ρ − 1| > ε) and approx_kl = (ρ − 1) − log ρ, an estimate of KL(π_old‖π_θ) (the
+    trust region; the objective's KL is to π_ref). Per token, or per response (rloo.py)."""
     log_ratio = logprobs.detach() - old_logprobs
     ratio = log_ratio.exp()
     return {"ratio": masked_mean(ratio, mask).item(),
@@ -295,8 +295,9 @@ def optimizer_step(opt, loss, params, step, ckpt):
 @torch.no_grad()
 def evaluate(policy, ref, enc, prompt_ids, max_new_tokens, rm=None, batch_size=64, seed=1234):
     """The README's evaluation on held-out prompts, temperature 1: gold and proxy reward,
-    sequence KL(π‖π_ref) = mean Σ_t [log π − log π_ref] (nats), token entropy, length, samples;
-    and the standard errors of the gold, proxy and KL means (gold_se, …) over the prompts."""
+    sequence KL(π‖π_ref) = mean Σ_t [log π − log π_ref] (nats), token entropy, length and
+    samples; and the standard errors of the gold, proxy and KL means (gold_se, …) over the
+    prompts."""
     device, was_training = policy.lm_head.weight.device, policy.training
     policy.eval()
     state = torch.get_rng_state(), (torch.cuda.get_rng_state() if device.type == "cuda" else None)

@@ -14,7 +14,7 @@ rewards β·log π/π_ref of chosen and rejected, their margin and accuracy, and
 Left out: label smoothing (cDPO), reference-free variants, multi-GPU.
 Run: python dpo.py          (builds out/preferences.jsonl first if it is missing)
 """
-import json, os
+import os
 from dataclasses import dataclass
 
 import torch

@@ -4,9 +4,9 @@ RLOO's family: the action is the whole response. The models: the policy π_θ (t
 SFT), the reward model r_φ and the reference π_ref (frozen); no critic. Each iteration:
 1. sample a group of k responses to each prompt of a batch; 2. score them with r_φ;
 3. the KL goes into the loss (step 5), or with --kl-in reward into R_i as in rloo.py;
-4. advantage Â_i = (R_i − mean_k R)/(std_k R + ε), the same for every token of response i
+4. advantage Â_i = (R_i − mean_k R)/(std_k R + ε), the same for each token of response i
    (--no-scale-std: Dr. GRPO, Liu et al. 2025); a group of equal rewards gets Â = 0;
-5. update on PPO's per-token clipped ratio objective + β·k3, k3 = π_ref/π − log(π_ref/π) − 1;
+5. update on PPO's per-token clipped ratio objective + β·k3 (π_ref/π − log(π_ref/π) − 1);
 6. log, and every few steps evaluate on held-out prompts.
 --reward gold optimises the gold reward itself (the counterpart of PPO-GT).
 

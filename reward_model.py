@@ -93,17 +93,18 @@ def comparisons(policy, enc, split, n, cfg, device, gen):
             for i in range(len(gold))]
 
 
-def batch_rewards(rm, groups, device, readout="last"):
-    """r_φ of every response of a batch of prompts: (n_prompts, k). readout "mean" (an
-    experiment of the size ladder, never saved) averages the head over response tokens."""
+def last_token(rm, tokens, mask):
+    """The default readout: r_φ read at the last real token (c.reward)."""
+    return c.reward(rm, tokens)
+
+
+def batch_rewards(rm, groups, device, readout=last_token):
+    """r_φ of every response of a batch of prompts: (n_prompts, k). readout(rm, tokens, mask)
+    gives one reward per row (the size ladder tries another, never saved)."""
     prompt_ids = [g["prompt_ids"] for g in groups for _ in g["responses"]]
     tokens, mask = c.collate(prompt_ids, [r for g in groups for r in g["responses"]],
                              rm.config.pad_token_id)
-    tokens, mask = tokens.to(device), mask.to(device)
-    if readout == "mean":
-        scores = rm.score(c.forward(rm, tokens)[:, -mask.shape[1]:]).squeeze(-1).float()
-        return c.masked_mean(scores, mask, dim=1).view(len(groups), -1)
-    return c.reward(rm, tokens).view(len(groups), -1)
+    return readout(rm, tokens.to(device), mask.to(device)).view(len(groups), -1)
 
 
 def pair_stats(rewards, groups):
@@ -116,14 +117,14 @@ def pair_stats(rewards, groups):
 
 
 @torch.no_grad()
-def all_rewards(rm, groups, device, readout="last", batch_size=32):
+def all_rewards(rm, groups, device, readout=last_token, batch_size=32):
     """batch_rewards over many prompts, without gradients: (n_prompts, k)."""
     with c.autocast(device):
         return torch.cat([batch_rewards(rm, groups[j:j + batch_size], device, readout)
                           for j in range(0, len(groups), batch_size)])
 
 
-def validate(rm, groups, device, readout="last"):
+def validate(rm, groups, device, readout=last_token):
     """pair_metrics of r_φ on held-out comparisons."""
     return pair_metrics(all_rewards(rm, groups, device, readout), groups)
 
@@ -189,16 +190,12 @@ def trunk_shape(trunk):
     return n_layer, n_embd
 
 
-def steps_per_epoch(train, cfg):
-    return len(train) // cfg.batch_size
-
-
-def fit(rm, train, val, cfg, device, gen, logger, readout="last"):
+def fit(rm, train, val, cfg, device, gen, logger, readout=last_token):
     """Minimise bt_loss over the training comparisons, all pairs of a prompt in one batch;
     validate every eval_every steps and end with the weights of the lowest validation loss
     (against the labeler: the gold order is not something a real practitioner has)."""
     opt = torch.optim.AdamW(rm.parameters(), lr=cfg.lr, weight_decay=0.0)
-    n = steps_per_epoch(train, cfg)
+    n = len(train) // cfg.batch_size  # steps per epoch
     best, best_loss = None, float("inf")
     rm.train()
     for step in range(1, cfg.epochs * n + 1):
@@ -206,8 +203,9 @@ def fit(rm, train, val, cfg, device, gen, logger, readout="last"):
             order = torch.randperm(len(train), generator=gen).tolist()
         j = (step - 1) % n * cfg.batch_size
         groups = [train[i] for i in order[j:j + cfg.batch_size]]
+        lr = c.lr_at(step - 1, cfg.lr, WARMUP, cfg.epochs * n, cfg.schedule == "cosine")
         for group in opt.param_groups:
-            group["lr"] = c.lr_at(step - 1, cfg.lr, WARMUP, cfg.epochs * n, cfg.schedule == "cosine")
+            group["lr"] = lr
         with c.autocast(device):
             rewards = batch_rewards(rm, groups, device, readout)  # (batch_size, k)
         chosen, rejected, *_ = pair_stats(rewards, groups)
@@ -262,7 +260,7 @@ def main():
 
     # 3. the reward model: SFT trunk + a scalar head (HF's sequence classifier with one label)
     rm = new_reward_model(sft_dir, cfg).to(device)
-    logger = c.Logger(out_dir, cfg.epochs * steps_per_epoch(train, cfg))
+    logger = c.Logger(out_dir, cfg.epochs * (len(train) // cfg.batch_size))
     fit(rm, train, val, cfg, device, gen, logger)
 
     # 4. normalise: mean 0 on SFT samples, folded into the saved weights

@@ -12,7 +12,7 @@ Run: python bench/reward_ladder.py                (needs out/sft; builds it if m
      python bench/reward_ladder.py --only default,tau0 --results my_ladder.jsonl
      python bench/reward_ladder.py --redraw           (the README's figure, from docs/)
 """
-import dataclasses, json, os, sys, time
+import dataclasses, os, sys, time
 from dataclasses import dataclass
 
 import torch
@@ -92,6 +92,16 @@ def samples(cfg, device, k=4, rounds=1):
     return data
 
 
+def mean_readout(rm, tokens, mask):
+    """The experiment's readout: the scalar head on every response token's hidden state,
+    averaged over the real response tokens (padding excluded): (B,)."""
+    scores = rm.score(c.forward(rm, tokens)[:, -mask.shape[1]:]).squeeze(-1).float()
+    return c.masked_mean(scores, mask, dim=1)
+
+
+READOUTS = {"last": rmod.last_token, "mean": mean_readout}
+
+
 def relabel(groups, tau, seed):
     """The same responses ranked by a labeler of another noise temperature."""
     gen = torch.Generator().manual_seed(seed)
@@ -138,10 +148,10 @@ def run_variant(name, cfg, device):
     else:
         rm = rmod.new_reward_model(sft_dir, rcfg).to(device)
         logger = c.Logger(os.path.join(cfg.out, "reward_ladder", name.replace(" ", "_")),
-                          rcfg.epochs * rmod.steps_per_epoch(train, rcfg), every=60)
-        rmod.fit(rm, train, val, rcfg, device, gen, logger, readout)
+                          rcfg.epochs * (len(train) // rcfg.batch_size), every=60)
+        rmod.fit(rm, train, val, rcfg, device, gen, logger, READOUTS[readout])
         n_params = sum(p.numel() for p in rm.transformer.parameters())
-        score = lambda groups: rmod.all_rewards(rm, groups, device, readout).float().cpu()
+        score = lambda groups: rmod.all_rewards(rm, groups, device, READOUTS[readout]).cpu()
     seconds = time.time() - t0
     common_samples = samples(cfg, device)  # every variant is judged on the same samples
     valid, held_out = common_samples["valid"], common_samples["eval"]

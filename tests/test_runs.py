@@ -3,7 +3,6 @@ end, atomic concurrent updates, one writer per directory, stage records, signals
 import dataclasses, json, multiprocessing, os, signal, subprocess, sys, time
 
 import pytest
-import torch
 from transformers import GPT2ForSequenceClassification
 
 import common as c

@@ -1,7 +1,6 @@
 """sft.py: the masked loss by hand, and the script run end to end as a user runs it."""
 import json, os, signal, subprocess, sys, time
 
-import pytest
 import torch
 import torch.nn.functional as F
 
