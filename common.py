@@ -188,6 +188,17 @@ def gold_reward(texts):
     return torch.tensor([_vader().polarity_scores(t)["compound"] for t in texts])
 
 
+def labeler_scores(gold, tau, generator=None):
+    """How the labeler sees responses: r*/τ + Gumbel noise. Sorting them is a Plackett–Luce
+    ranking, so any two are ordered as Bradley–Terry says, P(y1 ≻ y2) = σ((r*1 − r*2)/τ);
+    τ = 0 is the noiseless labeler (r* itself)."""
+    gold = torch.as_tensor(gold, dtype=torch.float64).cpu()
+    if tau == 0:
+        return gold
+    u = torch.rand(gold.shape, generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+    return gold / tau - torch.log(-torch.log(u))
+
+
 # ---------------------------------------------------------------- the steps every RL script shares
 
 GRAD_CLIP = 1.0  # max gradient norm of every update

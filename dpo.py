@@ -7,7 +7,8 @@ reward_model.py learned from):
   h = log π(y_w|x)/π_ref(y_w|x) − log π(y_l|x)/π_ref(y_l|x)
   sigmoid (DPO): −log σ(β·h)   ipo (IPO): (h − 1/(2β))²   hinge (SLiC): max(0, 1 − βh)
 1. a batch of (x, y_w, y_l) pairs (--online: sample two responses per prompt from the current
-policy and let r_φ pick the chosen one); 2. summed response log-probs of the policy; those of the
+policy and let r_φ pick the chosen one, or with --judge labeler the labeler that labelled the
+file: online and offline then learn from labels of one kind, as many of them); 2. summed response log-probs of the policy; those of the
 frozen reference were computed once before training; 3. the loss; 4. update; 5. log the implicit
 rewards β·log π/π_ref of chosen and rejected, their margin and accuracy, and evaluate.
 
@@ -26,7 +27,7 @@ WARMUP = 20  # steps of linear learning-rate warmup
 N_VAL_PAIRS = 512  # held-out pairs for the pair accuracy of each evaluation
 
 LOSSES = ["sigmoid", "ipo", "hinge"]
-CHOICES = {"loss": LOSSES}  # flags with a fixed set of values
+CHOICES = {"loss": LOSSES, "judge": ["model", "labeler"]}  # flags with a fixed set of values
 
 
 @dataclass
@@ -35,6 +36,9 @@ class Config:
     loss: str = "sigmoid"  # sigmoid (DPO), ipo (IPO) or hinge (SLiC)
     beta: float = 0.1  # β: strength of the implicit KL regularisation
     online: bool = False  # sample pairs from the current policy, judged by r_φ (online DPO)
+    judge: str = "model"  # who picks the chosen one online: model = r_φ, labeler = noisy gold
+    tau: float = 0.1  # the labeler's noise temperature τ (--judge labeler; reward_model.py's)
+    n_pairs: int = 0  # offline: n pairs, seen steps·batch_size/n times (0: each seen once)
     steps: int = 500  # optimiser steps
     batch_size: int = 32  # preference pairs per step
     lr: float = 1e-4  # AdamW learning rate (20 warmup steps)
@@ -73,13 +77,19 @@ def accuracy(chosen_rewards, rejected_rewards):
 
 def online_pairs(prompt_ids, responses, score):
     """Two responses per prompt (rows 2i, 2i+1) → (prompt, chosen, rejected), chosen = the one
-    r_φ scores higher (the first on a tie)."""
+    the judge scores higher (the first on a tie); score: (batch, 2)."""
     pairs = []
     for i, (a, b) in enumerate(score.tolist()):
         first, second = responses[2 * i], responses[2 * i + 1]
         pairs.append((prompt_ids[2 * i], first, second) if a >= b else
                      (prompt_ids[2 * i], second, first))
     return pairs
+
+
+def batch_indices(step, batch_size, n):
+    """The training pairs of step 1, 2, …: the next batch_size of n, in order, wrapping round
+    into the next epoch."""
+    return torch.arange((step - 1) * batch_size, step * batch_size) % n
 
 
 def batch_logps(model, pairs, device):
@@ -107,6 +117,8 @@ def main():
     device = c.setup(cfg.seed, cfg.precision)
     sft_dir, rm_dir = os.path.join(cfg.out, "sft"), os.path.join(cfg.out, "reward_model")
     pref_path = os.path.join(cfg.out, "preferences.jsonl")  # written with out/reward_model
+    if cfg.online and cfg.n_pairs:
+        c.die("--n-pairs sets the offline pairs; online DPO labels new ones at every step")
     c.require(sft_dir, "sft.py", ["--out", cfg.out])
     c.require(rm_dir, "reward_model.py", ["--out", cfg.out], built_from=[sft_dir])
     out_dir = os.path.join(cfg.out, "dpo")
@@ -122,8 +134,8 @@ def main():
     # data: the preference pairs and their reference log-probs (once); held-out prompts
     pairs = c.read_preferences(pref_path, enc)
     val = pairs["valid"][:N_VAL_PAIRS]
-    # the training pairs this run will see, shuffled (steps · batch_size of them at most)
-    n = min(len(pairs["train"]), cfg.steps * cfg.batch_size)
+    # the training pairs this run will see, shuffled (steps · batch_size of them, or --n-pairs)
+    n = min(len(pairs["train"]), cfg.n_pairs or cfg.steps * cfg.batch_size)
     train = [pairs["train"][i] for i in torch.randperm(len(pairs["train"]))[:n].tolist()]
     if not cfg.online:
         ref_chosen, ref_rejected = all_logps(ref, train, device)
@@ -145,18 +157,19 @@ def main():
     before = evaluate(0)
     logger = c.Logger(out_dir, cfg.steps)
     for step in range(1, cfg.steps + 1):
-        # 1. a batch of pairs: from the file, or sampled now from the policy and judged by r_φ
+        # 1. a batch of pairs: from the file, or sampled now from the policy and judged
         if cfg.online:
             idx = torch.randint(len(train_prompts), (cfg.batch_size,)).tolist()
             prompt_ids = [train_prompts[i] for i in idx for _ in range(2)]
             with torch.no_grad(), c.autocast(device):
                 tokens, mask = c.sample(policy, prompt_ids, cfg.max_new_tokens)
-                score = c.reward(rm, tokens).view(-1, 2)  # (batch, 2)
+                score = (c.reward(rm, tokens) if cfg.judge == "model" else
+                         c.labeler_scores(c.score_responses("gold", rm, enc, tokens), cfg.tau))
             responses = [row[m].tolist() for row, m in zip(tokens[:, -mask.shape[1]:], mask)]
-            batch = online_pairs(prompt_ids, responses, score)
+            batch = online_pairs(prompt_ids, responses, score.view(-1, 2))
             b_ref_chosen, b_ref_rejected = all_logps(ref, batch, device)
         else:
-            idx = torch.arange((step - 1) * cfg.batch_size, step * cfg.batch_size) % len(train)
+            idx = batch_indices(step, cfg.batch_size, len(train))
             batch = [train[i] for i in idx.tolist()]
             b_ref_chosen, b_ref_rejected = ref_chosen[idx], ref_rejected[idx]
         # 2. policy log-probs of chosen and rejected; 3. the loss

@@ -15,7 +15,7 @@ Run: python frontier.py --quick      (18 min on a 2-core CPU once out/sft and th
      python frontier.py              (the full sweep, ≈ 60 min estimated)
      python frontier.py --out docs --redraw    (the README's figures, from docs/results.jsonl)
 """
-import importlib, math, os, subprocess, sys
+import importlib, json, math, os, subprocess, sys
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
@@ -27,10 +27,24 @@ import common as c
 KL_LIMITS = (2, 5, 10, 20)
 
 
+EXPERIMENTS = ["frontier", "goodhart", "dpo-epochs", "online-offline", "seeds"]
+CHOICES = {"experiment": [*EXPERIMENTS, "all"]}  # flags with a fixed set of values
+# measured minutes of each experiment on a 2-core AVX512-BF16 CPU in bf16 (fp32: ≈ 5× more)
+MINUTES = {"frontier": 20, "frontier-full": 60, "goodhart": 16, "dpo-epochs": 6,
+           "online-offline": 30, "seeds": 16}
+PROXY_PROMPTS = (1000, 3000, 10000)  # Goodhart: the proxies' training prompts (6 pairs each)
+GOODHART = ["--beta", 0.01, "--steps", 300, "--max-kl", 500]  # long and far, against each proxy
+DPO_EPOCHS = ["--beta", 0.03, "--n-pairs", 2048, "--steps", 1024, "--eval-every", 64]  # 16 epochs
+ONLINE_BETAS = (0.1, 0.03)  # online vs offline DPO: the β sweep (seeds at the first)
+ONLINE = ["--online", "--judge", "labeler"]  # judged by the labeler that labelled the file
+
+
 @dataclass
 class Config:
     out: str = "out"  # root directory: reads and extends out/results.jsonl
-    quick: bool = False  # a smaller sweep (≈ 20 min on a 2-core CPU)
+    experiment: str = "frontier"  # frontier (β sweep), goodhart, dpo-epochs, online-offline, seeds
+    quick: bool = False  # a smaller β sweep (≈ 20 min on a 2-core CPU)
+    seeds: int = 3  # seeds of the runs that the seeds and online-offline experiments repeat
     redraw: bool = False  # train nothing: draw the figures from <out>/results.jsonl (--out docs)
     extra: str = ""  # flags appended to every run, e.g. '--max-new-tokens 24'
     bon_prompts: int = 256  # held-out prompts for best-of-n
@@ -41,13 +55,16 @@ class Config:
 
 
 def sweep(quick):
-    """(script, label, flags) of every run of the sweep."""
+    """(script, label, flags) of every run of the β sweep: each method's KL from 0 to beyond 10
+    nats; PPO-GT's β about 5× below PPO-RM's, since VADER's range is that much smaller than
+    r_φ's, so that both cover the same KL."""
     if quick:
-        ppo, gt, rloo, grpo, dpo = [0.1, 0.02], [0.05], [0.1, 0.02], [0.1, 0.02], [0.3, 0.1]
+        ppo, gt, rloo, grpo, dpo = [0.1, 0.02], [0.02, 0.004], [0.1, 0.02], [0.1, 0.02], \
+            [0.1, 0.03]
         steps = (60, 100, 300)
     else:
-        ppo, gt, rloo, grpo, dpo = [0.3, 0.1, 0.05, 0.02, 0.01], [0.1, 0.03], \
-            [0.3, 0.1, 0.05, 0.02, 0.01], [0.3, 0.1, 0.05, 0.02, 0.01], [1.0, 0.3, 0.1, 0.03]
+        ppo, gt, rloo, grpo, dpo = [0.3, 0.1, 0.05, 0.02, 0.01], [0.05, 0.02, 0.01, 0.004], \
+            [0.3, 0.1, 0.05, 0.02, 0.01], [0.3, 0.1, 0.05, 0.02, 0.01], [0.3, 0.1, 0.03, 0.01]
         steps = (100, 200, 500)
     dense = ["--eval-every", 5]  # PPO passes KL 10 within its first 10 iterations
     return ([("ppo.py", f"ppo-rm β={b}", ["--steps", steps[0], "--beta", b, *dense]) for b in ppo]
@@ -58,6 +75,66 @@ def sweep(quick):
             + [("dpo.py", f"dpo-sigmoid β={b}", ["--steps", steps[2], "--beta", b]) for b in dpo]
             + [("sft.py", "preferred-ft", ["--steps", steps[2], "--preferred", "--lr", 3e-4,
                                            "--warmup", 20])])
+
+
+def proxy_root(out, n):
+    return os.path.join(out, "goodhart", f"rm-{n}-prompts")
+
+
+def experiment_runs(name, quick, seeds, out):
+    """(script, label, flags, root) of every run of an experiment; root None: --out itself."""
+    if name == "frontier":
+        return [(*run, None) for run in sweep(quick)]
+    if name == "goodhart":  # one long, far RLOO run against each proxy, in the proxy's own root
+        return [("rloo.py", f"rloo β=0.01 vs rm-{n}-prompts", GOODHART, proxy_root(out, n))
+                for n in PROXY_PROMPTS]
+    if name == "dpo-epochs":
+        return [("dpo.py", "dpo β=0.03, 16 epochs of 2048 pairs", DPO_EPOCHS, None)]
+    if name == "online-offline":  # equal labels: steps · batch_size pairs, online or from file
+        steps = sweep(quick)[-2][2][1]
+        return [("dpo.py", f"dpo {mode} β={b} seed={s}",
+                 ["--steps", steps, "--beta", b, *flags, *(["--seed", s] if s else [])], None)
+                for b in ONLINE_BETAS for mode, flags in (("offline", []), ("online", ONLINE))
+                for s in range(seeds if b == ONLINE_BETAS[0] else 1)]
+    # seeds: the first run of each RL method and of DPO in the sweep, with seeds 0 … seeds − 1
+    firsts = {}
+    for script, label, flags in sweep(quick):
+        firsts.setdefault(label.split()[0], (script, label, flags))
+    return [(script, f"{label} seed={s}", [*flags, *(["--seed", s] if s else [])], None)
+            for s in range(seeds) for m, (script, label, flags) in firsts.items()
+            if m in ("ppo-rm", "rloo-rm", "grpo-rm", "dpo-sigmoid")]
+
+
+def build_proxies(out):
+    """Goodhart's proxies: reward models from the first 1000, 3000 and 10000 prompts' rankings,
+    each in its own root beside a link to out/sft (the largest links out/reward_model, when
+    that one was trained on as many prompts)."""
+    default_n = importlib.import_module("reward_model").Config().n_prompts
+    for n in PROXY_PROMPTS:
+        root = proxy_root(out, n)
+        os.makedirs(root, exist_ok=True)
+        links = ["sft"] + (["reward_model", "preferences.jsonl"] if n == default_n else [])
+        for name in links:
+            if not os.path.lexists(os.path.join(root, name)):
+                os.symlink(os.path.relpath(os.path.join(out, name), root),
+                           os.path.join(root, name))
+        c.require(os.path.join(root, "reward_model"), "reward_model.py",
+                  ["--out", root, "--n-prompts", str(n)], built_from=[os.path.join(root, "sft")])
+
+
+def collect_goodhart(out):
+    """<out>/goodhart.jsonl: the Goodhart runs' points from the proxies' roots, each row with
+    its proxy's size and quality (reward_model/report.json)."""
+    for n in PROXY_PROMPTS:
+        root = proxy_root(out, n)
+        with open(os.path.join(root, "reward_model", "report.json")) as f:
+            report = json.load(f)
+        key = key_of("rloo.py", list(map(str, GOODHART)), root)
+        proxy = {"proxy_prompts": n, "proxy_pairs": n * report["k"] * (report["k"] - 1) // 2,
+                 "proxy_acc_gold": report["val_acc_gold"], "proxy_corr": report["corr_gold"]}
+        rows = [{**r, **proxy, "run": f"{key} rm-{n}-prompts"}
+                for r in c.read_jsonl(os.path.join(root, "results.jsonl")) if r["run"] == key]
+        c.replace_rows(os.path.join(out, "goodhart.jsonl"), f"{key} rm-{n}-prompts", rows)
 
 
 def key_of(script, flags, out):
@@ -170,47 +247,239 @@ def best_gold_table(rows, path):
     print("\n".join(lines))
 
 
-def draw(results, out):
-    """The three outputs of the module docstring, from the shared results file."""
-    rows = [r for r in c.read_jsonl(results) if {"algo", "kl", "gold"} <= r.keys()]
-    if not rows:
-        c.die(f"{results} has no evaluation points to draw")
-    draw_frontier(rows, os.path.join(out, "frontier.png"))
-    draw_overoptimisation(rows, os.path.join(out, "overoptimisation.png"))
-    best_gold_table(rows, os.path.join(out, "frontier.md"))
+def gold_at_kl(points, kl):
+    """A run's gold reward where its KL first reaches kl, linear between the two evaluations
+    around it; points: (KL, gold) in step order. None if the run never gets there."""
+    for (k0, g0), (k1, g1) in zip(points, points[1:]):
+        if k0 <= kl <= k1:
+            return g0 if k1 == k0 else g0 + (g1 - g0) * (kl - k0) / (k1 - k0)
+    return None
 
 
-def main():
-    cfg = c.parse_config(Config, __doc__)
-    device = c.setup(cfg.seed, cfg.precision)  # the sweep's runs inherit its precision
+def mean_sd(values):
+    """Mean and sample standard deviation (0 for one value)."""
+    m = sum(values) / len(values)
+    return m, (sum((v - m) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
+
+
+def seed_groups(rows):
+    """Runs that differ only in their seed, with two seeds or more: {label: [the rows of each
+    seed's run, in step order]}."""
+    groups = {}
+    for r in rows:
+        same = " ".join(f"{k}={v}" for k, v in sorted(r.get("settings", {}).items())
+                        if k not in ("seed", "beta"))
+        label = f"{method(r)} β={r.get('beta')} {same}".strip()
+        groups.setdefault(label, {}).setdefault(r.get("seed", 0), []).append(r)
+    return {label: [sorted(run, key=lambda r: r["step"]) for _, run in sorted(seeds.items())]
+            for label, seeds in groups.items() if len(seeds) >= 2}
+
+
+def seeds_table(groups, kl=5):
+    """Markdown lines: per group, final gold and KL and the gold at KL = kl, mean ± sd."""
+    def fmt(values):
+        values = [v for v in values if v is not None]
+        return "–" if len(values) < 2 else "{:.3f} ± {:.3f}".format(*mean_sd(values))
+    lines = [f"| runs (seeds) | final gold | final KL | gold at KL {kl} |", "|---|---|---|---|"]
+    for label, runs in groups.items():
+        lines.append(f"| {label} ({len(runs)}) | {fmt([r[-1]['gold'] for r in runs])} | "
+                     f"{fmt([r[-1]['kl'] for r in runs])} | "
+                     f"{fmt([gold_at_kl([(p['kl'], p['gold']) for p in r], kl) for r in runs])} |")
+    return lines
+
+
+def draw_seeds(groups, png):
+    """Every seed's gold-vs-KL path (thin), and the final point's mean ± sd over seeds."""
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for n, (label, runs) in enumerate(groups.items()):
+        for run in runs:
+            ax.plot([p["kl"] for p in run], [p["gold"] for p in run], color=f"C{n % 10}",
+                    lw=0.8, alpha=0.5)
+        (kl, kl_sd), (gold, gold_sd) = (mean_sd([r[-1][k] for r in runs]) for k in ("kl", "gold"))
+        ax.errorbar(kl, gold, gold_sd, kl_sd, fmt="o", color=f"C{n % 10}", capsize=3,
+                    label=f"{label} ({len(runs)} seeds)")
+    ax.set(xlabel="KL(π‖π_ref)  [nats per response]", ylabel="gold reward (VADER)",
+           title="seeds: each run's path, and its end as mean ± sd over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    c.save_figure(fig, png)
+
+
+def goodhart_peaks(rows):
+    """Per proxy: (pairs, accuracy vs the gold order, peak gold, its KL, final gold, final
+    KL, final proxy) along its run."""
+    out = []
+    for pairs in sorted({r["proxy_pairs"] for r in rows}):
+        run = sorted((r for r in rows if r["proxy_pairs"] == pairs), key=lambda r: r["step"])
+        peak = max(run, key=lambda r: r["gold"])
+        out.append((pairs, run[0]["proxy_acc_gold"], peak["gold"], peak["kl"], run[-1]["gold"],
+                    run[-1]["kl"], run[-1]["proxy"]))
+    return out
+
+
+def draw_goodhart(rows, png):
+    """Gold (left) and proxy (right) reward against √KL along one long run per proxy."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    for n, (pairs, acc, peak, peak_kl, *_) in enumerate(goodhart_peaks(rows)):
+        run = sorted((r for r in rows if r["proxy_pairs"] == pairs), key=lambda r: r["step"])
+        x = [math.sqrt(max(r["kl"], 0)) for r in run]
+        label = f"r_φ from {pairs // 1000}k pairs (acc vs gold order {acc:.2f})"
+        axes[0].plot(x, [r["gold"] for r in run], color=f"C{n}", label=label)
+        axes[0].plot(math.sqrt(peak_kl), peak, "*", color=f"C{n}", ms=12)
+        axes[1].plot(x, [r["proxy"] for r in run], color=f"C{n}", label=label)
+    axes[0].set(ylabel="gold reward r* (VADER)", title="gold: ★ = its peak")
+    axes[1].set(ylabel="proxy reward r_φ (the one optimised)", title="proxy")
+    for ax in axes:
+        ax.set_xlabel("√KL(π‖π_ref)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    c.save_figure(fig, png)
+
+
+def draw_dpo_epochs(rows, png):
+    """Gold reward and KL against epochs over a fixed preference set."""
+    batch = importlib.import_module("dpo").Config().batch_size
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    kl_ax = ax.twinx()
+    for n, run in enumerate(dict.fromkeys(r["run"] for r in rows)):
+        pts = sorted((r for r in rows if r["run"] == run), key=lambda r: r["step"])
+        s = pts[0]["settings"]
+        epochs = [p["step"] * s.get("batch_size", batch) / s["n_pairs"] for p in pts]
+        label = f"β={pts[0]['beta']}, {s['n_pairs']} pairs"
+        ax.plot(epochs, [p["gold"] for p in pts], "-o", ms=3, color=f"C{n}", label=label + " gold")
+        kl_ax.plot(epochs, [p["kl"] for p in pts], "--", color=f"C{n}", label=label + " KL")
+    ax.set(xlabel="epochs over the preference pairs", ylabel="gold reward (solid)",
+           title="offline DPO trained for many epochs")
+    kl_ax.set_ylabel("KL(π‖π_ref) (dashed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    c.save_figure(fig, png)
+
+
+def online_offline_runs(rows):
+    """The rows of the online-vs-offline experiment: DPO from the file, or online judged by the
+    labeler, with no other setting changed; and offline only at the online runs' step count."""
+    def kind(r):
+        other = set(r.get("settings", {})) - {"beta", "seed", "steps", "online", "judge"}
+        if r["algo"] != "dpo" or other or r["variant"] not in ("sigmoid", "sigmoid-online"):
+            return None
+        online = r["variant"] == "sigmoid-online"
+        return None if online and r["settings"].get("judge") != "labeler" else online
+    online_steps = {r["steps"] for r in rows if kind(r) is True}
+    return [r for r in rows if kind(r) is True or (kind(r) is False and r["steps"] in online_steps)]
+
+
+def draw_online_offline(rows, png):
+    """Gold reward against KL of online and offline DPO on as many labels: every evaluation,
+    a line per run (style by β), and each kind's frontier."""
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    styles = {b: st for b, st in zip(sorted({r["beta"] for r in rows}, reverse=True),
+                                      ("-", "--", ":", "-."))}
+    for n, variant in enumerate(("sigmoid", "sigmoid-online")):
+        mine = [r for r in rows if r["variant"] == variant]
+        for run in dict.fromkeys(r["run"] for r in mine):
+            pts = sorted((r for r in mine if r["run"] == run), key=lambda r: r["step"])
+            ax.plot([p["kl"] for p in pts], [p["gold"] for p in pts], styles[pts[0]["beta"]],
+                    color=f"C{n}", lw=0.8, alpha=0.6)
+        front = upper_frontier([(r["kl"], r["gold"]) for r in mine])
+        ax.plot(*zip(*front), color=f"C{n}", lw=2.5,
+                label=("online" if n else "offline") + " DPO: frontier")
+    for b, st in styles.items():
+        ax.plot([], [], st, color="gray", label=f"β={b}")
+    ax.set(xlabel="KL(π‖π_ref)  [nats per response]", ylabel="gold reward (VADER)",
+           title="online vs offline DPO, the same labeler and number of labels")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    c.save_figure(fig, png)
+
+
+def draw(out):
+    """The figures and frontier.md, from <out>/results.jsonl and <out>/goodhart.jsonl; each
+    experiment's figure once its points are there."""
+    rows = [r for r in c.read_jsonl(os.path.join(out, "results.jsonl"))
+            if {"algo", "kl", "gold"} <= r.keys()]
+    goodhart = [r for r in c.read_jsonl(os.path.join(out, "goodhart.jsonl")) if "kl" in r]
+    if not rows and not goodhart:
+        c.die(f"{out} has no evaluation points to draw (results.jsonl, goodhart.jsonl)")
+    md = os.path.join(out, "frontier.md")
+    sweep_rows = [r for r in rows if r.get("settings", {}).get("seed") is None
+                  and "n_pairs" not in r.get("settings", {})]
+    if sweep_rows:
+        draw_frontier(sweep_rows, os.path.join(out, "frontier.png"))
+        draw_overoptimisation(sweep_rows, os.path.join(out, "overoptimisation.png"))
+        best_gold_table(sweep_rows, md)
+    sections = []
+    if goodhart:
+        draw_goodhart(goodhart, os.path.join(out, "goodhart.png"))
+        sections += ["Goodhart: one RLOO run (β = 0.01) against each proxy", "",
+                     "| proxy pairs | acc vs gold order | peak gold | at KL | final gold |"
+                     " final KL | final proxy |", "|---|---|---|---|---|---|---|"]
+        sections += ["| {} | {:.3f} | {:.3f} | {:.1f} | {:.3f} | {:.1f} | {:.2f} |".format(*p)
+                     for p in goodhart_peaks(goodhart)] + [""]
+    epochs = [r for r in rows if r["algo"] == "dpo" and "n_pairs" in r.get("settings", {})]
+    if epochs:
+        draw_dpo_epochs(epochs, os.path.join(out, "dpo_epochs.png"))
+    both = online_offline_runs(rows)
+    if {r["variant"] for r in both} == {"sigmoid", "sigmoid-online"}:
+        draw_online_offline(both, os.path.join(out, "online_offline.png"))
+    groups = seed_groups(rows)
+    if groups:
+        draw_seeds(groups, os.path.join(out, "seeds.png"))
+        sections += ["Seeds: the spread of runs that differ only in their seed", "",
+                     *seeds_table(groups), ""]
+    if sections:
+        with open(md, "a" if sweep_rows else "w") as f:
+            f.write("\n" + "\n".join(sections))
+        print("\n".join(sections))
+
+
+def finished(root):
+    return {r["run"] for r in c.read_jsonl(os.path.join(root, "results.jsonl")) if r.get("final")}
+
+
+def run_experiment(cfg, name, device):
+    """Run what is not yet in the results (an interrupted experiment resumes), saying first how
+    long it will take."""
+    runs = [(script, label, [*map(str, flags), *cfg.extra.split()], root or cfg.out)
+            for script, label, flags, root in experiment_runs(name, cfg.quick, cfg.seeds, cfg.out)]
+    todo = [run for run in runs if key_of(run[0], run[2], run[3]) not in finished(run[3])]
+    minutes = MINUTES["frontier-full" if name == "frontier" and not cfg.quick else name]
+    print(f"{name}: {len(todo)} of {len(runs)} runs to do, ≈ {minutes * len(todo) / len(runs):.0f}"
+          " min on a 2-core bf16 CPU (fp32: ≈ 5× more)", flush=True)
+    if name == "goodhart":
+        build_proxies(cfg.out)
     here = os.path.dirname(os.path.abspath(__file__))
-    results = os.path.join(cfg.out, "results.jsonl")
-    if cfg.redraw:
-        if not os.path.isfile(results):
-            c.die(f"--redraw: {results} does not exist; point --out at a directory that has one")
-        draw(results, cfg.out)
-        return
-    sft_dir = os.path.join(cfg.out, "sft")
-    c.require(sft_dir, "sft.py", ["--out", cfg.out])
-    c.require(os.path.join(cfg.out, "reward_model"), "reward_model.py", ["--out", cfg.out],
-              built_from=[sft_dir])
-    done = {r["run"] for r in c.read_jsonl(results) if r.get("final")}
-    for script, label, flags in sweep(cfg.quick):
-        flags = [*map(str, flags), *cfg.extra.split()]
-        if key_of(script, flags, cfg.out) in done:
-            print(f"{label}: already in {results}, skipped")
+    for script, label, flags, root in runs:
+        if (script, label, flags, root) not in todo:
+            print(f"{label}: already in {root}/results.jsonl, skipped")
             continue
-        cmd = [sys.executable, os.path.join(here, script), "--out", cfg.out, *flags]
+        cmd = [sys.executable, os.path.join(here, script), "--out", root, *flags]
         log = os.path.join(cfg.out, "frontier_logs", label.replace(" ", "_") + ".log")
         os.makedirs(os.path.dirname(log), exist_ok=True)
         print(f"{label}: {' '.join(cmd[1:])}  (log: {log})", flush=True)
         with open(log, "w") as f:
             if c.run_child(cmd, stdout=f, stderr=subprocess.STDOUT) != 0:
                 c.die(f"{label} failed; see {log}")
-    if "best-of-n" not in done:
-        run_best_of_n(cfg, results, device)
-    draw(results, cfg.out)
-    print(f"wrote {cfg.out}/frontier.png, overoptimisation.png, frontier.md")
+    if name == "frontier" and "best-of-n" not in finished(cfg.out):
+        run_best_of_n(cfg, os.path.join(cfg.out, "results.jsonl"), device)
+    if name == "goodhart":
+        collect_goodhart(cfg.out)
+
+
+def main():
+    cfg = c.parse_config(Config, __doc__, CHOICES)
+    device = c.setup(cfg.seed, cfg.precision)  # the sweep's runs inherit its precision
+    if cfg.redraw:
+        draw(cfg.out)
+        return
+    sft_dir = os.path.join(cfg.out, "sft")
+    c.require(sft_dir, "sft.py", ["--out", cfg.out])
+    c.require(os.path.join(cfg.out, "reward_model"), "reward_model.py", ["--out", cfg.out],
+              built_from=[sft_dir])
+    for name in EXPERIMENTS if cfg.experiment == "all" else [cfg.experiment]:
+        run_experiment(cfg, name, device)
+    draw(cfg.out)
+    print(f"wrote the figures and frontier.md in {cfg.out}")
 
 
 if __name__ == "__main__":

@@ -50,14 +50,9 @@ class Config:
 
 
 def rank(gold, tau, generator=None):
-    """The labeler ranks K responses, best first, by gold/τ + Gumbel noise (Plackett–Luce):
-    any two responses are then ordered as Bradley–Terry says, P(y1 ≻ y2) = σ((r*1 − r*2)/τ).
-    τ = 0 is the noiseless labeler."""
-    gold = torch.as_tensor(gold, dtype=torch.float64)
-    if tau == 0:
-        return torch.argsort(gold, descending=True, stable=True)
-    u = torch.rand(gold.shape, generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
-    return torch.argsort(gold / tau - torch.log(-torch.log(u)), descending=True)
+    """The labeler ranks K responses, best first, by c.labeler_scores (gold/τ + Gumbel noise):
+    any two are then ordered as Bradley–Terry says. τ = 0 is the noiseless labeler."""
+    return torch.argsort(c.labeler_scores(gold, tau, generator), descending=True, stable=True)
 
 
 def ranking_pairs(ranking):

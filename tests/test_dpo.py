@@ -50,12 +50,19 @@ def test_online_pairs_put_the_higher_score_first():
         ([1], [11], [10]), ([2], [20], [21]), ([3], [30], [31])]  # a tie keeps the first
 
 
+def test_batches_go_round_the_pairs_in_epochs():
+    assert dpo.batch_indices(1, 2, 5).tolist() == [0, 1]
+    assert dpo.batch_indices(3, 2, 5).tolist() == [4, 0]  # epoch 2 begins inside step 3
+    assert dpo.batch_indices(4, 2, 5).tolist() == [1, 2]
+
+
 TINY_DPO = ["--batch-size", 16, "--max-new-tokens", 16, "--n-eval-prompts", 32]
 
 
 def test_dpo_end_to_end_offline_and_online(pipeline):
     ref_before = c.load_model(str(pipeline / "sft")).lm_head.weight.clone()
-    for flags in ([], ["--online", "--loss", "ipo"]):
+    for flags in ([], ["--online", "--loss", "ipo"], ["--online", "--judge", "labeler"],
+                  ["--n-pairs", 8]):
         run_script("dpo.py", "--out", pipeline, "--steps", 4, "--eval-every", 2, *flags,
                    *TINY_DPO)
         out = pipeline / "dpo"
@@ -66,8 +73,10 @@ def test_dpo_end_to_end_offline_and_online(pipeline):
         for key in ("chosen_reward", "rejected_reward", "margin", "accuracy", "logps_chosen"):
             assert key in rows[-1], key
     points = [json.loads(line) for line in open(pipeline / "results.jsonl")]
-    assert {(p["variant"], p["beta"]) for p in points if p["algo"] == "dpo"} >= {
-        ("sigmoid", 0.1), ("ipo-online", 0.1)}
+    runs = [(p["variant"], p["settings"]) for p in points if p["algo"] == "dpo"]
+    for variant, has in (("sigmoid", {}), ("ipo-online", {"loss": "ipo"}),
+                         ("sigmoid-online", {"judge": "labeler"}), ("sigmoid", {"n_pairs": 8})):
+        assert any(v == variant and has.items() <= s.items() for v, s in runs), (variant, has)
     # the reference (the SFT checkpoint) is never touched by training
     torch.testing.assert_close(c.load_model(str(pipeline / "sft")).lm_head.weight, ref_before)
 
@@ -91,6 +100,8 @@ def test_dpo_learns(pipeline):
 def test_bad_input(pipeline, tmp_path):
     proc = run_script("dpo.py", "--loss", "mse", check=False)
     assert proc.returncode == 2 and "'sigmoid', 'ipo', 'hinge'" in proc.stderr
+    proc = run_script("dpo.py", "--out", pipeline, "--online", "--n-pairs", 8, check=False)
+    assert proc.returncode == 1 and "online DPO labels new ones" in proc.stderr
     bad = tmp_path / "out"
     bad.mkdir()
     (bad / "preferences.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n'

@@ -84,4 +84,79 @@ def test_redraw_trains_nothing(tmp_path):
     assert not (tmp_path / "reward_model").exists() and "missing" not in proc.stdout
     assert "line 4 is not JSON; skipped" in proc.stderr
     proc = run_script("frontier.py", "--out", tmp_path / "none", "--redraw", check=False)
-    assert proc.returncode == 1 and "does not exist" in proc.stderr
+    assert proc.returncode == 1 and "no evaluation points to draw" in proc.stderr
+
+
+def test_gold_at_kl_interpolates_where_the_run_first_gets_there():
+    path = [(0.0, 0.2), (2.0, 0.4), (6.0, 0.8), (4.0, 0.9)]  # KL falls back at the end
+    assert math.isclose(frontier.gold_at_kl(path, 1.0), 0.3)
+    assert math.isclose(frontier.gold_at_kl(path, 5.0), 0.7)  # on its first way up
+    assert frontier.gold_at_kl(path, 2.0) == 0.4 and frontier.gold_at_kl(path, 7.0) is None
+
+
+def test_mean_sd_and_seed_groups_by_hand():
+    assert frontier.mean_sd([1.0, 2.0, 6.0]) == (3.0, math.sqrt(7.0))
+    assert frontier.mean_sd([0.5]) == (0.5, 0.0)
+    rows = [{"run": f"r{s}", "algo": "rloo", "variant": "rm", "beta": 0.1, "seed": s,
+             "settings": {"beta": 0.1, **({"seed": s} if s else {})}, "step": t, "kl": t,
+             "gold": s} for s in (0, 1) for t in (10, 0)]
+    rows += [{**rows[0], "run": "other", "beta": 0.02, "settings": {"beta": 0.02}}]
+    groups = frontier.seed_groups(rows)  # the β=0.02 run has one seed: no group
+    assert list(groups) == ["rloo-rm β=0.1"]
+    assert [[p["step"] for p in run] for run in groups["rloo-rm β=0.1"]] == [[0, 10], [0, 10]]
+    table = frontier.seeds_table(groups)
+    assert "| rloo-rm β=0.1 (2) | 0.500 ± 0.707 | 10.000 ± 0.000 | 0.500 ± 0.707 |" in table
+
+
+def test_online_and_offline_runs_see_as_many_labels():
+    runs = frontier.experiment_runs("online-offline", True, 3, "out")
+    for beta in frontier.ONLINE_BETAS:
+        mine = [flags for _, _, flags, _ in runs if beta in flags]
+        online = [f for f in mine if "--online" in f]
+        assert online and len(online) == len(mine) - len(online)  # as many runs of each
+        assert {f[f.index("--steps") + 1] for f in mine} == {300}  # steps · batch labels each
+        assert all(f[f.index("--judge") + 1] == "labeler" for f in online)
+
+
+def goodhart_rows(pairs, acc, path):
+    return [{"run": f"g{pairs}", "algo": "rloo", "variant": "rm", "proxy_pairs": pairs,
+             "proxy_acc_gold": acc, "step": s, "kl": kl, "gold": g, "proxy": s / 10}
+            for s, (kl, g) in enumerate(path)]
+
+
+def test_goodhart_peaks_by_hand():
+    rows = (goodhart_rows(6000, 0.64, [(0, 0.2), (9, 0.8), (25, 0.5)])
+            + goodhart_rows(60000, 0.76, [(0, 0.2), (16, 0.9), (36, 0.85)]))
+    assert frontier.goodhart_peaks(rows[::-1]) == [
+        (6000, 0.64, 0.8, 9, 0.5, 25, 0.2), (60000, 0.76, 0.9, 16, 0.85, 36, 0.2)]
+
+
+def test_collect_goodhart_and_redraw_every_experiment(tmp_path):
+    """Goodhart's points come from the proxies' roots, with each proxy's quality; the redraw
+    draws each experiment's figure from the committed files alone."""
+    for n in frontier.PROXY_PROMPTS:
+        root = tmp_path / "goodhart" / f"rm-{n}-prompts"
+        (root / "reward_model").mkdir(parents=True)
+        (root / "reward_model" / "report.json").write_text(json.dumps(
+            {"k": 4, "val_acc_gold": 0.6 + n / 1e5, "corr_gold": 0.5}))
+        key = frontier.key_of("rloo.py", list(map(str, frontier.GOODHART)), str(root))
+        c.replace_rows(root / "results.jsonl", None, [
+            {"run": key, "algo": "rloo", "variant": "rm", "beta": 0.01, "step": s,
+             "final": s == 2, "kl": 10.0 * s, "gold": [0.2, 0.3, 0.3 - n / 1e5][s],
+             "proxy": float(s)} for s in range(3)] + [{"run": "another run", "step": 0}])
+    frontier.collect_goodhart(str(tmp_path))
+    rows = c.read_jsonl(tmp_path / "goodhart.jsonl")
+    assert len(rows) == 9 and {r["proxy_pairs"] for r in rows} == {6000, 18000, 60000}
+    dpo = {"algo": "dpo", "beta": 0.1, "kl": 1.0, "gold": 0.5, "proxy": 0.0}
+    runs = [("sigmoid", {"beta": 0.1}), ("sigmoid-online", {"online": True, "judge": "labeler"}),
+            ("sigmoid", {"n_pairs": 64}), ("sigmoid", {"seed": 1})]
+    c.replace_rows(tmp_path / "results.jsonl", None, [
+        {**dpo, "run": str(i), "variant": v, "settings": s, "steps": 300, "seed": s.get("seed", 0),
+         "step": t, "kl": 1.0 + t} for i, (v, s) in enumerate(runs) for t in (0, 32)])
+    proc = run_script("frontier.py", "--out", tmp_path, "--redraw")
+    for name in ("frontier.png", "goodhart.png", "dpo_epochs.png", "online_offline.png",
+                 "seeds.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG", name
+    table = (tmp_path / "frontier.md").read_text()
+    assert "| 6000 | 0.610 | 0.300 | 10.0 | 0.290 | 20.0 | 2.00 |" in table, proc.stdout
+    assert "| dpo-sigmoid β=0.1 (2) | 0.500 ± 0.000 | 33.000 ± 0.000 |" in table

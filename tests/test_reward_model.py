@@ -28,6 +28,16 @@ def test_k4_ranking_gives_6_ordered_pairs():
 
 def test_noiseless_labeler_sorts():
     assert rmod.rank([0.1, 0.9, -0.5, 0.3], tau=0).tolist() == [1, 3, 0, 2]
+    assert c.labeler_scores([0.1, 0.9], tau=0).tolist() == [0.1, 0.9]
+
+
+def test_labeler_scores_are_gold_over_tau_plus_gumbel_noise():
+    gen = torch.Generator().manual_seed(0)
+    noise = c.labeler_scores(torch.zeros(200000), 1.0, gen)
+    # the standard Gumbel distribution: mean = Euler's γ, variance π²/6
+    assert abs(noise.mean().item() - 0.5772) < 0.01 and abs(noise.var().item() - 1.6449) < 0.04
+    gen.manual_seed(0)
+    torch.testing.assert_close(c.labeler_scores(torch.full((200000,), 0.3), 0.1, gen), noise + 3)
 
 
 def test_labeler_follows_bradley_terry():
