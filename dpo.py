@@ -8,9 +8,10 @@ reward_model.py learned from):
   sigmoid (DPO): −log σ(β·h)   ipo (IPO): (h − 1/(2β))²   hinge (SLiC): max(0, 1 − βh)
 1. a batch of (x, y_w, y_l) pairs (--online: sample two responses per prompt from the current
 policy and let r_φ pick the chosen one, or with --judge labeler the labeler that labelled the
-file: online and offline then learn from labels of one kind, as many of them); 2. summed response log-probs of the policy; those of the
-frozen reference were computed once before training; 3. the loss; 4. update; 5. log the implicit
-rewards β·log π/π_ref of chosen and rejected, their margin and accuracy, and evaluate.
+file: online and offline then learn from labels of one kind, as many of them); 2. summed
+response log-probs of the policy; those of the frozen reference were computed once before
+training; 3. the loss; 4. update; 5. log the implicit rewards β·log π/π_ref of chosen and
+rejected, their margin and accuracy, and evaluate.
 
 Left out: label smoothing (cDPO), reference-free variants, multi-GPU.
 Run: python dpo.py          (builds out/preferences.jsonl first if it is missing)

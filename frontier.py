@@ -1,21 +1,30 @@
 """frontier.py: every method on one reward–KL plane (the DPO paper's Fig. 2), and Goodhart.
 
-Runs each method over a small β sweep, as subprocesses of the scripts with their own flags:
-PPO, RLOO and GRPO against the learned reward r_φ, PPO against the gold reward itself (PPO-GT, the
-upper reference), DPO, Preferred-FT (sft.py --preferred: SFT on the chosen responses), and
-best-of-n from π_SFT (n = 1, 2, 4, …, 64: the sample with the best r_φ among n; its KL is the
-bound log n − (n−1)/n, not a measurement). A run whose final point (same key: method and
-every non-default setting) is already in out/results.jsonl is skipped, so an interrupted sweep
-resumes. Then it draws, from that file:
-  frontier.png            gold reward vs KL, every evaluation of every run, each method's frontier
-  overoptimisation.png    proxy and gold reward vs √KL along the PPO, RLOO, GRPO runs (Goodhart)
-  frontier.md             the best gold reward of each method below KL = 2, 5, 10, 20 nats
+--experiment frontier (the default): each method over a small β sweep, as subprocesses of the
+scripts with their own flags: PPO, RLOO and GRPO against the learned reward r_φ, PPO against the
+gold reward itself (PPO-GT, the upper reference), DPO, Preferred-FT (sft.py --preferred: SFT on
+the chosen responses), and best-of-n from π_SFT (n = 1, 2, 4, …, 64: the sample with the best
+r_φ among n; its KL is the bound log n − (n−1)/n, not a measurement).
+The longer experiments, each behind its own --experiment (all: every one):
+  goodhart        reward models from 1000, 3000 and 10000 prompts' rankings (6k, 18k, 60k pairs),
+                  one long small-β RLOO run against each (Gao et al. 2022)
+  dpo-epochs      offline DPO at a small β for 16 epochs over 2048 pairs
+  online-offline  DPO on the file's pairs, or on fresh pairs of its own samples judged by the same
+                  labeler, as many of them (steps · batch), over β and seeds
+  seeds           the sweep's first run of PPO, RLOO, GRPO and DPO with seeds 0, 1, 2
+A run whose final point (same key: method and every non-default setting) is already in the
+results is skipped, so an interrupted experiment resumes. Then it draws, from the results:
+  frontier.png          gold reward vs KL, every evaluation of every sweep run, each frontier
+  overoptimisation.png  proxy and gold reward vs √KL along the PPO, RLOO, GRPO runs
+  goodhart.png, dpo_epochs.png, online_offline.png, seeds.png   each experiment's figure
+  frontier.md           the best gold of each method below KL = 2, 5, 10, 20 nats; Goodhart's
+                        peaks; the seeds' spread
 Every run writes its model to the same out/<method>/ directory: only the points are kept.
-Run: python frontier.py --quick      (18 min on a 2-core CPU once out/sft and the RM exist)
-     python frontier.py              (the full sweep, ≈ 60 min estimated)
-     python frontier.py --out docs --redraw    (the README's figures, from docs/results.jsonl)
+Run: python frontier.py --quick      (≈ 20 min on a 2-core CPU once out/sft and the RM exist)
+     python frontier.py --quick --experiment all    (≈ 90 min more)
+     python frontier.py --out docs --redraw    (the README's figures, from docs/*.jsonl)
 """
-import importlib, json, math, os, subprocess, sys
+import importlib, json, math, os, subprocess, sys, time
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
@@ -33,7 +42,10 @@ CHOICES = {"experiment": [*EXPERIMENTS, "all"]}  # flags with a fixed set of val
 MINUTES = {"frontier": 20, "frontier-full": 60, "goodhart": 16, "dpo-epochs": 6,
            "online-offline": 30, "seeds": 16}
 PROXY_PROMPTS = (1000, 3000, 10000)  # Goodhart: the proxies' training prompts (6 pairs each)
-GOODHART = ["--beta", 0.01, "--steps", 300, "--max-kl", 500]  # long and far, against each proxy
+# Goodhart's runs: (proxy, RLOO flags): long and small-β against each proxy, and 5× smaller
+# still against the weakest (does gold fall farther out?)
+GOODHART = [(n, ["--beta", 0.01, "--steps", 300, "--max-kl", 500]) for n in PROXY_PROMPTS] \
+    + [(PROXY_PROMPTS[0], ["--beta", 0.002, "--steps", 300, "--max-kl", 500])]
 DPO_EPOCHS = ["--beta", 0.03, "--n-pairs", 2048, "--steps", 1024, "--eval-every", 64]  # 16 epochs
 ONLINE_BETAS = (0.1, 0.03)  # online vs offline DPO: the β sweep (seeds at the first)
 ONLINE = ["--online", "--judge", "labeler"]  # judged by the labeler that labelled the file
@@ -86,8 +98,8 @@ def experiment_runs(name, quick, seeds, out):
     if name == "frontier":
         return [(*run, None) for run in sweep(quick)]
     if name == "goodhart":  # one long, far RLOO run against each proxy, in the proxy's own root
-        return [("rloo.py", f"rloo β=0.01 vs rm-{n}-prompts", GOODHART, proxy_root(out, n))
-                for n in PROXY_PROMPTS]
+        return [("rloo.py", f"rloo β={flags[1]} vs rm-{n}-prompts", flags, proxy_root(out, n))
+                for n, flags in GOODHART]
     if name == "dpo-epochs":
         return [("dpo.py", "dpo β=0.03, 16 epochs of 2048 pairs", DPO_EPOCHS, None)]
     if name == "online-offline":  # equal labels: steps · batch_size pairs, online or from file
@@ -125,11 +137,11 @@ def build_proxies(out):
 def collect_goodhart(out):
     """<out>/goodhart.jsonl: the Goodhart runs' points from the proxies' roots, each row with
     its proxy's size and quality (reward_model/report.json)."""
-    for n in PROXY_PROMPTS:
+    for n, flags in GOODHART:
         root = proxy_root(out, n)
         with open(os.path.join(root, "reward_model", "report.json")) as f:
             report = json.load(f)
-        key = key_of("rloo.py", list(map(str, GOODHART)), root)
+        key = key_of("rloo.py", list(map(str, flags)), root)
         proxy = {"proxy_prompts": n, "proxy_pairs": n * report["k"] * (report["k"] - 1) // 2,
                  "proxy_acc_gold": report["val_acc_gold"], "proxy_corr": report["corr_gold"]}
         rows = [{**r, **proxy, "run": f"{key} rm-{n}-prompts"}
@@ -305,28 +317,38 @@ def draw_seeds(groups, png):
     c.save_figure(fig, png)
 
 
+def goodhart_runs(rows):
+    """Each Goodhart run's points in step order, weakest proxy and largest β first."""
+    runs = {}
+    for r in rows:
+        runs.setdefault(r["run"], []).append(r)
+    return sorted((sorted(run, key=lambda r: r["step"]) for run in runs.values()),
+                  key=lambda run: (run[0]["proxy_pairs"], -run[0]["beta"]))
+
+
 def goodhart_peaks(rows):
-    """Per proxy: (pairs, accuracy vs the gold order, peak gold, its KL, final gold, final
-    KL, final proxy) along its run."""
+    """Per run: (proxy pairs, its accuracy vs the gold order, β, peak gold, its KL, final gold,
+    final KL, final proxy)."""
     out = []
-    for pairs in sorted({r["proxy_pairs"] for r in rows}):
-        run = sorted((r for r in rows if r["proxy_pairs"] == pairs), key=lambda r: r["step"])
+    for run in goodhart_runs(rows):
         peak = max(run, key=lambda r: r["gold"])
-        out.append((pairs, run[0]["proxy_acc_gold"], peak["gold"], peak["kl"], run[-1]["gold"],
-                    run[-1]["kl"], run[-1]["proxy"]))
+        out.append((run[0]["proxy_pairs"], run[0]["proxy_acc_gold"], run[0]["beta"], peak["gold"],
+                    peak["kl"], run[-1]["gold"], run[-1]["kl"], run[-1]["proxy"]))
     return out
 
 
 def draw_goodhart(rows, png):
-    """Gold (left) and proxy (right) reward against √KL along one long run per proxy."""
+    """Gold (left) and proxy (right) reward against √KL along each run, one colour per proxy."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
-    for n, (pairs, acc, peak, peak_kl, *_) in enumerate(goodhart_peaks(rows)):
-        run = sorted((r for r in rows if r["proxy_pairs"] == pairs), key=lambda r: r["step"])
+    colours = {p: f"C{n}" for n, p in enumerate(sorted({r["proxy_pairs"] for r in rows}))}
+    for run, (pairs, acc, beta, peak, peak_kl, *_) in zip(goodhart_runs(rows),
+                                                          goodhart_peaks(rows)):
         x = [math.sqrt(max(r["kl"], 0)) for r in run]
-        label = f"r_φ from {pairs // 1000}k pairs (acc vs gold order {acc:.2f})"
-        axes[0].plot(x, [r["gold"] for r in run], color=f"C{n}", label=label)
-        axes[0].plot(math.sqrt(peak_kl), peak, "*", color=f"C{n}", ms=12)
-        axes[1].plot(x, [r["proxy"] for r in run], color=f"C{n}", label=label)
+        style = "-" if beta == max(r["beta"] for r in rows) else ":"
+        label = f"r_φ from {pairs // 1000}k pairs (acc vs gold {acc:.2f}), β={beta}"
+        axes[0].plot(x, [r["gold"] for r in run], style, color=colours[pairs], label=label)
+        axes[0].plot(math.sqrt(peak_kl), peak, "*", color=colours[pairs], ms=12)
+        axes[1].plot(x, [r["proxy"] for r in run], style, color=colours[pairs], label=label)
     axes[0].set(ylabel="gold reward r* (VADER)", title="gold: ★ = its peak")
     axes[1].set(ylabel="proxy reward r_φ (the one optimised)", title="proxy")
     for ax in axes:
@@ -357,16 +379,16 @@ def draw_dpo_epochs(rows, png):
 
 
 def online_offline_runs(rows):
-    """The rows of the online-vs-offline experiment: DPO from the file, or online judged by the
-    labeler, with no other setting changed; and offline only at the online runs' step count."""
-    def kind(r):
-        other = set(r.get("settings", {})) - {"beta", "seed", "steps", "online", "judge"}
-        if r["algo"] != "dpo" or other or r["variant"] not in ("sigmoid", "sigmoid-online"):
-            return None
-        online = r["variant"] == "sigmoid-online"
-        return None if online and r["settings"].get("judge") != "labeler" else online
-    online_steps = {r["steps"] for r in rows if kind(r) is True}
-    return [r for r in rows if kind(r) is True or (kind(r) is False and r["steps"] in online_steps)]
+    """The rows of the online-vs-offline experiment: DPO online, judged by the labeler, and DPO
+    from the file with the same other settings (steps and so as many labels)."""
+    def rest(r):
+        return tuple(sorted((k, v) for k, v in r.get("settings", {}).items()
+                            if k not in ("beta", "seed", "online", "judge")))
+    online = [r for r in rows if r["algo"] == "dpo" and r["variant"] == "sigmoid-online"
+              and r["settings"].get("judge") == "labeler"]
+    shapes = {rest(r) for r in online}
+    return online + [r for r in rows if r["algo"] == "dpo" and r["variant"] == "sigmoid"
+                     and rest(r) in shapes]
 
 
 def draw_online_offline(rows, png):
@@ -411,10 +433,10 @@ def draw(out):
     sections = []
     if goodhart:
         draw_goodhart(goodhart, os.path.join(out, "goodhart.png"))
-        sections += ["Goodhart: one RLOO run (β = 0.01) against each proxy", "",
-                     "| proxy pairs | acc vs gold order | peak gold | at KL | final gold |"
-                     " final KL | final proxy |", "|---|---|---|---|---|---|---|"]
-        sections += ["| {} | {:.3f} | {:.3f} | {:.1f} | {:.3f} | {:.1f} | {:.2f} |".format(*p)
+        sections += ["Goodhart: long RLOO runs against proxies of three sizes", "",
+                     "| proxy pairs | acc vs gold order | β | peak gold | at KL | final gold |"
+                     " final KL | final proxy |", "|---|---|---|---|---|---|---|---|"]
+        sections += ["| {} | {:.3f} | {} | {:.3f} | {:.1f} | {:.3f} | {:.1f} | {:.2f} |".format(*p)
                      for p in goodhart_peaks(goodhart)] + [""]
     epochs = [r for r in rows if r["algo"] == "dpo" and "n_pairs" in r.get("settings", {})]
     if epochs:
@@ -444,11 +466,12 @@ def run_experiment(cfg, name, device):
             for script, label, flags, root in experiment_runs(name, cfg.quick, cfg.seeds, cfg.out)]
     todo = [run for run in runs if key_of(run[0], run[2], run[3]) not in finished(run[3])]
     minutes = MINUTES["frontier-full" if name == "frontier" and not cfg.quick else name]
-    print(f"{name}: {len(todo)} of {len(runs)} runs to do, ≈ {minutes * len(todo) / len(runs):.0f}"
+    minutes *= len(todo) / len(runs)
+    print(f"{name}: {len(todo)} of {len(runs)} runs to do, ≈ {minutes:.0f}"
           " min on a 2-core bf16 CPU (fp32: ≈ 5× more)", flush=True)
     if name == "goodhart":
         build_proxies(cfg.out)
-    here = os.path.dirname(os.path.abspath(__file__))
+    t0, here = time.time(), os.path.dirname(os.path.abspath(__file__))
     for script, label, flags, root in runs:
         if (script, label, flags, root) not in todo:
             print(f"{label}: already in {root}/results.jsonl, skipped")
@@ -464,6 +487,7 @@ def run_experiment(cfg, name, device):
         run_best_of_n(cfg, os.path.join(cfg.out, "results.jsonl"), device)
     if name == "goodhart":
         collect_goodhart(cfg.out)
+    print(f"{name}: done in {(time.time() - t0) / 60:.1f} min", flush=True)
 
 
 def main():

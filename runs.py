@@ -69,7 +69,7 @@ def _unwritable(out):
     return None
 
 
-MAY_BE_ZERO = {"seed", "warmup", "n_pairs"}  # integer flags that may be 0; every other count must be ≥ 1
+MAY_BE_ZERO = {"seed", "warmup", "n_pairs"}  # integer flags that may be 0; other counts ≥ 1
 MUST_BE_POSITIVE = {"lr", "temperature", "clip", "vf_clip", "max_kl"}  # floats that must be > 0
 
 

@@ -118,17 +118,28 @@ def test_online_and_offline_runs_see_as_many_labels():
         assert all(f[f.index("--judge") + 1] == "labeler" for f in online)
 
 
-def goodhart_rows(pairs, acc, path):
-    return [{"run": f"g{pairs}", "algo": "rloo", "variant": "rm", "proxy_pairs": pairs,
-             "proxy_acc_gold": acc, "step": s, "kl": kl, "gold": g, "proxy": s / 10}
-            for s, (kl, g) in enumerate(path)]
+def test_offline_runs_are_compared_at_the_online_runs_settings():
+    online = {"algo": "dpo", "variant": "sigmoid-online",
+              "settings": {"online": True, "judge": "labeler", "steps": 300, "beta": 0.03}}
+    same = {"algo": "dpo", "variant": "sigmoid", "settings": {"steps": 300, "seed": 2}}
+    others = [{**same, "settings": {}}, {**same, "settings": {"steps": 300, "n_pairs": 64}},
+              {**online, "settings": {"online": True, "steps": 300}}]  # judged by r_φ
+    assert frontier.online_offline_runs([online, same, *others]) == [online, same]
+
+
+def goodhart_rows(pairs, acc, path, beta=0.01):
+    return [{"run": f"g{pairs} {beta}", "algo": "rloo", "variant": "rm", "proxy_pairs": pairs,
+             "proxy_acc_gold": acc, "beta": beta, "step": s, "kl": kl, "gold": g,
+             "proxy": s / 10} for s, (kl, g) in enumerate(path)]
 
 
 def test_goodhart_peaks_by_hand():
-    rows = (goodhart_rows(6000, 0.64, [(0, 0.2), (9, 0.8), (25, 0.5)])
-            + goodhart_rows(60000, 0.76, [(0, 0.2), (16, 0.9), (36, 0.85)]))
+    rows = (goodhart_rows(6000, 0.64, [(0, 0.2), (9, 0.8), (25, 0.5)], beta=0.002)
+            + goodhart_rows(60000, 0.76, [(0, 0.2), (16, 0.9), (36, 0.85)])
+            + goodhart_rows(6000, 0.64, [(0, 0.2), (4, 0.7), (8, 0.75)]))
     assert frontier.goodhart_peaks(rows[::-1]) == [
-        (6000, 0.64, 0.8, 9, 0.5, 25, 0.2), (60000, 0.76, 0.9, 16, 0.85, 36, 0.2)]
+        (6000, 0.64, 0.01, 0.75, 8, 0.75, 8, 0.2), (6000, 0.64, 0.002, 0.8, 9, 0.5, 25, 0.2),
+        (60000, 0.76, 0.01, 0.9, 16, 0.85, 36, 0.2)]
 
 
 def test_collect_goodhart_and_redraw_every_experiment(tmp_path):
@@ -139,14 +150,17 @@ def test_collect_goodhart_and_redraw_every_experiment(tmp_path):
         (root / "reward_model").mkdir(parents=True)
         (root / "reward_model" / "report.json").write_text(json.dumps(
             {"k": 4, "val_acc_gold": 0.6 + n / 1e5, "corr_gold": 0.5}))
-        key = frontier.key_of("rloo.py", list(map(str, frontier.GOODHART)), str(root))
-        c.replace_rows(root / "results.jsonl", None, [
-            {"run": key, "algo": "rloo", "variant": "rm", "beta": 0.01, "step": s,
-             "final": s == 2, "kl": 10.0 * s, "gold": [0.2, 0.3, 0.3 - n / 1e5][s],
-             "proxy": float(s)} for s in range(3)] + [{"run": "another run", "step": 0}])
+        rows = [{"run": "another run", "step": 0}]
+        for m, flags in frontier.GOODHART:
+            key = frontier.key_of("rloo.py", list(map(str, flags)), str(root))
+            rows += [{"run": key, "algo": "rloo", "variant": "rm", "beta": flags[1], "step": s,
+                      "final": s == 2, "kl": 10.0 * s, "gold": [0.2, 0.3, 0.3 - n / 1e5][s],
+                      "proxy": float(s)} for s in range(3) if m == n]
+        c.replace_rows(root / "results.jsonl", None, rows)
     frontier.collect_goodhart(str(tmp_path))
     rows = c.read_jsonl(tmp_path / "goodhart.jsonl")
-    assert len(rows) == 9 and {r["proxy_pairs"] for r in rows} == {6000, 18000, 60000}
+    assert len(rows) == 3 * len(frontier.GOODHART)
+    assert {r["proxy_pairs"] for r in rows} == {6000, 18000, 60000}
     dpo = {"algo": "dpo", "beta": 0.1, "kl": 1.0, "gold": 0.5, "proxy": 0.0}
     runs = [("sigmoid", {"beta": 0.1}), ("sigmoid-online", {"online": True, "judge": "labeler"}),
             ("sigmoid", {"n_pairs": 64}), ("sigmoid", {"seed": 1})]
@@ -158,5 +172,24 @@ def test_collect_goodhart_and_redraw_every_experiment(tmp_path):
                  "seeds.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG", name
     table = (tmp_path / "frontier.md").read_text()
-    assert "| 6000 | 0.610 | 0.300 | 10.0 | 0.290 | 20.0 | 2.00 |" in table, proc.stdout
+    assert "| 6000 | 0.610 | 0.01 | 0.300 | 10.0 | 0.290 | 20.0 | 2.00 |" in table, proc.stdout
     assert "| dpo-sigmoid β=0.1 (2) | 0.500 ± 0.000 | 33.000 ± 0.000 |" in table
+
+
+def test_tiny_online_offline_experiment(pipeline, tmp_path):
+    """An experiment other than the sweep: its runs (two seeds at the first β), its figure, the
+    seeds' spread in frontier.md; and a rerun skips all of them."""
+    out = tmp_path / "out"
+    shutil.copytree(pipeline, out)
+    tiny = "--steps 2 --eval-every 2 --max-new-tokens 8 --n-eval-prompts 16 --batch-size 16"
+    args = ["frontier.py", "--out", out, "--experiment", "online-offline", "--seeds", 2,
+            "--extra", tiny]
+    proc = run_script(*args)
+    assert "online-offline: 6 of 6 runs to do" in proc.stdout
+    rows = c.read_jsonl(out / "results.jsonl")
+    online = {(r["beta"], r["seed"]) for r in rows if r.get("variant") == "sigmoid-online"}
+    assert online == {(frontier.ONLINE_BETAS[0], 0), (frontier.ONLINE_BETAS[0], 1),
+                      (frontier.ONLINE_BETAS[1], 0)}
+    assert (out / "online_offline.png").read_bytes()[:4] == b"\x89PNG"
+    assert "dpo-sigmoid-online β=0.1 judge=labeler online=True" in (out / "frontier.md").read_text()
+    assert "online-offline: 0 of 6 runs to do" in run_script(*args).stdout
