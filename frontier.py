@@ -208,6 +208,13 @@ def method(row):
     return row["algo"] + (f"-{row['variant']}" if row.get("variant") else "")
 
 
+def save_gold_vs_kl(fig, ax, png, title, xlabel="KL(π‖π_ref)  [nats per response]"):
+    ax.set(xlabel=xlabel, ylabel="gold reward (VADER) on held-out prompts", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    c.save_figure(fig, png)
+
+
 def draw_frontier(rows, png):
     """Gold reward against KL: every evaluation of every run, and each method's frontier."""
     methods = list(dict.fromkeys(method(r) for r in rows))
@@ -217,12 +224,8 @@ def draw_frontier(rows, png):
         ax.scatter(*zip(*pts), s=14 if m != "sft" else 120, alpha=0.45, color=f"C{n % 10}",
                    marker="*" if m == "sft" else "o")
         ax.plot(*zip(*upper_frontier(pts)), color=f"C{n % 10}", label=m, lw=2)
-    ax.set_xlabel("KL(π‖π_ref)  [nats per response]  (best-of-n: upper bound)")
-    ax.set(ylabel="gold reward (VADER) on held-out prompts",
-           title="reward–KL frontier: every evaluation of every run")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    c.save_figure(fig, png)
+    save_gold_vs_kl(fig, ax, png, "reward–KL frontier: every evaluation of every run",
+                    "KL(π‖π_ref)  [nats per response]  (best-of-n: upper bound)")
 
 
 def draw_overoptimisation(rows, png, panels=("ppo-rm", "rloo-rm", "grpo-rm")):
@@ -310,11 +313,7 @@ def draw_seeds(groups, png):
         (kl, kl_sd), (gold, gold_sd) = (mean_sd([r[-1][k] for r in runs]) for k in ("kl", "gold"))
         ax.errorbar(kl, gold, gold_sd, kl_sd, fmt="o", color=f"C{n % 10}", capsize=3,
                     label=f"{label} ({len(runs)} seeds)")
-    ax.set(xlabel="KL(π‖π_ref)  [nats per response]", ylabel="gold reward (VADER)",
-           title="seeds: each run's path, and its end as mean ± sd over seeds")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    c.save_figure(fig, png)
+    save_gold_vs_kl(fig, ax, png, "seeds: each run's path, and its end as mean ± sd over seeds")
 
 
 def goodhart_runs(rows):
@@ -408,11 +407,7 @@ def draw_online_offline(rows, png):
                 label=("online" if n else "offline") + " DPO: frontier")
     for b, st in styles.items():
         ax.plot([], [], st, color="gray", label=f"β={b}")
-    ax.set(xlabel="KL(π‖π_ref)  [nats per response]", ylabel="gold reward (VADER)",
-           title="online vs offline DPO, the same labeler and number of labels")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    c.save_figure(fig, png)
+    save_gold_vs_kl(fig, ax, png, "online vs offline DPO, the same labeler and number of labels")
 
 
 def draw(out):
