@@ -21,7 +21,7 @@ results is skipped, so an interrupted experiment resumes. Then it draws, from th
                         peaks; the seeds' spread
 Every run writes its model to the same out/<method>/ directory: only the points are kept.
 Run: python frontier.py --quick      (≈ 20 min on a 2-core CPU once out/sft and the RM exist)
-     python frontier.py --quick --experiment all    (≈ 90 min more)
+     python frontier.py --quick --experiment all    (≈ 55 min more: the four experiments)
      python frontier.py --out docs --redraw    (the README's figures, from docs/*.jsonl)
 """
 import importlib, json, math, os, subprocess, sys, time
@@ -38,16 +38,18 @@ KL_LIMITS = (2, 5, 10, 20)
 
 EXPERIMENTS = ["frontier", "goodhart", "dpo-epochs", "online-offline", "seeds"]
 CHOICES = {"experiment": [*EXPERIMENTS, "all"]}  # flags with a fixed set of values
+SWEEP_STEPS = {True: (60, 100, 300), False: (100, 200, 500)}  # --quick or not: the steps of
+# PPO; of RLOO and GRPO; of DPO and Preferred-FT
 # measured minutes of each experiment on a 2-core AVX512-BF16 CPU in bf16 (fp32: ≈ 5× more)
-MINUTES = {"frontier": 20, "frontier-full": 60, "goodhart": 16, "dpo-epochs": 6,
-           "online-offline": 30, "seeds": 16}
+MINUTES = {"frontier": 20, "frontier-full": 60, "goodhart": 18, "dpo-epochs": 4,
+           "online-offline": 20, "seeds": 20}
 PROXY_PROMPTS = (1000, 3000, 10000)  # Goodhart: the proxies' training prompts (6 pairs each)
 # Goodhart's runs: (proxy, RLOO flags): long and small-β against each proxy, and 5× smaller
 # still against the weakest (does gold fall farther out?)
 GOODHART = [(n, ["--beta", 0.01, "--steps", 300, "--max-kl", 500]) for n in PROXY_PROMPTS] \
     + [(PROXY_PROMPTS[0], ["--beta", 0.002, "--steps", 300, "--max-kl", 500])]
 DPO_EPOCHS = ["--beta", 0.03, "--n-pairs", 2048, "--steps", 1024, "--eval-every", 64]  # 16 epochs
-ONLINE_BETAS = (0.1, 0.03)  # online vs offline DPO: the β sweep (seeds at the first)
+ONLINE_BETAS = (0.1, 0.03, 0.3)  # online vs offline DPO: the β sweep (seeds at the first)
 ONLINE = ["--online", "--judge", "labeler"]  # judged by the labeler that labelled the file
 
 
@@ -70,14 +72,13 @@ def sweep(quick):
     """(script, label, flags) of every run of the β sweep: each method's KL from 0 to beyond 10
     nats; PPO-GT's β about 5× below PPO-RM's, since VADER's range is that much smaller than
     r_φ's, so that both cover the same KL."""
+    steps = SWEEP_STEPS[quick]
     if quick:
         ppo, gt, rloo, grpo, dpo = [0.1, 0.02], [0.02, 0.004], [0.1, 0.02], [0.1, 0.02], \
             [0.1, 0.03]
-        steps = (60, 100, 300)
     else:
         ppo, gt, rloo, grpo, dpo = [0.3, 0.1, 0.05, 0.02, 0.01], [0.05, 0.02, 0.01, 0.004], \
             [0.3, 0.1, 0.05, 0.02, 0.01], [0.3, 0.1, 0.05, 0.02, 0.01], [0.3, 0.1, 0.03, 0.01]
-        steps = (100, 200, 500)
     dense = ["--eval-every", 5]  # PPO passes KL 10 within its first 10 iterations
     return ([("ppo.py", f"ppo-rm β={b}", ["--steps", steps[0], "--beta", b, *dense]) for b in ppo]
             + [("ppo.py", f"ppo-gt β={b}", ["--steps", steps[0], "--beta", b, "--reward", "gold",
@@ -103,7 +104,7 @@ def experiment_runs(name, quick, seeds, out):
     if name == "dpo-epochs":
         return [("dpo.py", "dpo β=0.03, 16 epochs of 2048 pairs", DPO_EPOCHS, None)]
     if name == "online-offline":  # equal labels: steps · batch_size pairs, online or from file
-        steps = sweep(quick)[-2][2][1]
+        steps = SWEEP_STEPS[quick][2]
         return [("dpo.py", f"dpo {mode} β={b} seed={s}",
                  ["--steps", steps, "--beta", b, *flags, *(["--seed", s] if s else [])], None)
                 for b in ONLINE_BETAS for mode, flags in (("offline", []), ("online", ONLINE))
@@ -134,14 +135,14 @@ def build_proxies(out):
                   ["--out", root, "--n-prompts", str(n)], built_from=[os.path.join(root, "sft")])
 
 
-def collect_goodhart(out):
+def collect_goodhart(out, extra=()):
     """<out>/goodhart.jsonl: the Goodhart runs' points from the proxies' roots, each row with
-    its proxy's size and quality (reward_model/report.json)."""
+    its proxy's size and quality (reward_model/report.json); extra: the runs' --extra flags."""
     for n, flags in GOODHART:
         root = proxy_root(out, n)
         with open(os.path.join(root, "reward_model", "report.json")) as f:
             report = json.load(f)
-        key = key_of("rloo.py", list(map(str, flags)), root)
+        key = key_of("rloo.py", [*map(str, flags), *extra], root)
         proxy = {"proxy_prompts": n, "proxy_pairs": n * report["k"] * (report["k"] - 1) // 2,
                  "proxy_acc_gold": report["val_acc_gold"], "proxy_corr": report["corr_gold"]}
         rows = [{**r, **proxy, "run": f"{key} rm-{n}-prompts"}
@@ -290,16 +291,19 @@ def seed_groups(rows):
             for label, seeds in groups.items() if len(seeds) >= 2}
 
 
-def seeds_table(groups, kl=5):
-    """Markdown lines: per group, final gold and KL and the gold at KL = kl, mean ± sd."""
+def seeds_table(groups, kls=(2, 5)):
+    """Markdown lines: per group, final gold and KL and the gold where the KL reaches each of
+    kls (interpolated, see gold_at_kl), mean ± sd over seeds."""
     def fmt(values):
         values = [v for v in values if v is not None]
         return "–" if len(values) < 2 else "{:.3f} ± {:.3f}".format(*mean_sd(values))
-    lines = [f"| runs (seeds) | final gold | final KL | gold at KL {kl} |", "|---|---|---|---|"]
+    lines = ["| runs (seeds) | final gold | final KL | "
+             + " | ".join(f"gold at KL {kl}" for kl in kls) + " |",
+             "|---|---|---|" + "---|" * len(kls)]
     for label, runs in groups.items():
+        at = [fmt([gold_at_kl([(p["kl"], p["gold"]) for p in r], kl) for r in runs]) for kl in kls]
         lines.append(f"| {label} ({len(runs)}) | {fmt([r[-1]['gold'] for r in runs])} | "
-                     f"{fmt([r[-1]['kl'] for r in runs])} | "
-                     f"{fmt([gold_at_kl([(p['kl'], p['gold']) for p in r], kl) for r in runs])} |")
+                     f"{fmt([r[-1]['kl'] for r in runs])} | " + " | ".join(at) + " |")
     return lines
 
 
@@ -481,7 +485,7 @@ def run_experiment(cfg, name, device):
     if name == "frontier" and "best-of-n" not in finished(cfg.out):
         run_best_of_n(cfg, os.path.join(cfg.out, "results.jsonl"), device)
     if name == "goodhart":
-        collect_goodhart(cfg.out)
+        collect_goodhart(cfg.out, cfg.extra.split())
     print(f"{name}: done in {(time.time() - t0) / 60:.1f} min", flush=True)
 
 

@@ -105,7 +105,8 @@ def test_mean_sd_and_seed_groups_by_hand():
     assert list(groups) == ["rloo-rm β=0.1"]
     assert [[p["step"] for p in run] for run in groups["rloo-rm β=0.1"]] == [[0, 10], [0, 10]]
     table = frontier.seeds_table(groups)
-    assert "| rloo-rm β=0.1 (2) | 0.500 ± 0.707 | 10.000 ± 0.000 | 0.500 ± 0.707 |" in table
+    assert ("| rloo-rm β=0.1 (2) | 0.500 ± 0.707 | 10.000 ± 0.000 | 0.500 ± 0.707 | 0.500 ± 0.707 |"
+            in table)
 
 
 def test_online_and_offline_runs_see_as_many_labels():
@@ -185,11 +186,12 @@ def test_tiny_online_offline_experiment(pipeline, tmp_path):
     args = ["frontier.py", "--out", out, "--experiment", "online-offline", "--seeds", 2,
             "--extra", tiny]
     proc = run_script(*args)
-    assert "online-offline: 6 of 6 runs to do" in proc.stdout
+    n = 2 * (2 + len(frontier.ONLINE_BETAS) - 1)  # two seeds at the first β, one at the others
+    assert f"online-offline: {n} of {n} runs to do" in proc.stdout
     rows = c.read_jsonl(out / "results.jsonl")
     online = {(r["beta"], r["seed"]) for r in rows if r.get("variant") == "sigmoid-online"}
-    assert online == {(frontier.ONLINE_BETAS[0], 0), (frontier.ONLINE_BETAS[0], 1),
-                      (frontier.ONLINE_BETAS[1], 0)}
+    first, *others = frontier.ONLINE_BETAS
+    assert online == {(first, 0), (first, 1), *((b, 0) for b in others)}
     assert (out / "online_offline.png").read_bytes()[:4] == b"\x89PNG"
     assert "dpo-sigmoid-online β=0.1 judge=labeler online=True" in (out / "frontier.md").read_text()
-    assert "online-offline: 0 of 6 runs to do" in run_script(*args).stdout
+    assert f"online-offline: 0 of {n} runs to do" in run_script(*args).stdout
