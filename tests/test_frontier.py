@@ -193,5 +193,7 @@ def test_tiny_online_offline_experiment(pipeline, tmp_path):
     first, *others = frontier.ONLINE_BETAS
     assert online == {(first, 0), (first, 1), *((b, 0) for b in others)}
     assert (out / "online_offline.png").read_bytes()[:4] == b"\x89PNG"
-    assert "dpo-sigmoid-online β=0.1 judge=labeler online=True" in (out / "frontier.md").read_text()
+    seeds = [line for line in (out / "frontier.md").read_text().splitlines()
+             if line.startswith("| dpo-sigmoid-online β=0.1 ") and "judge=labeler" in line]
+    assert len(seeds) == 1 and " (2) | " in seeds[0]  # its two seeds, one row of the table
     assert f"online-offline: 0 of {n} runs to do" in run_script(*args).stdout
