@@ -120,6 +120,8 @@ def main():
     pref_path = os.path.join(cfg.out, "preferences.jsonl")  # written with out/reward_model
     if cfg.online and cfg.n_pairs:
         c.die("--n-pairs sets the offline pairs; online DPO labels new ones at every step")
+    if cfg.judge != "model" and not cfg.online:
+        c.die("--judge picks who labels online pairs; add --online (offline pairs come labelled)")
     c.require(sft_dir, "sft.py", ["--out", cfg.out])
     c.require(rm_dir, "reward_model.py", ["--out", cfg.out], built_from=[sft_dir])
     out_dir = os.path.join(cfg.out, "dpo")

@@ -102,6 +102,8 @@ def test_bad_input(pipeline, tmp_path):
     assert proc.returncode == 2 and "'sigmoid', 'ipo', 'hinge'" in proc.stderr
     proc = run_script("dpo.py", "--out", pipeline, "--online", "--n-pairs", 8, check=False)
     assert proc.returncode == 1 and "online DPO labels new ones" in proc.stderr
+    proc = run_script("dpo.py", "--out", pipeline, "--judge", "labeler", check=False)
+    assert proc.returncode == 1 and "add --online" in proc.stderr
     bad = tmp_path / "out"
     bad.mkdir()
     (bad / "preferences.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
