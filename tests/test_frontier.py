@@ -1,16 +1,17 @@
-"""frontier.py: the upper envelope, best-of-n and its KL bound, resuming, a tiny sweep."""
+"""frontier.py and figures.py: the envelope, best-of-n, experiments, resuming, tiny runs."""
 import json, math, shutil
 
 import torch
 
 import common as c
+import figures
 import frontier
 from conftest import run_script
 
 
 def test_upper_frontier_by_hand():
     points = [(0.0, 0.2), (3.0, 0.5), (2.0, 0.6), (5.0, 0.55), (8.0, 0.9), (8.0, 0.7), (1.0, 0.1)]
-    assert frontier.upper_frontier(points) == [(0.0, 0.2), (2.0, 0.6), (8.0, 0.9)]
+    assert figures.upper_frontier(points) == [(0.0, 0.2), (2.0, 0.6), (8.0, 0.9)]
 
 
 def test_best_of_n_picks_by_proxy_and_bounds_kl():
@@ -89,22 +90,22 @@ def test_redraw_trains_nothing(tmp_path):
 
 def test_gold_at_kl_interpolates_where_the_run_first_gets_there():
     path = [(0.0, 0.2), (2.0, 0.4), (6.0, 0.8), (4.0, 0.9)]  # KL falls back at the end
-    assert math.isclose(frontier.gold_at_kl(path, 1.0), 0.3)
-    assert math.isclose(frontier.gold_at_kl(path, 5.0), 0.7)  # on its first way up
-    assert frontier.gold_at_kl(path, 2.0) == 0.4 and frontier.gold_at_kl(path, 7.0) is None
+    assert math.isclose(figures.gold_at_kl(path, 1.0), 0.3)
+    assert math.isclose(figures.gold_at_kl(path, 5.0), 0.7)  # on its first way up
+    assert figures.gold_at_kl(path, 2.0) == 0.4 and figures.gold_at_kl(path, 7.0) is None
 
 
 def test_mean_sd_and_seed_groups_by_hand():
-    assert frontier.mean_sd([1.0, 2.0, 6.0]) == (3.0, math.sqrt(7.0))
-    assert frontier.mean_sd([0.5]) == (0.5, 0.0)
+    assert figures.mean_sd([1.0, 2.0, 6.0]) == (3.0, math.sqrt(7.0))
+    assert figures.mean_sd([0.5]) == (0.5, 0.0)
     rows = [{"run": f"r{s}", "algo": "rloo", "variant": "rm", "beta": 0.1, "seed": s,
              "settings": {"beta": 0.1, **({"seed": s} if s else {})}, "step": t, "kl": t,
              "gold": s} for s in (0, 1) for t in (10, 0)]
     rows += [{**rows[0], "run": "other", "beta": 0.02, "settings": {"beta": 0.02}}]
-    groups = frontier.seed_groups(rows)  # the β=0.02 run has one seed: no group
+    groups = figures.seed_groups(rows)  # the β=0.02 run has one seed: no group
     assert list(groups) == ["rloo-rm β=0.1"]
     assert [[p["step"] for p in run] for run in groups["rloo-rm β=0.1"]] == [[0, 10], [0, 10]]
-    table = frontier.seeds_table(groups)
+    table = figures.seeds_table(groups)
     assert ("| rloo-rm β=0.1 (2) | 0.500 ± 0.707 | 10.000 ± 0.000 | 0.500 ± 0.707 | 0.500 ± 0.707 |"
             in table)
 
@@ -125,7 +126,7 @@ def test_offline_runs_are_compared_at_the_online_runs_settings():
     same = {"algo": "dpo", "variant": "sigmoid", "settings": {"steps": 300, "seed": 2}}
     others = [{**same, "settings": {}}, {**same, "settings": {"steps": 300, "n_pairs": 64}},
               {**online, "settings": {"online": True, "steps": 300}}]  # judged by r_φ
-    assert frontier.online_offline_runs([online, same, *others]) == [online, same]
+    assert figures.online_offline_runs([online, same, *others]) == [online, same]
 
 
 def goodhart_rows(pairs, acc, path, beta=0.01):
@@ -138,7 +139,7 @@ def test_goodhart_peaks_by_hand():
     rows = (goodhart_rows(6000, 0.64, [(0, 0.2), (9, 0.8), (25, 0.5)], beta=0.002)
             + goodhart_rows(60000, 0.76, [(0, 0.2), (16, 0.9), (36, 0.85)])
             + goodhart_rows(6000, 0.64, [(0, 0.2), (4, 0.7), (8, 0.75)]))
-    assert frontier.goodhart_peaks(rows[::-1]) == [
+    assert figures.goodhart_peaks(rows[::-1]) == [
         (6000, 0.64, 0.01, 0.75, 8, 0.75, 8, 0.2), (6000, 0.64, 0.002, 0.8, 9, 0.5, 25, 0.2),
         (60000, 0.76, 0.01, 0.9, 16, 0.85, 36, 0.2)]
 
