@@ -20,7 +20,7 @@ results is skipped, so an interrupted experiment resumes. Then it draws, from th
   frontier.md           the best gold of each method below KL = 2, 5, 10, 20 nats; Goodhart's
                         peaks; the seeds' spread
 Every run writes its model to the same out/<method>/ directory: only the points are kept.
-Run: python frontier.py --quick      (≈ 21 min on a 2-core CPU once out/sft and the RM exist)
+Run: python frontier.py --quick      (≈ 19 min on a 2-core CPU once out/sft and the RM exist)
      python frontier.py --quick --experiment all    (≈ 55 min more: the four experiments)
      python frontier.py --out docs --redraw    (the README's figures, from docs/*.jsonl)
 """
@@ -36,10 +36,10 @@ from figures import draw
 
 EXPERIMENTS = ["frontier", "goodhart", "dpo-epochs", "online-offline", "seeds"]
 CHOICES = {"experiment": [*EXPERIMENTS, "all"]}  # flags with a fixed set of values
-SWEEP_STEPS = {True: (60, 100, 300), False: (100, 200, 500)}  # --quick or not: the steps of
+SWEEP_STEPS = {True: (50, 100, 300), False: (100, 200, 500)}  # --quick or not: the steps of
 # PPO; of RLOO and GRPO; of DPO and Preferred-FT
 # measured minutes of each experiment on a 2-core AVX512-BF16 CPU in bf16 (fp32: ≈ 5× more)
-MINUTES = {"frontier": 21, "frontier-full": 80, "goodhart": 18, "dpo-epochs": 4,
+MINUTES = {"frontier": 19, "frontier-full": 80, "goodhart": 18, "dpo-epochs": 4,
            "online-offline": 20, "seeds": 20}
 PROXY_PROMPTS = (1000, 3000, 10000)  # Goodhart: the proxies' training prompts (6 pairs each)
 # Goodhart's runs: (proxy, RLOO flags): long and small-β against each proxy, and 5× smaller
@@ -55,7 +55,7 @@ ONLINE = ["--online", "--judge", "labeler"]  # judged by the labeler that labell
 class Config:
     out: str = "out"  # root directory: reads and extends out/results.jsonl
     experiment: str = "frontier"  # frontier (β sweep), goodhart, dpo-epochs, online-offline, seeds
-    quick: bool = False  # a smaller β sweep (≈ 21 min on a 2-core CPU)
+    quick: bool = False  # a smaller β sweep (≈ 19 min on a 2-core CPU)
     seeds: int = 3  # seeds of the runs that the seeds and online-offline experiments repeat
     redraw: bool = False  # train nothing: draw the figures from <out>/results.jsonl (--out docs)
     extra: str = ""  # flags appended to every run, e.g. '--max-new-tokens 24'
