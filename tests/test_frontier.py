@@ -51,6 +51,34 @@ def test_resume_skips_finished_runs(tmp_path):
     assert "| ppo-rm | 0.200 | 0.700 | 0.700 | 0.700 |" in table  # points at KL 0 and 5
 
 
+def test_a_failed_run_does_not_stop_the_sweep(tmp_path, monkeypatch, capsys):
+    """One run fails: every other run still runs, and main ends with one line naming it."""
+    calls = []
+
+    def fake_child(cmd, **kwargs):
+        calls.append(cmd)
+        return 1 if "ppo.py" in cmd[1] and "0.02" in cmd else 0  # ppo-rm and ppo-gt at β 0.02
+
+    monkeypatch.setattr(frontier.c, "run_child", fake_child)
+    monkeypatch.setattr(frontier, "run_best_of_n", lambda *args: None)
+    cfg = frontier.Config(out=str(tmp_path), quick=True)
+    failed = frontier.run_experiment(cfg, "frontier", torch.device("cpu"))
+    assert len(calls) == len(frontier.sweep(quick=True))
+    assert [f.split(" (")[0] for f in failed] == ["ppo-rm β=0.02", "ppo-gt β=0.02"]
+    monkeypatch.setattr(frontier, "run_experiment", lambda *args: failed[:1])
+    monkeypatch.setattr(frontier.c, "require", lambda *args, **kwargs: None)
+    monkeypatch.setattr(frontier, "draw", lambda out: None)
+    monkeypatch.setattr("sys.argv", ["frontier.py", "--out", str(tmp_path)])
+    try:
+        frontier.main()
+    except SystemExit as e:
+        assert e.code == 1
+    else:
+        raise AssertionError("main returned although a run failed")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: 1 run(s) failed: ppo-rm β=0.02 (")
+
+
 def test_tiny_sweep_end_to_end(pipeline, tmp_path):
     out = tmp_path / "out"  # a copy: the sweep's points stay out of the other tests' way
     shutil.copytree(pipeline, out)
