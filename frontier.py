@@ -41,7 +41,7 @@ SWEEP_STEPS = {True: (50, 100, 300), False: (100, 200, 500)}  # --quick or not: 
 # PPO; of RLOO and GRPO; of DPO and Preferred-FT
 # minutes of each experiment on a 2-core AVX512-BF16 CPU in bf16, from measured run times
 # (fp32: ≈ 5× more)
-MINUTES = {"frontier": 19, "frontier-full": 80, "goodhart": 18, "dpo-epochs": 4,
+MINUTES = {"frontier": 19, "frontier-full": 70, "goodhart": 18, "dpo-epochs": 4,
            "online-offline": 24, "seeds": 20}
 PROXY_PROMPTS = (1000, 3000, 10000)  # Goodhart: the proxies' training prompts (6 pairs each)
 # Goodhart's runs: (proxy, RLOO flags): long and small-β against each proxy, and 5× smaller
