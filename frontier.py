@@ -9,17 +9,13 @@ The longer experiments, each behind its own --experiment (all: every one):
   goodhart        reward models from 1000, 3000 and 10000 prompts' rankings (6k, 18k, 60k pairs),
                   one long small-β RLOO run against each (Gao et al. 2022)
   dpo-epochs      offline DPO at a small β for 16 epochs over 2048 pairs
-  online-offline  DPO on the file's pairs, or on fresh pairs of its own samples judged by the same
-                  labeler, as many of them (steps · batch), over β and seeds
+  online-offline  offline DPO against online DPO judged by the same labeler, on as many labels
   seeds           the sweep's first run of PPO, RLOO, GRPO and DPO with seeds 0, 1, 2
 A run whose final point (same key: method and every non-default setting) is already in the
 results is skipped, so an interrupted experiment resumes; a run that fails does not stop the
-others (the command ends by naming it). Then it draws, from the results (figures.py):
-  frontier.png          gold reward vs KL, every evaluation of every sweep run, each frontier
-  overoptimisation.png  proxy and gold reward vs √KL along the PPO, RLOO, GRPO runs
-  goodhart.png, dpo_epochs.png, online_offline.png, seeds.png   each experiment's figure
-  frontier.md           the best gold of each method below KL = 2, 5, 10, 20 nats; Goodhart's
-                        peaks; the seeds' spread
+others (the command ends by naming it). Then figures.py draws, from the results, frontier.png
+(gold vs KL, each method's frontier), overoptimisation.png (proxy and gold vs √KL), each
+experiment's figure, and frontier.md (best gold below KL 2, 5, 10, 20; Goodhart; the seeds).
 Every run writes its model to the same out/<method>/ directory: only the points are kept.
 Run: python frontier.py --quick      (≈ 19 min on a 2-core CPU once out/sft and the RM exist)
      python frontier.py --quick --experiment all    (≈ 55 min more: the four experiments)
@@ -39,8 +35,7 @@ EXPERIMENTS = ["frontier", "goodhart", "dpo-epochs", "online-offline", "seeds"]
 CHOICES = {"experiment": [*EXPERIMENTS, "all"]}  # flags with a fixed set of values
 SWEEP_STEPS = {True: (50, 100, 300), False: (100, 200, 500)}  # --quick or not: the steps of
 # PPO; of RLOO and GRPO; of DPO and Preferred-FT
-# minutes of each experiment on a 2-core AVX512-BF16 CPU in bf16, from measured run times
-# (fp32: ≈ 5× more)
+# minutes of each experiment, from measured run times: 2-core AVX512-BF16 CPU, bf16 (fp32: ≈ 5×)
 MINUTES = {"frontier": 19, "frontier-full": 70, "goodhart": 18, "dpo-epochs": 4,
            "online-offline": 24, "seeds": 20}
 PROXY_PROMPTS = (1000, 3000, 10000)  # Goodhart: the proxies' training prompts (6 pairs each)
@@ -201,8 +196,7 @@ def finished(root):
 
 def run_experiment(cfg, name, device):
     """Run what is not yet in the results (an interrupted experiment resumes), saying first how
-    long it will take. A run that fails does not stop the others: returns the failed runs'
-    labels and logs."""
+    long it will take; returns the runs that failed (a failure does not stop the others)."""
     runs = [(script, label, [*map(str, flags), *cfg.extra.split()], root or cfg.out)
             for script, label, flags, root in experiment_runs(name, cfg.quick, cfg.seeds, cfg.out)]
     todo = [run for run in runs if key_of(run[0], run[2], run[3]) not in finished(run[3])]
@@ -247,9 +241,8 @@ def main():
               for run in run_experiment(cfg, name, device)]
     draw(cfg.out)
     print(f"wrote the figures and frontier.md in {cfg.out}")
-    if failed:  # the others' points are kept: running the same command again retries these
-        c.die(f"{len(failed)} run(s) failed: {'; '.join(failed)}; fix the cause (their logs say"
-              " it) and run the same command again to retry them")
+    if failed:  # the others' points are kept
+        c.die(f"{len(failed)} run(s) failed: {'; '.join(failed)}; the same command retries them")
 
 
 if __name__ == "__main__":
