@@ -158,7 +158,6 @@ def write_preferences(path, enc, splits):
     os.replace(path + ".tmp", path)
 
 
-
 def new_reward_model(sft_dir, cfg):
     """r_φ: a GPT-2 trunk + a scalar head at the last token (HF's sequence classifier with one
     label). The SFT trunk by default, as InstructGPT; --trunk LxD builds a from-scratch trunk of
@@ -272,11 +271,12 @@ def main():
             gold.append(c.gold_reward([c.decode(enc, t) for t in tokens.tolist()]))
     proxy, gold = torch.cat(proxy), torch.cat(gold)
     corr = torch.corrcoef(torch.stack([proxy, gold]))[0, 1].item()
-    final = validate(rm, val, device)
+    val_rewards = all_rewards(rm, val, device)  # normalised: the saved model's rewards
+    final = pair_metrics(val_rewards, val)
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump({**final, "corr_gold": corr, "proxy_mean_sft": proxy.mean().item(),
                    "proxy_se_sft": proxy.std().item() / len(proxy) ** 0.5,
-                   "proxy_mean_val": all_rewards(rm, val, device).mean().item(),
+                   "proxy_mean_val": val_rewards.mean().item(),
                    "n_val_responses": len(val) * cfg.k, "tau": cfg.tau, "k": cfg.k}, f, indent=1)
     c.write_card(out_dir, cfg, "Reward model r_φ (Bradley–Terry, scalar head at the last token,"
                  " mean 0 on SFT samples)", f"pair accuracy {final['val_acc']:.3f} vs the labeler,"
