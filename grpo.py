@@ -115,7 +115,8 @@ def main():
         return results.add(ev, step, final=step == cfg.steps)
 
     before = evaluate(0)
-    logger = c.Logger(out_dir, cfg.steps)
+    logger = c.Logger(out_dir, cfg.steps,
+                      evaluates=lambda s: c.evaluates_at(s, cfg.eval_every, cfg.steps))
     for step in range(1, cfg.steps + 1):
         # 1. sample a group of k responses to each prompt of a batch (rows grouped by prompt)
         idx = torch.randint(len(train_prompts), (cfg.batch_size,)).tolist()

@@ -254,7 +254,8 @@ def main():
 
     # 3. the reward model: SFT trunk + a scalar head (HF's sequence classifier with one label)
     rm = new_reward_model(sft_dir, cfg).to(device)
-    logger = c.Logger(out_dir, cfg.epochs * (len(train) // cfg.batch_size))
+    total = cfg.epochs * (len(train) // cfg.batch_size)
+    logger = c.Logger(out_dir, total, evaluates=lambda s: s % cfg.eval_every == 0 or s == total)
     fit(rm, train, val, cfg, device, gen, logger)
 
     # 4. normalise: mean 0 on SFT samples, folded into the saved weights

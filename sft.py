@@ -146,7 +146,8 @@ def main():
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
 
-    logger = c.Logger(out_dir, cfg.steps)
+    logger = c.Logger(out_dir, cfg.steps,
+                      evaluates=lambda s: s % cfg.eval_every == 0 or s == cfg.steps)
     lengths = (x != enc.eot_token + 1).sum(1)  # real tokens of each row (the rest is padding)
     order, batches, saved = torch.randperm(len(x)), [], None
     for step in range(1, cfg.steps + 1):
