@@ -5,12 +5,13 @@ label noise (τ = 0 is the control: is the gap label noise or capacity?).
 Samples the comparisons once from out/sft as reward_model.py does (k = 4 responses per prompt,
 10,000 training and 300 validation prompts, labeler τ = 0.1) and 256 fresh held-out samples for
 the correlation with gold; then trains one reward model per variant on them and appends one row
-per variant to --results as it finishes (a rerun skips the variants already there). Draws
-reward_ladder.png beside the results: accuracy against trunk size and against labelled pairs.
+per variant to --results (by default out/reward_ladder.jsonl, never the committed docs file) as
+it finishes (a rerun skips the variants already there). Draws reward_ladder.png beside the
+results: accuracy against trunk size and against labelled pairs, ±1 binomial standard error.
 
 Run: python bench/reward_ladder.py                (needs out/sft; builds it if missing)
-     python bench/reward_ladder.py --only default,tau0 --results my_ladder.jsonl
-     python bench/reward_ladder.py --redraw           (the README's figure, from docs/)
+     python bench/reward_ladder.py --only default,tau0
+     python bench/reward_ladder.py --redraw --results docs/reward_ladder.jsonl   (docs' figure)
 """
 import dataclasses, os, sys, time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import reward_model as rmod  # noqa: E402
 @dataclass
 class Config:
     out: str = "out"  # pipeline root: reads out/sft; caches the samples in out/reward_ladder
-    results: str = "docs/reward_ladder.jsonl"  # one row per variant; reward_ladder.png beside it
+    results: str = ""  # one row per variant, the figure beside it ('': out/reward_ladder.jsonl)
     n_prompts: int = 10000  # training prompts sampled (reward_model.py's default)
     n_val_prompts: int = 300  # validation prompts sampled (reward_model.py's default)
     only: str = ""  # comma-separated variant names to run ('' = all of them)
@@ -163,45 +164,61 @@ def run_variant(name, cfg, device):
             "n_pairs": len(train) * rcfg.k * (rcfg.k - 1) // 2, "epochs": rcfg.epochs,
             "lr": rcfg.lr, "schedule": rcfg.schedule, "tau": rcfg.tau, "seed": rcfg.seed,
             **rmod.pair_metrics(score(valid), valid), "corr_gold": corr,
+            "n_val_pairs": sum(len(g["ranking"]) * (len(g["ranking"]) - 1) // 2 for g in valid),
             "seconds": round(seconds, 1), "device": str(device),
             "precision": os.environ.get(c.PRECISION_ENV, "")}
 
 
+def stderr(row):
+    """±1 binomial standard error of an accuracy over the validation pairs (n_val_pairs where
+    the row has it; else the 6 pairs of each of the 300 validation prompts)."""
+    p, n = row["val_acc_gold"], row.get("n_val_pairs", 1800)
+    return (p * (1 - p) / n) ** 0.5
+
+
 def draw(rows, png):
     """Accuracy against the gold order vs trunk size (from scratch, and the SFT trunk), and vs
-    labelled pairs; the labeler's own agreement as a dashed line."""
+    labelled pairs, each ±1 standard error; the labeler's own agreement dashed; the seed spread
+    of the default shaded."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
     scratch = sorted((r for r in rows if r["trunk"] not in ("sft", "none")),
                      key=lambda r: r["n_params"])
-    ax1.plot([r["n_params"] / 1e6 for r in scratch], [r["val_acc_gold"] for r in scratch], "o-",
-             label="from scratch, 3 epochs, cosine")
-    for r in rows:
-        if r["trunk"] == "sft" and r["name"] in ("default", "3 epochs cosine"):
-            ax1.plot(r["n_params"] / 1e6, r["val_acc_gold"], "s", label=f"SFT trunk: {r['name']}")
+    ax1.errorbar([r["n_params"] / 1e6 for r in scratch], [r["val_acc_gold"] for r in scratch],
+                 [stderr(r) for r in scratch], fmt="o-", capsize=3,
+                 label="from scratch, 3 epochs, cosine")
+    for r, marker in zip((r for n in ("default", "3 epochs cosine") for r in rows
+                          if r["name"] == n and r["trunk"] == "sft"), "sD"):
+        ax1.errorbar(r["n_params"] / 1e6, r["val_acc_gold"], stderr(r), fmt=marker, capsize=3,
+                     label=f"SFT trunk: {r['name']}")
     ax1.set_xscale("log")
     ax1.set_xlabel("trunk parameters (M)")
     ax1.set_ylabel("held-out accuracy vs the gold order")
     for names, label in ((("pairs 6k", "pairs 18k", "default", "pairs 300k"), "SFT trunk, 1 epoch"),
                          (("bag-of-words 6k", "bag-of-words 18k", "bag-of-words"),
-                          "bag of words (VADER's own form), on CPU samples")):
+                          "bag of words (VADER's own form), CPU samples")):
         data = sorted((r for r in rows if r["name"] in names), key=lambda r: r["n_pairs"])
-        ax2.plot([r["n_pairs"] for r in data], [r["val_acc_gold"] for r in data], "o-",
-                 label=label)
+        ax2.errorbar([r["n_pairs"] for r in data], [r["val_acc_gold"] for r in data],
+                     [stderr(r) for r in data], fmt="o-", capsize=3, label=label)
     ax2.set_xscale("log")
     ax2.set_xlabel("labelled training pairs")
+    seeds = [r["val_acc_gold"] for r in rows if r["name"].startswith("default")]
     for ax in (ax1, ax2):
         ax.axhline(rows[0]["labeler_acc_gold"], ls="--", c="gray", label="the labeler (τ = 0.1)")
+        if len(seeds) > 1:
+            ax.axhspan(min(seeds), max(seeds), color="gray", alpha=0.15,
+                       label=f"default, {len(seeds)} seeds: range")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("reward model: what limits agreement with the gold order")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+    fig.suptitle("reward model: what limits agreement with the gold order (±1 standard error)")
     c.save_figure(fig, png)
 
 
 def main():
     cfg = c.parse_config(Config, __doc__)
+    cfg.results = cfg.results or os.path.join(cfg.out, "reward_ladder.jsonl")
     names = [n.strip() for n in cfg.only.split(",") if n.strip()] or list(VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
