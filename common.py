@@ -14,12 +14,15 @@ import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
-from runs import (PRECISION_ENV, Logger, Results, append_row, autocast, before_after, die,  # noqa
-                  finish_rl, finish_stage, mean_stats, native_bf16, parse_config, plot_frontier,
-                  plot_metrics, plot_scatter, read_jsonl, record_id, replace_rows, require, run,
-                  run_child, run_key, save_figure, setup, start_stage, write_card, write_samples)
-from data import (EOT_TEXT, decode, hf_tokenizer, imdb, prompts, read_preferences,  # noqa
-                  tokenizer)
+import runs
+from runs import (PRECISION_ENV, Logger, Results, append_row, archive_results,  # noqa: F401
+                  autocast, bad_value, before_after, check_space, die, finish_rl, finish_stage,
+                  mean_stats, native_bf16, parse_config, plot_frontier, plot_metrics,
+                  plot_scatter, read_jsonl, read_results, record_id, replace_rows, require, run,
+                  run_child, run_key, save_figure, setup, stage_file, start_stage, write_card,
+                  write_samples)
+from data import (EOT_TEXT, MAX_PROMPT, decode, hf_tokenizer, imdb, prompts,  # noqa: F401
+                  read_preferences, tokenizer)
 from sampler import _cached_step, sample, sample_batched  # noqa: F401 (scripts import common only)
 
 hf_logging.set_verbosity_error()
@@ -47,9 +50,13 @@ _said_no_tokenizer = set()  # directories whose missing tokenizer was mentioned 
 def load_model(name_or_dir, cls=GPT2LMHeadModel, **overrides):
     """Any Hugging Face GPT-2 checkpoint (hub name or directory), dropout off (as RLHF wants)."""
     looks_local = os.sep in name_or_dir or name_or_dir.startswith(".")
+    # deleting a stage's directory rebuilds it (require); nothing rebuilds any other directory
+    fix = "delete the directory so that it is rebuilt" if os.path.abspath(name_or_dir) in \
+        runs._ids else "give a directory that holds a Hugging Face checkpoint"
+    if looks_local and not os.path.isdir(name_or_dir):
+        die(f"no checkpoint in {name_or_dir}: there is no such directory; check the path")
     if looks_local and not os.path.isfile(os.path.join(name_or_dir, "config.json")):
-        die(f"no checkpoint in {name_or_dir} (config.json missing): check the path, or delete the"
-            " directory so that it is rebuilt")
+        die(f"no checkpoint in {name_or_dir} (config.json missing); {fix}")
     try:
         model = cls.from_pretrained(name_or_dir, dtype=torch.float32, resid_pdrop=0.0,
                                     attn_implementation=_attention(),
@@ -57,11 +64,13 @@ def load_model(name_or_dir, cls=GPT2LMHeadModel, **overrides):
     except Exception as e:  # the user-facing boundary: one line, whatever went wrong
         why = (str(e).splitlines() or [type(e).__name__])[0][:120]
         if os.path.isdir(name_or_dir):
-            die(f"the checkpoint in {name_or_dir} is unreadable ({why}); delete the directory"
-                " so that it is rebuilt")
+            die(f"the checkpoint in {name_or_dir} is unreadable ({why}); {fix}")
         die(f"cannot load '{name_or_dir}' ({why}): it is neither a checkpoint directory nor"
             " reachable on the Hugging Face hub (offline?); pass a local directory, or go"
             " online once so the hub copy gets cached")
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        die(f"the checkpoint in {name_or_dir} has non-finite weights (corrupt); {fix}")
+    runs.still_as_required(name_or_dir)  # not rebuilt since this run checked it
     config = model.config
     if os.path.isdir(name_or_dir) and not os.path.isfile(os.path.join(name_or_dir,
                                                                        "tokenizer.json")):
@@ -250,11 +259,26 @@ def update_stats(logprobs, old_logprobs, mask, clip):
             "approx_kl": masked_mean(ratio - 1 - log_ratio, mask).item()}
 
 
-class Checkpoint:
-    """The policy saved after each finite evaluation; says where the last good one is."""
+def check_positions(model, cfg):
+    """Refuse, before training, a --max-new-tokens (or sft.py's --max-len) that the model's
+    positions cannot hold: the longest prompt (MAX_PROMPT tokens) + the response."""
+    n = model.config.n_positions
+    if MAX_PROMPT + cfg.max_new_tokens > n:
+        bad_value(f"--max-new-tokens {cfg.max_new_tokens}: the model has {n} positions and a"
+                  f" prompt takes up to {MAX_PROMPT}; give at most {n - MAX_PROMPT}")
+    if getattr(cfg, "max_len", 0) > n:
+        bad_value(f"--max-len {cfg.max_len}: the model has {n} positions; give at most {n}")
 
-    def __init__(self, out_dir):
-        self.dir, self.step = out_dir, None
+
+class Checkpoint:
+    """The policy saved after each finite evaluation (into the stage, or beside the finished one
+    until the run finishes: runs.start_stage); says where the last good one is. Given the model,
+    it checks at once that the disk can take a checkpoint of it."""
+
+    def __init__(self, out_dir, model=None):
+        self.dir, self.step = runs.checkpoint_dir(out_dir), None
+        if model is not None:
+            check_space(out_dir, model)
 
     def save(self, model, step):
         save_model(model, self.dir)

