@@ -50,6 +50,14 @@ class Config:
     precision: str = "auto"  # auto: bf16 autocast where the device has it natively, else fp32
 
 
+def degenerate(cfg):
+    """Refused at parse time: at β = 0 the sigmoid and hinge losses are constant (no gradient)
+    and IPO's target 1/(2β) is infinite."""
+    if cfg.beta == 0:
+        return "--beta 0: every loss needs β > 0 (at 0, DPO's and SLiC's are constant, IPO's" \
+            " target 1/(2β) is infinite)"
+
+
 def sequence_logprobs(model, tokens, mask, n_prompt):
     """Σ_t log π(y_t | x, y_<t) over the real response tokens: (B,)."""
     return c.response_logprobs(c.token_logprobs(model, tokens, n_prompt)[0], mask)
@@ -114,7 +122,7 @@ def all_logps(model, pairs, device, batch_size=64):
 
 
 def main():
-    cfg = c.parse_config(Config, __doc__, CHOICES)
+    cfg = c.parse_config(Config, __doc__, CHOICES, check=degenerate)
     device = c.setup(cfg.seed, cfg.precision)
     sft_dir, rm_dir = os.path.join(cfg.out, "sft"), os.path.join(cfg.out, "reward_model")
     pref_path = os.path.join(cfg.out, "preferences.jsonl")  # written with out/reward_model
@@ -129,6 +137,7 @@ def main():
 
     # models: policy and frozen reference from SFT; r_φ judges online pairs and gives the proxy
     policy = c.load_model(sft_dir).to(device).train()
+    c.check_positions(policy, cfg)
     ref = c.load_model(sft_dir).to(device).eval().requires_grad_(False)
     rm = c.load_reward_model(rm_dir, policy).to(device)
     enc = c.tokenizer(policy.config.bpe_ranks)
@@ -147,7 +156,7 @@ def main():
     eval_prompts = c.prompts("eval", enc, cfg.n_eval_prompts)
     fields = c.run_key("dpo", cfg, Config())
     results = c.Results(os.path.join(cfg.out, "results.jsonl"), out_dir, fields)
-    ckpt = c.Checkpoint(out_dir)
+    ckpt = c.Checkpoint(out_dir, policy)
 
     def evaluate(step):
         ev = c.evaluate(policy, ref, enc, eval_prompts, cfg.max_new_tokens, rm)

@@ -57,6 +57,14 @@ class Config:
     precision: str = "auto"  # auto: bf16 autocast where the device has it natively, else fp32
 
 
+def degenerate(cfg):
+    """Refused at parse time: the adaptive controller moves β by up to 20%·n/H per rollout of n
+    responses, so a horizon H below n could turn β negative (a KL bonus)."""
+    if cfg.horizon < cfg.batch_size:
+        return f"--horizon {cfg.horizon} is below --batch-size {cfg.batch_size}: the adaptive" \
+            " KL controller's step would exceed 20% and could turn β negative"
+
+
 def whiten(x, mask):
     """Zero mean, unit variance over the real tokens only (padding would skew both)."""
     mean = c.masked_mean(x, mask)
@@ -157,7 +165,7 @@ def lm_loss(model, tokens):
 
 
 def main():
-    cfg = c.parse_config(Config, __doc__, CHOICES)
+    cfg = c.parse_config(Config, __doc__, CHOICES, check=degenerate)
     if cfg.batch_size % cfg.minibatch_size:
         c.die(f"--batch-size {cfg.batch_size} must be a multiple of --minibatch-size")
     device = c.setup(cfg.seed, cfg.precision)
@@ -169,6 +177,7 @@ def main():
 
     # the four models: policy and reference from SFT, critic and reward model from r_φ
     policy = c.load_model(sft_dir).to(device).train()
+    c.check_positions(policy, cfg)
     ref = c.load_model(sft_dir).to(device).eval().requires_grad_(False)
     rm = c.load_reward_model(rm_dir, policy).to(device)
     critic = c.load_model(rm_dir, GPT2ForSequenceClassification).to(device).train()
@@ -181,7 +190,7 @@ def main():
     eval_prompts = c.prompts("eval", enc, cfg.n_eval_prompts)
     fields = c.run_key("ppo", cfg, Config())
     results = c.Results(os.path.join(cfg.out, "results.jsonl"), out_dir, fields)
-    ckpt = c.Checkpoint(out_dir)
+    ckpt = c.Checkpoint(out_dir, policy)
     tax_batch = lm_batch(enc, "valid", range(N_TAX_TEXTS), LM_TOKENS, device)
 
     def evaluate(step):

@@ -77,6 +77,7 @@ def main():
 
     # the models: policy and reference from SFT, the reward model; no critic
     policy = c.load_model(sft_dir).to(device).train()
+    c.check_positions(policy, cfg)
     ref = c.load_model(sft_dir).to(device).eval().requires_grad_(False)
     rm = c.load_reward_model(rm_dir, policy).to(device)
     enc = c.tokenizer(policy.config.bpe_ranks)
@@ -87,7 +88,7 @@ def main():
     eval_prompts = c.prompts("eval", enc, cfg.n_eval_prompts)
     fields = c.run_key("rloo", cfg, Config())
     results = c.Results(os.path.join(cfg.out, "results.jsonl"), out_dir, fields)
-    ckpt = c.Checkpoint(out_dir)
+    ckpt = c.Checkpoint(out_dir, policy)
 
     def evaluate(step):
         ev = c.evaluate(policy, ref, enc, eval_prompts, cfg.max_new_tokens, rm)

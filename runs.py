@@ -52,8 +52,9 @@ def parse_config(cls, doc, choices=None, argv=None, check=None):
         problem = _out_of_range(name, value) or (name == "out" and _unwritable(value))
         if problem:
             bad_value(f"--{name.replace('_', '-')} {value}: {problem}")
-    if check and check(cfg):
-        bad_value(check(cfg))
+    problem = check(cfg) if check else None
+    if problem:
+        bad_value(problem)
     return cfg
 
 

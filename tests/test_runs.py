@@ -1,8 +1,10 @@
 """runs.py and the failure behaviour: nothing lost, nothing silent (results replaced only at the
 end, atomic concurrent updates, one writer per directory, stage records, signals, bad flags)."""
-import dataclasses, json, multiprocessing, os, signal, subprocess, sys, time
+import collections, dataclasses, errno, json, multiprocessing, os, signal, subprocess, sys
+import threading, time
 
 import pytest
+import torch
 from transformers import GPT2ForSequenceClassification
 
 import common as c
@@ -172,3 +174,242 @@ def test_the_time_estimate_leaves_evaluations_out(tmp_path, monkeypatch, capsys)
     assert said == ["≈ 2.0 min for 100 steps on this machine (1.00 s/step, evaluations not"
                     " counted); --steps N runs fewer"]  # 26 s so far + 92 steps of 1 s
     assert len(rows_of(tmp_path / "metrics.jsonl")) == 8
+
+# ---------------------------------------------------------------- nothing lost, nothing silent
+
+@dataclasses.dataclass
+class _Cfg:
+    seed: int = 0
+
+
+def write_record(stage, run_id, inputs=None):
+    os.makedirs(stage, exist_ok=True)
+    with open(os.path.join(stage, "run.json"), "w") as f:
+        json.dump({"id": run_id, "inputs": inputs or {}}, f)
+
+
+def release(stage):
+    runs._locks.pop(str(stage)).close()  # as if the run that claimed it had ended
+
+
+def test_an_input_is_recorded_as_it_was_when_loaded(tmp_path, capsys):
+    """reward_model.py loads out/sft; sft.py rebuilds it meanwhile: the reward model's record
+    names the SFT it was built from, and a later load from the rebuilt stage stops."""
+    sft, rm = str(tmp_path / "sft"), str(tmp_path / "reward_model")
+    c.build_model(512, 1, 2, 32, 64).save_pretrained(sft)
+    write_record(sft, "sft-1")
+    c.require(sft, "sft.py", [])
+    c.load_model(sft)
+    write_record(sft, "sft-2")  # sft.py finished again while this run trained
+    runs.start_stage(rm)
+    runs.finish_stage(rm, _Cfg(), [sft])
+    with open(os.path.join(rm, "run.json")) as f:
+        assert json.load(f)["inputs"] == {"sft": "sft-1"}
+    with pytest.raises(SystemExit):
+        c.load_model(sft)
+    err = capsys.readouterr().err.strip()
+    assert "was rebuilt by another run" in err and "\n" not in err
+
+
+def test_a_failed_rerun_keeps_the_finished_stage(tmp_path):
+    """A rerun's checkpoints wait in <stage>/.next: the finished model and record stay valid
+    until the rerun finishes, whatever stops it first; then the new ones replace them."""
+    stage = tmp_path / "sft"
+    torch.manual_seed(0)
+    old, new = c.build_model(512, 1, 2, 32, 64), c.build_model(512, 1, 2, 32, 64)
+    old.save_pretrained(stage)
+    write_record(stage, "sft-1")
+    ckpt_dir = runs.start_stage(str(stage))
+    c.save_model(new, ckpt_dir)  # a checkpoint of the rerun, which then fails
+    release(stage)
+    assert runs.record_id(stage) == "sft-1"
+    torch.testing.assert_close(c.load_model(str(stage)).lm_head.weight, old.lm_head.weight)
+    ckpt_dir = runs.start_stage(str(stage))  # the next rerun starts afresh, and finishes
+    assert ckpt_dir == str(stage / ".next") and not os.path.exists(ckpt_dir)
+    c.save_model(new, ckpt_dir)
+    runs.finish_stage(str(stage), _Cfg())
+    release(stage)
+    assert runs.record_id(stage) not in (None, "sft-1") and not os.path.exists(ckpt_dir)
+    torch.testing.assert_close(c.load_model(str(stage)).lm_head.weight, new.lm_head.weight)
+
+
+def test_a_stage_missing_its_file_or_inputs_is_rebuilt(tmp_path, monkeypatch):
+    """preferences.jsonl belongs to the reward model's stage: written under a pending name and
+    put in place when the run finishes; deleted, the stage is rebuilt as a missing one is. So
+    is a stage whose record lacks its inputs."""
+    rm, prefs = str(tmp_path / "reward_model"), tmp_path / "preferences.jsonl"
+    prefs.write_text("the finished run's pairs\n")
+    runs.start_stage(rm)
+    with open(runs.stage_file(rm, str(prefs)), "w") as f:
+        f.write("the new run's pairs\n")
+    assert prefs.read_text() == "the finished run's pairs\n"  # until the run has finished
+    runs.finish_stage(rm, _Cfg())
+    release(rm)
+    assert prefs.read_text() == "the new run's pairs\n" and runs.record_id(rm)
+    built = []
+    monkeypatch.setattr(runs, "run_child", lambda cmd, **kw: built.append(cmd) or 1)
+    for broken in (lambda: prefs.unlink(), lambda: (tmp_path / "reward_model" / "run.json")
+                   .write_text('{"id": "rm-1"}')):
+        broken()
+        assert runs.record_id(rm) is None
+        with pytest.raises(SystemExit):  # the fake build fails; the real one would rebuild it
+            c.require(rm, "reward_model.py", [])
+    assert len(built) == 2
+
+
+@pytest.mark.parametrize("script, flags, says", [
+    ("dpo", ["--beta", "0"], "--beta 0"), ("dpo", ["--loss", "ipo", "--beta", "0"], "--beta 0"),
+    ("ppo", ["--horizon", "10"], "--horizon 10"), ("ppo", ["--lam", "1.5"], "--lam 1.5"),
+    ("ppo", ["--gamma", "1.01"], "--gamma 1.01"), ("sft", ["--n-ranks", "100"], "--n-ranks"),
+    ("sft", ["--n-ranks", "60000"], "--n-ranks"),
+    ("rloo", ["--n-eval-prompts", "1001"], "--n-eval-prompts"),
+    ("grpo", ["--n-eval-prompts", "1"], "a standard error needs 2"),
+    ("reward_model", ["--n-val-prompts", "5000"], "--n-val-prompts"),
+])
+def test_degenerate_settings_are_refused_before_anything_runs(tmp_path, monkeypatch, capsys,
+                                                              script, flags, says):
+    """Values that make a formula degenerate or a count impossible: exit 2, one line naming the
+    flag; a finished stage there is left as it was."""
+    write_record(tmp_path / "sft", "sft-1")
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", "--out", str(tmp_path), *flags])
+    with pytest.raises(SystemExit) as stop:
+        __import__(script).main()
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and says in err and "\n" not in err, err
+    assert runs.record_id(tmp_path / "sft") == "sft-1"
+
+
+def test_preferences_without_a_split_or_with_negative_ids_stop(tmp_path, capsys):
+    enc, path = c.tokenizer(1024), tmp_path / "preferences.jsonl"
+    pair = {"prompt": "The film", "chosen": " was great.", "rejected": " was bad."}
+    for records, says in (([pair, pair], "2 records have no split"),
+                          ([{**pair, "split": "train"}], "no held-out (valid) pairs"),
+                          ([{**pair, "split": "valid", "chosen_ids": [5, -3]}], "negative")):
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        with pytest.raises(SystemExit):
+            c.read_preferences(str(path), enc)
+        err = capsys.readouterr().err.strip()
+        assert says in err and "python reward_model.py" in err and "\n" not in err, err
+        assert "delete" not in err  # nothing would rebuild a deleted file alone
+
+
+def test_a_bad_results_row_is_skipped_with_a_warning(tmp_path, capsys):
+    path = tmp_path / "results.jsonl"
+    path.write_bytes(b'{"run": "a", "step": 0, "kl": 0.0, "gold": 0.1}\n\xff\xfe\n'
+                     b'{"run": "b", "step": 1}\n{"step": 2, "kl": 0, "gold": 0}\n'
+                     b'{"run": "d", "step": "x", "kl": 0, "gold": 0}\n')
+    assert [r["run"] for r in c.read_results(path)] == ["a"]
+    err = capsys.readouterr().err
+    assert "line 2 is not JSON" in err and "line 3 is not a results row (no kl)" in err
+    assert "line 4 is not a results row (no run key)" in err and "line 5" in err
+    c.replace_rows(path, "c", [{"run": "c", "step": 0, "kl": 0.0, "gold": 0.2}])
+    runs.plot_frontier(path, tmp_path / "frontier.png")  # what finish_rl does after training
+    assert [r["run"] for r in c.read_results(path)] == ["a", "c"]
+
+
+def test_late_failures_are_found_early_and_said_in_one_line(tmp_path, monkeypatch, capsys):
+    def one_line(code=1):
+        err = capsys.readouterr().err.strip()
+        assert stop.value.code == code and err.startswith("error: ") and "\n" not in err, err
+        return err
+
+    model = c.build_model(512, 1, 2, 32, 64)
+    with pytest.raises(SystemExit) as stop:  # --max-new-tokens beyond the model's positions
+        c.check_positions(model, _Positions(max_new_tokens=60))
+    assert "give at most 56" in one_line(2)
+    monkeypatch.setattr(runs.shutil, "disk_usage", lambda d: shutil_usage(free=1 << 20))
+    with pytest.raises(SystemExit) as stop:  # a disk too full for a checkpoint
+        c.check_space(str(tmp_path), model)
+    assert "1 MiB free" in one_line()
+
+    def full_disk():
+        raise OSError(errno.ENOSPC, "No space left on device", "out/ppo/metrics.jsonl")
+    with pytest.raises(SystemExit) as stop:  # any write that the disk refuses
+        runs.run(full_disk)
+    assert "out/ppo/metrics.jsonl (No space left on device); free some disk space" in one_line()
+    os.symlink("loop", tmp_path / "loop")  # a stage directory that points at itself
+    for claim in (runs.lock, lambda d: c.require(d, "sft.py", [])):
+        with pytest.raises(SystemExit) as stop:
+            claim(str(tmp_path / "loop"))
+        assert "leads nowhere (or to itself)" in one_line()
+    os.makedirs(tmp_path / "ppo" / ".lock")  # a lock file that cannot be opened for writing
+    with pytest.raises(SystemExit) as stop:
+        runs.lock(str(tmp_path / "ppo"))
+    assert "cannot open the lock file" in one_line()
+    monkeypatch.setattr(runs.os, "access", lambda path, mode: False)  # a read-only directory
+    with pytest.raises(SystemExit) as stop:
+        runs.lock(str(tmp_path / "dpo"))
+    assert "is not writable" in one_line()
+
+
+@dataclasses.dataclass
+class _Positions:
+    max_new_tokens: int = 48
+
+
+def shutil_usage(free):
+    return collections.namedtuple("usage", "total used free")(free, 0, free)
+
+
+def test_messages_say_what_is_true_for_the_case(tmp_path, capsys):
+    with pytest.raises(SystemExit):  # a path that does not exist: nothing to delete
+        c.load_model(str(tmp_path / "no-such-init"))
+    err = capsys.readouterr().err
+    assert "no such directory" in err and "delete" not in err
+    stage = str(tmp_path / "sft")  # a stage without its model: deleting it rebuilds it
+    write_record(stage, "sft-1")
+    c.require(stage, "sft.py", [])
+    with pytest.raises(SystemExit):
+        c.load_model(stage)
+    assert "delete the directory so that it is rebuilt" in capsys.readouterr().err
+    os.makedirs(tmp_path / "init")  # an --init directory without a model: nothing rebuilds it
+    with pytest.raises(SystemExit):
+        c.load_model(str(tmp_path / "init"))
+    assert "delete" not in capsys.readouterr().err
+    corrupt = c.build_model(512, 1, 2, 32, 64)
+    with torch.no_grad():
+        corrupt.lm_head.weight[0, 0] = float("nan")
+    corrupt.save_pretrained(tmp_path / "corrupt")
+    with pytest.raises(SystemExit):
+        c.load_model(str(tmp_path / "corrupt"))
+    assert "non-finite weights" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # NaN before any update: the input's fault, not the lr's
+        runs.finite_row({"step": 0, "gold": float("nan"), "kl": 0.0})
+    err = capsys.readouterr().err
+    assert "before training" in err and "lower --lr" not in err
+
+
+def test_old_results_move_aside_under_the_lock_and_a_wait_names_its_holder(tmp_path, capsys):
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"run": "ppo-rm", "step": 0, "kl": 0.0, "gold": 0.1}\n')
+    moved = []
+    with runs._FileLock(path):  # another run is updating the results
+        mover = threading.Thread(target=lambda: moved.append(runs.archive_results(path, "-old")))
+        mover.start()
+        mover.join(1.0)
+        assert mover.is_alive() and path.exists()  # sft.py waits for it before moving the file
+    mover.join(10)
+    assert moved[0].endswith("results-old.jsonl") and not path.exists()
+    assert f"waiting for pid {os.getpid()}, which is updating {path}" in capsys.readouterr().out
+
+
+def test_a_child_build_dies_with_its_parent(tmp_path):
+    """SIGKILL to a script that is building its input: the child build gets SIGTERM."""
+    child = "import os, time; print(os.getpid(), flush=True); time.sleep(60)"
+    code = f"import runs, sys; runs.run_child([sys.executable, '-c', {child!r}])"
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    pid = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    for _ in range(100):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ")[1][0] == "Z":  # a zombie has ended
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"the child (pid {pid}) outlived its parent")
