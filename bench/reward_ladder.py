@@ -237,10 +237,13 @@ def main():
     if not rows:
         c.die(f"{cfg.results} holds no results to draw; run some variants first")
     draw(rows, os.path.splitext(cfg.results)[0] + ".png")
-    print(f"{'variant':<24} {'params':>7} {'pairs':>6} {'vs gold':>7} {'vs lab.':>7} {'corr':>5}")
-    for r in rows:
-        print(f"{r['name']:<24} {r['n_params'] / 1e6:>6.2f}M {r['n_pairs']:>6} "
-              f"{r['val_acc_gold']:>7.3f} {r['val_acc']:>7.3f} {r['corr_gold']:>5.3f}")
+    print("| variant | device, precision | trunk params | labelled pairs | vs gold order |"
+          " vs labeler | corr(r_φ, r*) |\n|---|---|---|---|---|---|---|")
+    for r in rows:  # a markdown table: docs/results.md quotes it
+        trunk = "–" if r["readout"] == "bow" else f"{r['n_params'] / 1e6:.2f}M"
+        print(f"| {r['name']} | {r['device']}, {r.get('precision') or 'auto'} | {trunk} |"
+              f" {r['n_pairs']} | {r['val_acc_gold']:.3f} | {r['val_acc']:.3f} |"
+              f" {r['corr_gold']:.3f} |")
 
 
 if __name__ == "__main__":
