@@ -98,6 +98,8 @@ def read_preferences(path, enc):
     chosen == rejected) are skipped and counted in one warning line."""
     pairs, skipped, no_split = {"train": [], "valid": []}, 0, 0
     rebuild = f"rebuild it with `python reward_model.py --out {os.path.dirname(path) or '.'}`"
+    if not os.path.isfile(path):
+        die(f"{path} is missing; {rebuild}")
     with open(path, encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):
             try:

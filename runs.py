@@ -1,10 +1,11 @@
 """runs.py: how a run starts, and what it leaves on disk (common.py re-exports it).
 
 Flags from a Config dataclass (range-checked), seed, device and precision; errors as one line;
-the training log and its plots; the shared results file (rows that say what they are, replaced
-only when a run has finished, updates under a lock); each stage directory's record (config,
-inputs, completion mark, written last); one writer per directory; building a
-missing input as a child process that Ctrl-C and SIGTERM also end.
+the training log and its plots; the shared results file (rows that say what they are, checked
+when read, replaced only when a run has finished, updates under a lock); each stage directory's
+record (config, inputs as loaded, completion mark, written last; a finished stage kept until its
+rerun finishes); one writer per directory; building a missing input as a child process that
+Ctrl-C, SIGTERM and the death of its parent also end.
 """
 import argparse, ctypes, dataclasses, errno, fcntl, functools, inspect, json, math, os, random
 import re, shutil, signal, subprocess, sys, time, uuid

@@ -124,9 +124,10 @@ def test_bad_input(pipeline, tmp_path):
 
 def test_pairs_that_teach_nothing_are_skipped_and_counted(tmp_path, capsys):
     enc = c.tokenizer(1024)
-    good = {"prompt": "The film", "chosen": " was great.", "rejected": " was bad."}
+    good = {"prompt": "The film", "chosen": " was great.", "rejected": " was bad.",
+            "split": "train"}
     lines = [good, {**good, "chosen": ""}, {**good, "prompt": ""},
-             {**good, "rejected": " was great."}]
+             {**good, "rejected": " was great."}, {**good, "split": "valid"}]
     path = tmp_path / "preferences.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in lines))
     pairs = c.read_preferences(str(path), enc)

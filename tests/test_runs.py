@@ -291,6 +291,10 @@ def test_preferences_without_a_split_or_with_negative_ids_stop(tmp_path, capsys)
         err = capsys.readouterr().err.strip()
         assert says in err and "python reward_model.py" in err and "\n" not in err, err
         assert "delete" not in err  # nothing would rebuild a deleted file alone
+    path.unlink()  # deleted under a reward model of an older version (no files in its record)
+    with pytest.raises(SystemExit):
+        c.read_preferences(str(path), enc)
+    assert "is missing; rebuild it" in capsys.readouterr().err
 
 
 def test_a_bad_results_row_is_skipped_with_a_warning(tmp_path, capsys):
