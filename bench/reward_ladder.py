@@ -216,6 +216,18 @@ def draw(rows, png):
     c.save_figure(fig, png)
 
 
+def table(rows):
+    """The rows as a markdown table (docs/results.md quotes it; tests/test_docs.py checks it)."""
+    lines = ["| variant | device, precision | trunk params | labelled pairs | vs gold order |"
+             " vs labeler | corr(r_φ, r*) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        trunk = "–" if r["readout"] == "bow" else f"{r['n_params'] / 1e6:.2f}M"
+        lines.append(f"| {r['name']} | {r['device']}, {r.get('precision') or 'auto'} | {trunk} |"
+                     f" {r['n_pairs']} | {r['val_acc_gold']:.3f} | {r['val_acc']:.3f} |"
+                     f" {r['corr_gold']:.3f} |")
+    return lines
+
+
 def main():
     cfg = c.parse_config(Config, __doc__)
     cfg.results = cfg.results or os.path.join(cfg.out, "reward_ladder.jsonl")
@@ -237,13 +249,7 @@ def main():
     if not rows:
         c.die(f"{cfg.results} holds no results to draw; run some variants first")
     draw(rows, os.path.splitext(cfg.results)[0] + ".png")
-    print("| variant | device, precision | trunk params | labelled pairs | vs gold order |"
-          " vs labeler | corr(r_φ, r*) |\n|---|---|---|---|---|---|---|")
-    for r in rows:  # a markdown table: docs/results.md quotes it
-        trunk = "–" if r["readout"] == "bow" else f"{r['n_params'] / 1e6:.2f}M"
-        print(f"| {r['name']} | {r['device']}, {r.get('precision') or 'auto'} | {trunk} |"
-              f" {r['n_pairs']} | {r['val_acc_gold']:.3f} | {r['val_acc']:.3f} |"
-              f" {r['corr_gold']:.3f} |")
+    print("\n".join(table(rows)))
 
 
 if __name__ == "__main__":
