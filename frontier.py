@@ -3,8 +3,9 @@
 --experiment frontier (the default): each method over a small β sweep, as subprocesses of the
 scripts with their own flags: PPO, RLOO and GRPO against the learned reward r_φ, PPO against the
 gold reward itself (PPO-GT; not an upper bound: see docs/results.md), DPO, Preferred-FT
-(sft.py --preferred: SFT on the chosen responses), and best-of-n from π_SFT (n = 1, 2, 4, …, 64: the sample with the best
-r_φ among n; its KL is the bound log n − (n−1)/n, not a measurement).
+(sft.py --preferred: SFT on the chosen responses), and best-of-n from π_SFT (n = 1, 2, 4, …,
+64: the sample with the best r_φ among n; its KL is the bound log n − (n−1)/n, not a
+measurement).
 The longer experiments, each behind its own --experiment (all: every one):
   goodhart        reward models from 1000, 3000 and 10000 prompts' rankings (6k, 18k, 60k pairs),
                   one long small-β RLOO run against each (Gao et al. 2022)
