@@ -2,7 +2,7 @@
 statistical check of the learning tests. The tests run in the precision the scripts pick
 (RLHF_PRECISION=fp32 or bf16 in the environment forces one; .ci/run also runs the learning
 tests in fp32 on machines whose default is bf16)."""
-import json, math, os, subprocess, sys
+import inspect, json, math, os, subprocess, sys
 
 import pytest
 
@@ -57,3 +57,38 @@ def run_points(out, stage):
     shared = [json.loads(line) for line in open(os.path.join(out, "results.jsonl"))]
     assert [p for p in shared if p["run"] == points[0]["run"]] == points
     return points
+
+
+def spy(monkeypatch, owner, name):
+    """Wrap owner.name (a function of a script or of common) so that every call is recorded, its
+    arguments by name (defaults filled in) and its result under "out", then calls through.
+    Returns the list the calls go into: what `main` passed to a tested formula."""
+    fn = getattr(owner, name)
+    signature, calls = inspect.signature(fn), []
+
+    def recorded(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        calls.append({**bound.arguments, "out": out})
+        return out
+    monkeypatch.setattr(owner, name, recorded)
+    return calls
+
+
+def run_main(monkeypatch, script, *args):
+    """Run a script's main() in this process as `python script args` would (spies stay in
+    place); the precision it picks is undone afterwards."""
+    monkeypatch.setattr(sys, "argv", [script.__file__, *map(str, args)])
+    monkeypatch.setenv("RLHF_PRECISION", os.environ.get("RLHF_PRECISION", "auto"))
+    script.main()
+
+
+def linked_out(tmp_path, pipeline):
+    """A new out/ whose sft, reward_model and preferences.jsonl are the pipeline's (links): a run
+    there writes its own stage and results and leaves the shared pipeline alone."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("sft", "reward_model", "preferences.jsonl"):
+        (out / name).symlink_to(pipeline / name)
+    return out
