@@ -546,7 +546,8 @@ class Logger:
     settled (the first ones are slow while memory and caches warm up: measured 1.34 s/step at
     step 6 against 0.72 once warm on an AVX2 CPU), one line says how long the whole loop will
     take on this machine: the later half of the plain steps timed so far, plus the evaluations
-    still to come (evaluates: step -> bool) at the cost measured for those done."""
+    still to come (evaluates: step -> bool) at the cost measured for those done; a second line
+    refines it a quarter of the way through."""
 
     def __init__(self, out_dir, total_steps, every=10.0, evaluates=None):
         os.makedirs(out_dir, exist_ok=True)
@@ -555,6 +556,7 @@ class Logger:
         self.t0 = self.shown = self.last = time.time()
         self.plain, self.evals = [], []  # seconds of each plain and each evaluating step
         self.settle = max(5, min(50, total_steps // 20))  # plain steps timed before the estimate
+        self.refined = False  # whether the estimate was said again, refined, at a quarter
         open(self.path, "w").close()
 
     def rate(self):
@@ -579,10 +581,14 @@ class Logger:
         eta = (self.rate() if self.plain else now - self.t0) * (self.total - step)
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, "time": round(now - self.t0, 2), **metrics}) + "\n")
-        if len(self.plain) == min(self.settle, self.total - 1) and not evaluated:
+        settled = len(self.plain) == min(self.settle, self.total - 1)
+        quarter = not self.refined and step >= self.total // 4 and len(self.plain) > 2 * self.settle
+        if (settled or quarter) and not evaluated:  # once settled; again, refined, at a quarter
+            self.refined = quarter
             print(f"≈ {self.estimate(step) / 60:.1f} min for {self.total} steps on this machine"
                   f" ({self.rate():.2f} s/step{', evaluations included' if self.evaluates else ''})"
-                  "; --steps N runs fewer", flush=True)
+                  + (f"; refined at step {step}" if quarter else "; --steps N runs fewer"),
+                  flush=True)
         if evaluated or step == self.total or now - self.shown >= self.every:
             self.shown = now
             shown = " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
