@@ -276,7 +276,7 @@ class Checkpoint:
     it checks at once that the disk can take a checkpoint of it."""
 
     def __init__(self, out_dir, model=None):
-        self.dir, self.step = runs.checkpoint_dir(out_dir), None
+        self.dir, self.step = runs.writing_dir(out_dir), None
         if model is not None:
             check_space(out_dir, model)
 

@@ -242,7 +242,7 @@ def main():
     sft_dir, out_dir = os.path.join(cfg.out, "sft"), os.path.join(cfg.out, "reward_model")
     c.require(sft_dir, "sft.py", ["--out", cfg.out])
     # a finished reward model and its preferences.jsonl stay as they are until this run finishes
-    ckpt_dir = c.start_stage(out_dir)
+    run_dir = c.start_stage(out_dir)
     pref_path = c.stage_file(out_dir, os.path.join(cfg.out, "preferences.jsonl"))
 
     # 1–2. comparison data: k SFT samples per prompt, ranked by the labeler
@@ -264,7 +264,7 @@ def main():
     # 4. normalise: mean 0 on SFT samples, folded into the saved weights
     rm.eval()
     shift_rewards(rm, all_rewards(rm, val, device).mean())
-    c.save_model(rm, ckpt_dir)
+    c.save_model(rm, run_dir)
 
     # report: correlation with the gold reward on fresh SFT samples of held-out prompts
     ev_prompts = c.prompts("eval", enc, cfg.n_eval_prompts)
@@ -277,7 +277,7 @@ def main():
     corr = torch.corrcoef(torch.stack([proxy, gold]))[0, 1].item()
     val_rewards = all_rewards(rm, val, device)  # normalised: the saved model's rewards
     final = pair_metrics(val_rewards, val)
-    with open(os.path.join(out_dir, "report.json"), "w") as f:
+    with open(os.path.join(run_dir, "report.json"), "w") as f:
         json.dump({**final, "corr_gold": corr, "proxy_mean_sft": proxy.mean().item(),
                    "proxy_se_sft": proxy.std().item() / len(proxy) ** 0.5,
                    "proxy_mean_val": val_rewards.mean().item(),
@@ -289,7 +289,7 @@ def main():
     c.plot_metrics(out_dir, [("loss", "val_loss"), ("acc", "val_acc", "val_acc_gold",
                                                     "labeler_acc_gold")], "training.png")
     c.plot_scatter(gold, proxy, "gold reward r* (VADER)", "learned reward r_φ",
-                   os.path.join(out_dir, "rm_vs_gold.png"),
+                   os.path.join(run_dir, "rm_vs_gold.png"),
                    f"held-out SFT samples, ρ = {corr:.2f}")
     print(f"held-out accuracy: vs labeler {final['val_acc']:.3f} | vs gold order"
           f" {final['val_acc_gold']:.3f} (labeler's own: {final['labeler_acc_gold']:.3f}) |"

@@ -291,18 +291,19 @@ class _FileLock:
 
 # ---------------------------------------------------------------- stage records
 #
-# A finished stage is its model files and its record (run.json, written last). A rerun keeps
-# both valid until it has finished: start_stage sends its checkpoints to <stage>/.next (and a
-# file the stage keeps beside its directory, preferences.jsonl, to a pending name), and
-# finish_stage moves them into place: the old record is removed first, the new one written
+# A finished stage is its files (model, logs, samples, plots) and its record (run.json, written
+# last). A rerun keeps them valid until it has finished: it writes into <stage>/.next (a file
+# the stage keeps beside its directory, preferences.jsonl, under a pending name), and
+# finish_stage moves its files into place: the old record is removed first, the new one written
 # last, so a later stage sees either the old stage whole or an unfinished one (which it
 # rebuilds), never a half-replaced model under a record. A refused, failed or interrupted rerun
-# leaves the finished stage as it was. The ids of a run's inputs are those require() checked
-# before it loaded them; a load that finds another record there stops (load_model).
+# leaves the finished stage as it was (its own checkpoints stay in .next until the next rerun
+# starts). The ids of a run's inputs are those require() checked before it loaded them; a load
+# that finds another record there stops (load_model).
 
-NEXT = ".next"  # a rerun's checkpoints, inside its stage directory, until it finishes
+NEXT = ".next"  # a rerun's files, inside its stage directory, until it finishes
 _ids = {}  # stage directory (absolute) → the id of its record when require() checked it
-_checkpoint_dirs = {}  # stage directory (absolute) → where this run saves its checkpoints
+_writing = {}  # stage directory (absolute) → where this run writes its files
 _pending = {}  # stage directory (absolute) → [(pending name, final path)] of its outside files
 
 
@@ -326,19 +327,22 @@ def record_id(stage_dir):
 
 
 def start_stage(stage_dir):
-    """Claim a stage for this run. Returns where its checkpoints go: <stage>/.next if the stage
-    holds a finished run, kept intact until this one finishes; the stage itself if not."""
+    """Claim a stage for this run. Returns where the run writes its files (checkpoints, logs,
+    samples, plots): <stage>/.next if the stage holds a finished run, kept intact until this one
+    finishes; the stage itself if not. Logger, Results and the helpers that write a stage's
+    files go there by themselves (writing_dir)."""
     lock(stage_dir)
     staged = os.path.join(stage_dir, NEXT)
-    shutil.rmtree(staged, ignore_errors=True)  # an interrupted rerun's checkpoints
-    ckpt_dir = staged if read_record(stage_dir) else stage_dir
-    _checkpoint_dirs[os.path.abspath(stage_dir)] = ckpt_dir
-    return ckpt_dir
+    shutil.rmtree(staged, ignore_errors=True)  # an interrupted rerun's files
+    if read_record(stage_dir):
+        os.makedirs(staged)
+    _writing[os.path.abspath(stage_dir)] = staged if read_record(stage_dir) else stage_dir
+    return _writing[os.path.abspath(stage_dir)]
 
 
-def checkpoint_dir(stage_dir):
-    """Where this run saves the checkpoints of stage_dir (start_stage chose it)."""
-    return _checkpoint_dirs.get(os.path.abspath(stage_dir), stage_dir)
+def writing_dir(stage_dir):
+    """Where this run writes the files of stage_dir (start_stage chose it; else stage_dir)."""
+    return _writing.get(os.path.abspath(stage_dir), stage_dir)
 
 
 def stage_file(stage_dir, path):
@@ -523,6 +527,7 @@ class Results:
 
     def __init__(self, path, run_dir, fields):
         self.path, self.fields, self.rows = path, fields, []
+        run_dir = writing_dir(run_dir)
         self.side = os.path.join(run_dir, "points.jsonl")
         os.makedirs(run_dir, exist_ok=True)
         open(self.side, "w").close()
@@ -550,6 +555,7 @@ class Logger:
     refines it a quarter of the way through."""
 
     def __init__(self, out_dir, total_steps, every=10.0, evaluates=None):
+        out_dir = writing_dir(out_dir)  # a rerun's log replaces a finished one's when it finishes
         os.makedirs(out_dir, exist_ok=True)
         self.path = os.path.join(out_dir, "metrics.jsonl")
         self.total, self.every, self.evaluates = total_steps, every, evaluates
@@ -604,12 +610,12 @@ def finish_rl(cfg, out_dir, results, before, after, title, panels, inputs):
     """The end of an RL run: its points into the shared results, samples before/after, the
     model card, plots, and the stage's completion mark (last)."""
     results.finish()
-    write_samples(os.path.join(out_dir, "samples.txt"), before, after)
+    write_samples(os.path.join(writing_dir(out_dir), "samples.txt"), before, after)
     write_card(out_dir, cfg, title, f"{before_after(before, after)} on {cfg.n_eval_prompts}"
                " held-out prompts")
     print(f"held-out: {before_after(before, after)}")
     plot_metrics(out_dir, panels)
-    plot_frontier(results.path, os.path.join(out_dir, "reward_vs_kl.png"))
+    plot_frontier(results.path, os.path.join(writing_dir(out_dir), "reward_vs_kl.png"))
     finish_stage(out_dir, cfg, inputs)
 
 
@@ -631,9 +637,10 @@ def write_card(out_dir, cfg, what, figures, classifier=False):
             f"tokenizer = AutoTokenizer.from_pretrained(\"{out_dir}\")  # GPT-2's BPE, truncated\n"
             f"model = {auto}.from_pretrained(\"{out_dir}\")\n```\n\n"
             f"Config:\n\n```json\n{json.dumps(dataclasses.asdict(cfg), indent=1)}\n```\n")
-    with open(os.path.join(out_dir, "README.md.tmp"), "w") as f:
+    card = os.path.join(writing_dir(out_dir), "README.md")  # the stage's, once it has finished
+    with open(card + ".tmp", "w") as f:
         f.write(text)
-    os.replace(os.path.join(out_dir, "README.md.tmp"), os.path.join(out_dir, "README.md"))
+    os.replace(card + ".tmp", card)
 
 
 def write_samples(path, before, after):
@@ -654,6 +661,7 @@ def save_figure(fig, png):
 
 def plot_metrics(out_dir, keys, png="metrics.png"):
     """One panel per metric (or per group of metrics given as a tuple) against step."""
+    out_dir = writing_dir(out_dir)  # this run's log, and its plot beside it
     rows = read_jsonl(os.path.join(out_dir, "metrics.jsonl"))
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), squeeze=False)
     for ax, group in zip(axes[0], keys):

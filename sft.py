@@ -130,7 +130,7 @@ def main():
         model = c.build_model(cfg.n_ranks, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.max_len + 64)
     model.to(device).train()
     c.check_positions(model, cfg)
-    ckpt_dir = c.start_stage(out_dir)  # a finished SFT stays intact until this run finishes
+    run_dir = c.start_stage(out_dir)  # out_dir, or beside a finished SFT until this one ends
     c.check_space(out_dir, model)
     enc = c.tokenizer(model.config.bpe_ranks)
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters,"
@@ -169,7 +169,7 @@ def main():
         with c.autocast(device):
             loss = sft_loss(model, xb, yb)
         if not torch.isfinite(loss):
-            kept = f"the last good checkpoint (step {saved}) is in {ckpt_dir}" if saved else \
+            kept = f"the last good checkpoint (step {saved}) is in {run_dir}" if saved else \
                 "this run saved nothing"
             c.die(f"non-finite loss at step {step}; {kept}; try a lower --lr")
         opt.zero_grad(set_to_none=True)
@@ -185,7 +185,7 @@ def main():
             if not math.isfinite(metrics["val_loss"]):  # never save over a good checkpoint
                 c.die(f"held-out loss is not finite at step {step}: training diverged and"
                       f" nothing was saved at this step; try a lower --lr")
-            c.save_model(model, ckpt_dir)
+            c.save_model(model, run_dir)
             saved = step
             model.train()
         logger.log(step, **metrics)
@@ -204,7 +204,7 @@ def main():
     points = c.Results(results, out_dir, fields)
     points.add(ev, cfg.steps, final=True)
     points.finish()
-    with open(os.path.join(out_dir, "samples.txt"), "w") as f:
+    with open(os.path.join(run_dir, "samples.txt"), "w") as f:
         f.write(f"{name} samples on held-out prompts (mean gold reward {ev['gold']:.3f}"
                 f" over {len(prompt_ids)} prompts)\n\n" + "\n\n".join(ev["samples"]) + "\n")
     c.write_card(out_dir, cfg, "Preferred-FT policy (SFT on the chosen responses)" if cfg.preferred

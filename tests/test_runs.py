@@ -212,23 +212,28 @@ def test_an_input_is_recorded_as_it_was_when_loaded(tmp_path, capsys):
 
 
 def test_a_failed_rerun_keeps_the_finished_stage(tmp_path):
-    """A rerun's checkpoints wait in <stage>/.next: the finished model and record stay valid
+    """A rerun's files wait in <stage>/.next: the finished model, log and record stay valid
     until the rerun finishes, whatever stops it first; then the new ones replace them."""
     stage = tmp_path / "sft"
     torch.manual_seed(0)
     old, new = c.build_model(512, 1, 2, 32, 64), c.build_model(512, 1, 2, 32, 64)
     old.save_pretrained(stage)
     write_record(stage, "sft-1")
+    (stage / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n')
     ckpt_dir = runs.start_stage(str(stage))
-    c.save_model(new, ckpt_dir)  # a checkpoint of the rerun, which then fails
+    runs.Logger(str(stage), 1).log(1, loss=9.0)  # the rerun's log
+    c.save_model(new, ckpt_dir)  # and a checkpoint; then it fails
     release(stage)
     assert runs.record_id(stage) == "sft-1"
+    assert rows_of(stage / "metrics.jsonl") == [{"step": 1, "loss": 3.0}]
     torch.testing.assert_close(c.load_model(str(stage)).lm_head.weight, old.lm_head.weight)
     ckpt_dir = runs.start_stage(str(stage))  # the next rerun starts afresh, and finishes
-    assert ckpt_dir == str(stage / ".next") and not os.path.exists(ckpt_dir)
+    assert ckpt_dir == str(stage / ".next") and not os.listdir(ckpt_dir)  # the failed one's: gone
+    runs.Logger(str(stage), 1).log(1, loss=2.0)
     c.save_model(new, ckpt_dir)
     runs.finish_stage(str(stage), _Cfg())
     release(stage)
+    assert rows_of(stage / "metrics.jsonl")[0]["loss"] == 2.0
     assert runs.record_id(stage) not in (None, "sft-1") and not os.path.exists(ckpt_dir)
     torch.testing.assert_close(c.load_model(str(stage)).lm_head.weight, new.lm_head.weight)
 
