@@ -359,9 +359,9 @@ def sweep_runs(rows, out):
 def draw(out):
     """The figures and frontier.md, from <out>/results.jsonl and <out>/goodhart.jsonl; each
     experiment's figure once its points are there."""
-    rows = [r for r in c.read_jsonl(os.path.join(out, "results.jsonl"))
+    rows = [r for r in c.read_results(os.path.join(out, "results.jsonl"))
             if {"algo", "kl", "gold"} <= r.keys()]
-    goodhart = [r for r in c.read_jsonl(os.path.join(out, "goodhart.jsonl")) if "kl" in r]
+    goodhart = c.read_results(os.path.join(out, "goodhart.jsonl"))  # bad rows: skipped, said
     if not rows and not goodhart:
         c.die(f"{out} has no evaluation points to draw (results.jsonl, goodhart.jsonl)")
     md = os.path.join(out, "frontier.md")
