@@ -377,6 +377,8 @@ def finish_stage(stage_dir, cfg, inputs=()):
     with open(os.path.join(stage_dir, RECORD + ".tmp"), "w") as f:
         json.dump(record, f, indent=1)
     os.replace(os.path.join(stage_dir, RECORD + ".tmp"), os.path.join(stage_dir, RECORD))
+    _writing.pop(os.path.abspath(stage_dir), None)  # the run is over: its files are in place
+    _ids.pop(os.path.abspath(stage_dir), None)  # rebuilt by this process, not behind its back
 
 
 def require(path, script, args, built_from=()):

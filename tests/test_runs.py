@@ -234,6 +234,7 @@ def test_a_failed_rerun_keeps_the_finished_stage(tmp_path):
     runs.finish_stage(str(stage), _Cfg())
     release(stage)
     assert rows_of(stage / "metrics.jsonl")[0]["loss"] == 2.0
+    assert runs.writing_dir(str(stage)) == str(stage)  # the run is over: plots read the stage
     assert runs.record_id(stage) not in (None, "sft-1") and not os.path.exists(ckpt_dir)
     torch.testing.assert_close(c.load_model(str(stage)).lm_head.weight, new.lm_head.weight)
 
