@@ -8,6 +8,7 @@ gives each method one colour and one marker (STYLE) and puts its legend off the 
 """
 import importlib, math, os
 
+import matplotlib.colors
 import matplotlib.pyplot as plt
 
 import common as c
@@ -25,6 +26,11 @@ GOLD_LABEL = "gold reward r* (VADER), held-out"
 
 def style(m):
     return STYLE.get(m, ("tab:gray", "."))
+
+
+def lighter(colour, t):
+    """A method's colour mixed with white by 0.6·t (t in [0, 1]): its runs told apart."""
+    return tuple(v + (1 - v) * 0.6 * t for v in matplotlib.colors.to_rgb(colour))
 
 
 def upper_frontier(points):
@@ -100,16 +106,18 @@ def draw_overoptimisation(rows, png, panels=("ppo-rm", "rloo-rm", "grpo-rm")):
     handles = []
     for col, m in enumerate(panels):
         colour, marker = style(m)
-        runs = dict.fromkeys(r["run"] for r in rows if method(r) == m)
+        betas = {r["run"]: r.get("beta") or 0 for r in rows if method(r) == m}
+        runs = sorted(betas, key=lambda run: -betas[run])  # largest β darkest
         for n, run in enumerate(runs):
             pts = sorted((r["step"], math.sqrt(max(r["kl"], 0)), r["proxy"], r["gold"])
                          for r in rows if r["run"] == run)
-            beta = next(r.get("beta") for r in rows if r["run"] == run)
-            ls = ("-", "--", ":", "-.")[n % 4]
+            beta = betas[run]
+            ls, tint = ("-", "--", ":", "-.")[n % 4], lighter(colour, n / max(len(runs) - 1, 1))
             x = [p[1] for p in pts]
-            axes[0, col].plot(x, [p[2] for p in pts], ls, marker=marker, ms=3, color=colour)
-            axes[1, col].plot(x, [p[3] for p in pts], ls, marker=marker, ms=3, color=colour)
-            handles.append(key(m, ls=ls, ms=3, label=f"{m} β={beta}"))
+            axes[0, col].plot(x, [p[2] for p in pts], ls, marker=marker, ms=3, color=tint)
+            axes[1, col].plot(x, [p[3] for p in pts], ls, marker=marker, ms=3, color=tint)
+            handles.append(plt.Line2D([], [], ls=ls, marker=marker, ms=3, color=tint,
+                                      label=f"{m} β={beta}"))
         axes[0, col].set_title(m)
         axes[1, col].set_xlabel("√KL(π‖π_ref)")
     axes[0, 0].set_ylabel("proxy r_φ (the reward optimised)")
