@@ -196,8 +196,8 @@ def run(main):
     except OSError as e:
         if e.errno not in NO_ROOM:
             raise
-        die(f"cannot write {e.filename or 'a file'} ({e.strerror}); {NO_ROOM[e.errno]} and run"
-            " again (finished stages are intact: a stage is replaced only when its run finishes)")
+        die(f"{e.filename or 'a file'}: {e.strerror}; {NO_ROOM[e.errno]} and run again"
+            " (finished stages are intact: a stage is replaced only when its run finishes)")
 
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>: the signal a process gets when its parent dies

@@ -336,7 +336,7 @@ def test_late_failures_are_found_early_and_said_in_one_line(tmp_path, monkeypatc
         raise OSError(errno.ENOSPC, "No space left on device", "out/ppo/metrics.jsonl")
     with pytest.raises(SystemExit) as stop:  # any write that the disk refuses
         runs.run(full_disk)
-    assert "out/ppo/metrics.jsonl (No space left on device); free some disk space" in one_line()
+    assert "out/ppo/metrics.jsonl: No space left on device; free some disk space" in one_line()
     os.symlink("loop", tmp_path / "loop")  # a stage directory that points at itself
     for claim in (runs.lock, lambda d: c.require(d, "sft.py", [])):
         with pytest.raises(SystemExit) as stop:
