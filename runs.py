@@ -334,10 +334,10 @@ def start_stage(stage_dir):
     lock(stage_dir)
     staged = os.path.join(stage_dir, NEXT)
     shutil.rmtree(staged, ignore_errors=True)  # an interrupted rerun's files
-    if read_record(stage_dir):
-        os.makedirs(staged)
-    _writing[os.path.abspath(stage_dir)] = staged if read_record(stage_dir) else stage_dir
-    return _writing[os.path.abspath(stage_dir)]
+    here = staged if read_record(stage_dir) else stage_dir
+    os.makedirs(here, exist_ok=True)
+    _writing[os.path.abspath(stage_dir)] = here
+    return here
 
 
 def writing_dir(stage_dir):
