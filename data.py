@@ -123,7 +123,7 @@ def read_preferences(path, enc):
         print(f"warning: skipped {skipped} pairs of {path} with an empty prompt or response, or"
               " chosen == rejected", flush=True)
     if no_split or not pairs["valid"] or not pairs["train"]:
-        why = f"{no_split} records have no split" if no_split else \
+        why = f"{no_split} records have no split, so none would be held out" if no_split else \
             f"it holds no {'held-out (valid)' if pairs['train'] else 'training'} pairs"
-        die(f"{path}: {why}, so nothing would be held out to measure on; {rebuild}")
+        die(f"{path}: {why}; {rebuild}")
     return pairs

@@ -59,10 +59,10 @@ class Config:
 
 def degenerate(cfg):
     """Refused at parse time: the adaptive controller moves β by up to 20%·n/H per rollout of n
-    responses, so a horizon H below n could turn β negative (a KL bonus)."""
+    responses; a horizon H below n moves it by more, and below n/5 turns β negative."""
     if cfg.horizon < cfg.batch_size:
         return f"--horizon {cfg.horizon} is below --batch-size {cfg.batch_size}: the adaptive" \
-            " KL controller's step would exceed 20% and could turn β negative"
+            " KL controller would move β by over 20% a rollout (below 1/5 of it: turn it < 0)"
 
 
 def whiten(x, mask):
