@@ -572,13 +572,13 @@ class Logger:
         late = self.plain[len(self.plain) // 2:]
         return sum(late) / len(late) if late else 0.0
 
-    def estimate(self, step):
+    def estimate(self, step, now):
         """Seconds the whole loop will take: elapsed, plus the plain steps and the evaluations
         still to come."""
         rate, evaluates = self.rate(), self.evaluates or (lambda s: False)
         extra = sum(max(e - rate, 0) for e in self.evals) / len(self.evals) if self.evals else 0
         left = range(step + 1, self.total + 1)
-        return time.time() - self.t0 + rate * len(left) + extra * sum(map(evaluates, left))
+        return now - self.t0 + rate * len(left) + extra * sum(map(evaluates, left))
 
     def log(self, step, **metrics):
         now = time.time()
@@ -593,8 +593,9 @@ class Logger:
         quarter = not self.refined and step >= self.total // 4 and len(self.plain) > 2 * self.settle
         if (settled or quarter) and not evaluated:  # once settled; again, refined, at a quarter
             self.refined = quarter
-            print(f"≈ {self.estimate(step) / 60:.1f} min for {self.total} steps on this machine"
-                  f" ({self.rate():.2f} s/step{', evaluations included' if self.evaluates else ''})"
+            counted = "included" if self.evaluates else "not counted"
+            print(f"≈ {self.estimate(step, now) / 60:.1f} min for {self.total} steps on this"
+                  f" machine ({self.rate():.2f} s/step, evaluations {counted})"
                   + (f"; refined at step {step}" if quarter else "; --steps N runs fewer"),
                   flush=True)
         if evaluated or step == self.total or now - self.shown >= self.every:
