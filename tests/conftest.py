@@ -1,7 +1,8 @@
-"""Shared test helpers: the repo root on sys.path, a runner for the scripts themselves, and the
-statistical check of the learning tests. The tests run in the precision the scripts pick
-(RLHF_PRECISION=fp32 or bf16 in the environment forces one; .ci/run also runs the learning
-tests in fp32 on machines whose default is bf16)."""
+"""Shared test helpers: the repo root on sys.path, a runner for the scripts themselves, spies for
+the wiring tests (what main() hands a formula: tests/test_wiring.py says which tests guard
+wiring and which guard formulas), and the statistical check of the learning tests. The tests
+run in the precision the scripts pick (RLHF_PRECISION=fp32 or bf16 in the environment forces
+one; .ci/run also runs the learning tests in fp32 on machines whose default is bf16)."""
 import inspect, json, math, os, subprocess, sys
 
 import pytest

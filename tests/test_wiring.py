@@ -61,8 +61,9 @@ def assert_grouped_by_prompt(tokens, n_prompt, k):
 # ---------------------------------------------------------------- RL scripts
 
 @pytest.mark.parametrize("flags", [[], ["--no-scale-std", "--kl-in", "reward", "--loss-norm",
-                                        "constant", "--reward", "gold"]])
+                                        "constant", "--reward", "gold", "--temperature", 0.8]])
 def test_grpo_wiring(pipeline, tmp_path, monkeypatch, flags):
+    sampled = spy(monkeypatch, c, "sample")
     scored = spy(monkeypatch, c, "score_responses")
     penalised = spy(monkeypatch, c, "kl_penalised_reward")
     advantaged = spy(monkeypatch, grpo, "grpo_advantages")
@@ -77,13 +78,14 @@ def test_grpo_wiring(pipeline, tmp_path, monkeypatch, flags):
     tokens, mask = scored[1]["tokens"], cat(first_pass, "mask")
     P = tokens.shape[1] - mask.shape[1]
     assert_grouped_by_prompt(tokens, P, cfg.k)
+    assert {call["temperature"] for call in sampled} == {cfg.temperature}
     # 2. the score: r_φ, or VADER with --reward gold
     assert scored[1]["kind"] == cfg.reward
     torch.testing.assert_close(scored[1]["out"], expected_score(cfg.reward, pipeline, tokens))
     # log-probs: π_ref's recomputed from the SFT checkpoint, and they differ from π_old's
     old, ref = cat(first_pass, "old_logprobs"), cat(first_pass, "ref_logprobs")
-    torch.testing.assert_close(ref * mask, ref_logprobs(pipeline, tokens, P, cfg.minibatch_size)
-                               * mask)
+    torch.testing.assert_close(ref * mask, ref_logprobs(pipeline, tokens, P, cfg.minibatch_size,
+                                                        cfg.temperature) * mask)
     kl = c.sequence_kl(old, ref, mask)
     assert kl.abs().max() > 1e-3
     # 3. the KL: in the reward with --kl-in reward, in the loss (k3) otherwise, never both
@@ -109,13 +111,14 @@ def test_grpo_wiring(pipeline, tmp_path, monkeypatch, flags):
 
 
 def test_rloo_wiring(pipeline, tmp_path, monkeypatch):
+    sampled = spy(monkeypatch, c, "sample")
     scored = spy(monkeypatch, c, "score_responses")
     penalised = spy(monkeypatch, c, "kl_penalised_reward")
     seq = spy(monkeypatch, c, "response_logprobs")
     losses = spy(monkeypatch, rloo, "rloo_loss")
     args = ["--out", linked_out(tmp_path, pipeline), *TINY, "--beta", 0.1, "--batch-size", 4,
             "--k", 3, "--minibatch-size", 6, "--ppo-epochs", 2, "--clip", 0.3,
-            "--reward", "gold"]
+            "--reward", "gold", "--temperature", 0.8]
     run_main(monkeypatch, rloo, *args)
     cfg = config(rloo, args)
     n_mb = cfg.batch_size * cfg.k // cfg.minibatch_size
@@ -130,7 +133,9 @@ def test_rloo_wiring(pipeline, tmp_path, monkeypatch):
     assert scored[1]["kind"] == "gold"
     torch.testing.assert_close(scored[1]["out"], expected_score("gold", pipeline, tokens))
     # 3. R = score − β·KL, the KL of π_old against π_ref (recomputed from the SFT checkpoint)
-    kl = c.sequence_kl(old, ref_logprobs(pipeline, tokens, P, cfg.minibatch_size), mask)
+    assert {call["temperature"] for call in sampled} == {cfg.temperature}
+    ref = ref_logprobs(pipeline, tokens, P, cfg.minibatch_size, cfg.temperature)
+    kl = c.sequence_kl(old, ref, mask)
     assert kl.abs().max() > 1e-3
     torch.testing.assert_close(penalised[1]["kl"], kl)
     assert penalised[1]["score"] is scored[1]["out"] and penalised[1]["beta"] == cfg.beta
@@ -141,6 +146,9 @@ def test_rloo_wiring(pipeline, tmp_path, monkeypatch):
     torch.testing.assert_close(cat(first_pass, "advantages"), adv.flatten())
     torch.testing.assert_close(cat(first_pass, "old_seq_logprobs"), rollout["out"])
     assert {call["clip"] for call in losses} == {cfg.clip}
+    # the update reads log-probs at the sampling temperature: ratio 1 on the first minibatch
+    torch.testing.assert_close(first_pass[0]["seq_logprobs"].detach(),
+                               first_pass[0]["old_seq_logprobs"])
 
 
 @pytest.mark.parametrize("flags", [
@@ -282,8 +290,17 @@ def test_sft_bucket_wiring(tmp_path, monkeypatch):
         list(length_batches(*a, **k))) or list(made[-1]))
     data = spy(monkeypatch, sft, "batch")
     losses = spy(monkeypatch, sft, "sft_loss")
+    rates = spy(monkeypatch, c, "lr_at")
+    optimisers = spy(monkeypatch, torch.optim, "AdamW")
     run_main(monkeypatch, sft, "--out", tmp_path, *TINY_SFT, "--steps", 3, "--eval-every", 3,
-             "--bucket")
+             "--bucket", "--warmup", 2, "--weight-decay", 0.2, "--lr", 1e-3)
+    # the schedule and the optimiser get the flags: decay on the matrices only
+    assert [(r["step"], r["lr"], r["warmup"], r["steps"]) for r in rates] == [
+        (s, 1e-3, 2, 3) for s in range(3)]
+    (matrices, vectors), = [call["params"] for call in optimisers]
+    assert (matrices["weight_decay"], vectors["weight_decay"]) == (0.2, 0.0)
+    assert {p.dim() for p in matrices["params"]} == {2}
+    assert {p.dim() for p in vectors["params"]} == {1}
     train = [call for call in losses if call["out"].requires_grad]
     x, y, _ = data[0]["out"]  # the training split
     lengths = (x != c.tokenizer(1024).eot_token + 1).sum(1)  # real tokens (TINY_SFT's ranks)
@@ -322,9 +339,10 @@ def test_reward_model_wiring(pipeline, tmp_path, monkeypatch):
     ranked = spy(monkeypatch, reward_model, "rank")
     rates = spy(monkeypatch, c, "lr_at")
     losses = spy(monkeypatch, reward_model, "bt_loss")
+    fitted = spy(monkeypatch, reward_model, "fit")
     args = ["--out", out, "--k", 3, "--tau", 0.3, "--n-prompts", 32, "--n-val-prompts", 8,
             "--batch-size", 8, "--epochs", 2, "--schedule", "cosine", "--max-new-tokens", 8,
-            "--n-eval-prompts", 4, "--eval-every", 4]
+            "--n-eval-prompts", 4, "--eval-every", 4, "--trunk", "1x48"]
     run_main(monkeypatch, reward_model, *args)
     cfg = config(reward_model, args)
     # the labeler ranks k responses of each prompt at the flag's τ
@@ -339,6 +357,10 @@ def test_reward_model_wiring(pipeline, tmp_path, monkeypatch):
     assert len(train) == steps
     assert {len(call["chosen_rewards"]) for call in train} == {
         cfg.batch_size * cfg.k * (cfg.k - 1) // 2}
+    # --trunk LxD: a from-scratch trunk of that shape on the SFT's vocabulary
+    rm = fitted[0]["rm"].config
+    assert (rm.n_layer, rm.n_embd, rm.vocab_size) == (1, 48, c.load_model(
+        str(pipeline / "sft")).config.vocab_size)
 
 
 # ---------------------------------------------------------------- the shared evaluation
