@@ -1,4 +1,4 @@
-"""dpo.py: Direct Preference Optimisation (Rafailov et al. 2023), and IPO, SLiC, online DPO.
+"""dpo.py: Direct Preference Optimisation (Rafailov et al. 2023); IPO, SLiC; online, iterative.
 
 The KL-regularised objective max E[r] − β·KL(π‖π_ref) has the optimum
 π* ∝ π_ref·exp(r/β), so r = β log π*/π_ref + const, and the Bradley–Terry reward loss
@@ -8,7 +8,9 @@ reward_model.py learned from):
   sigmoid (DPO): −log σ(β·h)   ipo (IPO): (h − 1/(2β))²   hinge (SLiC): max(0, 1 − βh)
 1. a batch of (x, y_w, y_l) pairs (--online: sample two responses per prompt from the current
 policy and let r_φ pick the chosen one, or with --judge labeler the labeler that labelled the
-file: online and offline then learn from labels of one kind, as many of them); 2. summed
+file: online and offline then learn from labels of one kind, as many of them; --rounds R: R
+rounds of sample → label → train, each round labelling steps·batch_size/R pairs from the policy
+it starts from, the iterative DPO between offline and online); 2. summed
 response log-probs of the policy; those of the frozen reference were computed once before
 training; 3. the loss; 4. update; 5. log the implicit rewards β·log π/π_ref of chosen and
 rejected, their margin and accuracy, and evaluate.
@@ -37,6 +39,7 @@ class Config:
     loss: str = "sigmoid"  # sigmoid (DPO), ipo (IPO) or hinge (SLiC)
     beta: float = 0.1  # β: strength of the implicit KL regularisation
     online: bool = False  # sample pairs from the current policy, judged by r_φ (online DPO)
+    rounds: int = 0  # iterative DPO: R rounds of sample → label → train (0: off)
     judge: str = "model"  # who picks the chosen one online: model = r_φ, labeler = noisy gold
     tau: float = 0.1  # the labeler's noise temperature τ (--judge labeler; reward_model.py's)
     n_pairs: int = 0  # offline: n pairs, seen steps·batch_size/n times (0: each seen once)
@@ -70,8 +73,8 @@ def preference_loss(logps_chosen, logps_rejected, ref_chosen, ref_rejected, beta
     h = chosen_ratio - rejected_ratio  # the log-ratios once, used by every loss
     if kind == "sigmoid":  # DPO, eq. 7: the Bradley–Terry likelihood of the implicit reward
         losses = -F.logsigmoid(beta * h)
-    elif kind == "ipo":  # IPO (Azar et al. 2023, eq. 17): regress h onto 1/(2β). The slides'
-        # (βh − ½)² is this times β²: the same minimum, a step size that scales with β²
+    elif kind == "ipo":  # IPO (Azar et al. 2023, eq. 17): regress h onto 1/(2β). In deck 004's
+        # form f(βh) it reads (βh − ½)², this times β² (our rewriting): the same minimum
         losses = (h - 1 / (2 * beta)) ** 2
     else:  # hinge, SLiC (Zhao et al. 2023): a margin of 1 on β·h
         losses = torch.relu(1 - beta * h)
@@ -101,6 +104,23 @@ def batch_indices(step, batch_size, n):
     return torch.arange((step - 1) * batch_size, step * batch_size) % n
 
 
+@torch.no_grad()
+def judged_pairs(policy, rm, enc, train_prompts, n, cfg, device, chunk=64):
+    """n fresh pairs: two responses from the policy to each of n random training prompts (chunk
+    prompts at a time), the judge's pick the chosen one (--online: one batch; --rounds: a round)."""
+    pairs = []
+    for s in range(0, n, chunk):
+        idx = torch.randint(len(train_prompts), (min(chunk, n - s),)).tolist()
+        prompt_ids = [train_prompts[i] for i in idx for _ in range(2)]
+        with c.autocast(device):
+            tokens, mask = c.sample(policy, prompt_ids, cfg.max_new_tokens)
+            score = (c.reward(rm, tokens) if cfg.judge == "model" else
+                     c.labeler_scores(c.score_responses("gold", rm, enc, tokens), cfg.tau))
+        responses = [row[m].tolist() for row, m in zip(tokens[:, -mask.shape[1]:], mask)]
+        pairs += online_pairs(prompt_ids, responses, score.view(-1, 2))
+    return pairs
+
+
 def batch_logps(model, pairs, device):
     """Summed response log-probs of chosen and rejected: (n,) each, in one forward pass."""
     prompts = [p for p, _, _ in pairs] * 2
@@ -128,8 +148,12 @@ def main():
     pref_path = os.path.join(cfg.out, "preferences.jsonl")  # written with out/reward_model
     if cfg.online and cfg.n_pairs:
         c.die("--n-pairs sets the offline pairs; online DPO labels new ones at every step")
-    if cfg.judge != "model" and not cfg.online:
-        c.die("--judge picks who labels online pairs; add --online (offline pairs come labelled)")
+    if cfg.rounds and (cfg.online or cfg.n_pairs or cfg.steps % cfg.rounds):
+        c.die(f"--rounds {cfg.rounds}: each round labels its own pairs, so it takes neither"
+              " --online nor --n-pairs, and must divide --steps")
+    if cfg.judge != "model" and not (cfg.online or cfg.rounds):
+        c.die("--judge picks who labels online pairs; add --online or --rounds (offline pairs"
+              " come labelled)")
     c.require(sft_dir, "sft.py", ["--out", cfg.out])
     c.require(rm_dir, "reward_model.py", ["--out", cfg.out], built_from=[sft_dir])
     out_dir = os.path.join(cfg.out, "dpo")
@@ -149,7 +173,7 @@ def main():
     # the training pairs this run will see, shuffled (steps · batch_size of them, or --n-pairs)
     n = min(len(pairs["train"]), cfg.n_pairs or cfg.steps * cfg.batch_size)
     train = [pairs["train"][i] for i in torch.randperm(len(pairs["train"]))[:n].tolist()]
-    if not cfg.online:
+    if not (cfg.online or cfg.rounds):
         ref_chosen, ref_rejected = all_logps(ref, train, device)
     val_ref = all_logps(ref, val, device) if val else None
     train_prompts = c.prompts("train", enc)
@@ -170,18 +194,16 @@ def main():
     logger = c.Logger(out_dir, cfg.steps,
                       evaluates=lambda s: c.evaluates_at(s, cfg.eval_every, cfg.steps))
     for step in range(1, cfg.steps + 1):
-        # 1. a batch of pairs: from the file, or sampled now from the policy and judged
+        # 1. a batch of pairs: from the file, sampled now and judged (--online), or from this
+        # round's pairs, sampled and judged when the round began (--rounds)
+        if cfg.rounds and (step - 1) % (cfg.steps // cfg.rounds) == 0:
+            train = judged_pairs(policy, rm, enc, train_prompts,
+                                 cfg.steps // cfg.rounds * cfg.batch_size, cfg, device)
+            ref_chosen, ref_rejected = all_logps(ref, train, device)
         if cfg.online:
-            idx = torch.randint(len(train_prompts), (cfg.batch_size,)).tolist()
-            prompt_ids = [train_prompts[i] for i in idx for _ in range(2)]
-            with torch.no_grad(), c.autocast(device):
-                tokens, mask = c.sample(policy, prompt_ids, cfg.max_new_tokens)
-                score = (c.reward(rm, tokens) if cfg.judge == "model" else
-                         c.labeler_scores(c.score_responses("gold", rm, enc, tokens), cfg.tau))
-            responses = [row[m].tolist() for row, m in zip(tokens[:, -mask.shape[1]:], mask)]
-            batch = online_pairs(prompt_ids, responses, score.view(-1, 2))
+            batch = judged_pairs(policy, rm, enc, train_prompts, cfg.batch_size, cfg, device)
             b_ref_chosen, b_ref_rejected = all_logps(ref, batch, device)
-        else:
+        else:  # a round's pairs: its steps go through them once (batch_indices wraps)
             idx = batch_indices(step, cfg.batch_size, len(train))
             batch = [train[i] for i in idx.tolist()]
             b_ref_chosen, b_ref_rejected = ref_chosen[idx], ref_rejected[idx]

@@ -7,7 +7,8 @@ Each iteration: 1. sample responses to a batch of prompts; 2. score them with r_
 4. values, GAE advantages (γ = 1, λ = 0.95) and returns, advantages whitened over real tokens;
 5. several epochs of minibatches: clipped ratio objective, clipped value loss, optional entropy
 bonus and PPO-ptx term; 6. log, and every few steps evaluate on held-out prompts.
---reward gold optimises the gold reward itself (the DPO paper's PPO-GT upper reference).
+--reward gold optimises the gold reward itself (the DPO paper's PPO-GT; deck 002 notes that it
+does not reach the best reward, and here too it stays under r_φ's methods: docs/results.md).
 
 Left out: reward whitening, a penalty for responses that never stop, separate sampling and
 training processes, multi-GPU. Minibatches keep their rows across epochs (only their order is
@@ -135,19 +136,33 @@ def critic_values(critic, tokens, n_prompt, size):
                       for s in c.minibatches(len(tokens), size)]).float()
 
 
-def lm_batch(enc, split, idx, max_len, device):
-    """IMDb text windows for the language-model loss (PPO-ptx and the alignment tax)."""
+def lm_batch(enc, split, idx, max_len, device, closed=False):
+    """IMDb text windows for the language-model loss: the first max_len tokens of each text (the
+    alignment tax), or (closed: PPO-ptx's) cut after their last full sentence and closed with
+    end-of-text as sft.py's openings are: windows that never end would teach the policy never
+    to stop, and its responses would run to the length cap."""
     texts = [c.imdb()[split][i] for i in idx]
     ids = [x[:max_len] for x in enc.encode_ordinary_batch([t[:1000] for t in texts])]
+    if closed:
+        ends = sentence_ends(enc)
+        cuts = [max([j + 1 for j, t in enumerate(x) if t in ends], default=0) for x in ids]
+        ids = [x[:cut] + [enc.eot_token] if cut else x for x, cut in zip(ids, cuts)]
     tokens, _ = c.collate([[enc.eot_token]] * len(ids), ids, enc.eot_token + 1)
     return tokens.to(device)
 
 
+def sentence_ends(enc):
+    """The BPE ranks whose text ends a sentence (., ! or ?, as in sft.py's openings)."""
+    return {i for i in range(enc.eot_token)
+            if enc.decode_single_token_bytes(i).rstrip()[-1:] in (b".", b"!", b"?")}
+
+
 def ptx_loss(policy, enc, n, device):
-    """PPO-ptx's term: the language-model loss on n random IMDb training texts."""
+    """PPO-ptx's term: the language-model loss on n random IMDb training texts, each closed with
+    end-of-text after its last full sentence (lm_batch)."""
     idx = torch.randint(len(c.imdb()["train"]), (n,)).tolist()
     with c.autocast(device):
-        return lm_loss(policy, lm_batch(enc, "train", idx, LM_TOKENS, device))
+        return lm_loss(policy, lm_batch(enc, "train", idx, LM_TOKENS, device, closed=True))
 
 
 @torch.no_grad()

@@ -7,7 +7,9 @@ SFT), the reward model r_φ and the reference π_ref (frozen); no critic. Each i
 4. advantage A_i = R_i − b_i, the baseline b_i = the mean reward of the other k−1 responses;
 5. update on −mean_i A_i log π(y_i|x) (--ppo-epochs > 1: a sequence-level clipped ratio);
 6. log, and every few steps evaluate on held-out prompts.
---reward gold optimises the gold reward itself (the counterpart of PPO-GT).
+--reward gold optimises the gold reward itself (the counterpart of PPO-GT). --baseline mean
+(one baseline for the whole batch, its mean reward) or none (plain REINFORCE) replace step 4's
+leave-one-out baseline, to measure what a baseline buys (docs/lecture_measured.md).
 
 Left out: advantage whitening, a penalty for responses that never stop, multi-GPU.
 Run: python rloo.py          (builds out/sft and out/reward_model first if they are missing)
@@ -20,7 +22,7 @@ import torch
 import common as c
 
 
-CHOICES = {"reward": ["model", "gold"]}  # flags with a fixed set of values
+CHOICES = {"reward": ["model", "gold"], "baseline": ["loo", "mean", "none"]}  # fixed sets
 
 
 @dataclass
@@ -29,6 +31,7 @@ class Config:
     reward: str = "model"  # what to maximise: 'model' = learned r_φ, 'gold' = VADER
     beta: float = 0.05  # KL coefficient β
     k: int = 4  # responses per prompt (≥ 2: each one's baseline comes from the others)
+    baseline: str = "loo"  # loo: leave-one-out (RLOO); mean: the batch mean; none: REINFORCE
     steps: int = 100  # iterations (one batch of samples and its update each)
     batch_size: int = 16  # prompts per iteration (k responses each)
     minibatch_size: int = 16  # responses per gradient step
@@ -50,6 +53,15 @@ def rloo_advantages(rewards, k):
     R = rewards.view(-1, k)
     baseline = (R.sum(1, keepdim=True) - R) / (k - 1)
     return (R - baseline).flatten(), baseline.flatten()
+
+
+def baselined_advantages(rewards, k, baseline):
+    """A_i = R_i − b_i with b_i leave-one-out (rloo_advantages), the batch mean (one number for
+    every response, the decks' V) or 0 (REINFORCE without a baseline)."""
+    if baseline == "loo":
+        return rloo_advantages(rewards, k)
+    b = rewards.mean().expand_as(rewards) if baseline == "mean" else torch.zeros_like(rewards)
+    return rewards - b, b
 
 
 def rloo_loss(seq_logprobs, old_seq_logprobs, advantages, clip):
@@ -115,8 +127,8 @@ def main():
         kl = c.sequence_kl(old_logprobs, ref_logprobs, mask)  # (B·k,)
         c.check_kl(kl, cfg.max_kl, step, ckpt)
         rewards = c.kl_penalised_reward(score, kl, cfg.beta)
-        # 4. leave-one-out advantages
-        advantages, baseline = rloo_advantages(rewards, cfg.k)
+        # 4. leave-one-out advantages (--baseline: the batch mean, or none)
+        advantages, baseline = baselined_advantages(rewards, cfg.k, cfg.baseline)
         old_seq_logprobs = c.response_logprobs(old_logprobs, mask)
 
         # 5. update: REINFORCE on whole responses (clipped ratio on later passes)

@@ -133,3 +133,54 @@ def test_pairs_that_teach_nothing_are_skipped_and_counted(tmp_path, capsys):
     pairs = c.read_preferences(str(path), enc)
     assert len(pairs["train"]) == 1
     assert "skipped 3 pairs" in capsys.readouterr().out
+
+
+def test_rounds_refused_with_online_or_file_pairs_or_uneven_steps(tmp_path):
+    for flags in (["--online"], ["--n-pairs", 8], ["--steps", 10, "--rounds", 3]):
+        proc = run_script("dpo.py", "--out", tmp_path, "--rounds", 2, *flags, check=False)
+        assert proc.returncode == 1 and "--rounds" in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    proc = run_script("dpo.py", "--out", tmp_path, "--rounds", -1, check=False)
+    assert proc.returncode == 2 and "--rounds" in proc.stderr
+
+
+def test_the_optimal_policy_recovers_the_reward_up_to_a_constant():
+    """Decks 002 and 004: π* = π_ref·exp(r/β)/Z, so β log π*/π_ref = r − β log Z, and the
+    implicit rewards of any pair differ by exactly r(y_w) − r(y_l) (Z cancels)."""
+    beta, ref = 0.5, torch.tensor([0.5, 0.3, 0.2])
+    r = torch.tensor([1.0, -0.5, 2.0])
+    opt = ref * torch.exp(r / beta)
+    opt = opt / opt.sum()
+    w, l = torch.tensor([2, 0]), torch.tensor([1, 1])
+    _, rw, rl = dpo.preference_loss(opt.log()[w], opt.log()[l], ref.log()[w], ref.log()[l], beta,
+                                    "sigmoid")
+    torch.testing.assert_close(rw - rl, r[w] - r[l])
+    # and π* maximises E_π[r] − β KL(π‖π_ref) against nearby policies
+    def objective(p):
+        return (p * r).sum() - beta * (p * (p / ref).log()).sum()
+    for d in (torch.tensor([0.01, 0.0, -0.01]), torch.tensor([-0.02, 0.002, 0.018])):
+        assert objective(opt) > objective(opt + d)
+
+
+def test_taylor_terms_of_the_losses_at_zero():
+    """Deck 004: f(βh) ≈ f(0) + f'(0)βh + f''(0)β²h²/2 near h = 0: the linear term pushes the
+    preference, the quadratic one regularises. Logistic (DPO): f'(0) = −½, f''(0) = ¼; hinge
+    (SLiC): f' = −1, f'' = 0 (no quadratic term below the margin); IPO as written here,
+    (h − 1/(2β))²: slope −1/β and curvature 2 in h."""
+    beta = 0.3
+    for kind, slope, curvature in (("sigmoid", -beta / 2, beta ** 2 / 4),
+                                   ("hinge", -beta, 0.0), ("ipo", -1 / beta, 2.0)):
+        h = torch.zeros(1, requires_grad=True)
+        z = torch.zeros(1)
+        loss, _, _ = dpo.preference_loss(h, z, z, z, beta, kind)
+        (d1,) = torch.autograd.grad(loss.sum(), h, create_graph=True)
+        (d2,) = torch.autograd.grad(d1.sum(), h, allow_unused=True)
+        assert d1.item() == pytest.approx(slope)
+        assert (0.0 if d2 is None else d2.item()) == pytest.approx(curvature)
+
+
+def test_accuracy_of_the_implicit_reward_counts_ties_half():
+    """Deck 002 reads DPO's implicit reward as a reward model: the held-out accuracy is the share
+    of pairs it orders as the labels do (at π = π_ref every pair ties: 0.5)."""
+    chosen, rejected = torch.tensor([1.0, 0.0, 2.0, 3.0]), torch.tensor([0.0, 0.0, 3.0, 1.0])
+    assert dpo.accuracy(chosen, rejected) == pytest.approx((1 + 0.5 + 0 + 1) / 4)

@@ -188,3 +188,36 @@ def test_adaptive_beta_by_hand():
     assert ppo.adaptive_beta(0.1, 2.0, 1.0, 64, 1000) == pytest.approx(0.1 * (1 + 0.2 * 0.064))
     # KL 10% under the target: −0.1 unclipped
     assert ppo.adaptive_beta(0.1, 0.9, 1.0, 64, 1000) == pytest.approx(0.1 * (1 - 0.1 * 0.064))
+
+
+def test_ptx_windows_end_after_a_sentence_with_end_of_text():
+    """PPO-ptx's windows are closed as sft.py's openings are; the tax's windows are not."""
+    enc = c.tokenizer(4096)
+    ends = ppo.sentence_ends(enc)
+    assert enc.encode_ordinary(".")[0] in ends and enc.encode_ordinary(" the")[0] not in ends
+    idx = range(20)
+    plain = ppo.lm_batch(enc, "valid", idx, 64, torch.device("cpu"))
+    closed = ppo.lm_batch(enc, "valid", idx, 64, torch.device("cpu"), closed=True)
+    pad = enc.eot_token + 1
+    for p, row in zip(plain.tolist(), closed.tolist()):
+        real, window = [t for t in row if t != pad], [t for t in p if t != pad]
+        assert real[0] == window[0] == enc.eot_token  # the windows' "prompt"
+        if real[-1] == enc.eot_token and len(real) > 1:  # closed: a sentence end, then eot
+            assert real[-2] in ends and real[:-1] == window[:len(real) - 1]
+        else:  # no full sentence in the window: the whole window, as sft.py keeps it
+            assert real == window
+        assert enc.eot_token not in window[1:]  # the tax's windows: never closed
+    assert sum(row.count(enc.eot_token) == 2 for row in closed.tolist()) >= 15
+
+
+def test_lm_loss_counts_real_tokens_only():
+    """The alignment tax's measure: mean −log π(next token) over real targets, padding left out
+    (deck 000: the tax and its KL and PPO-ptx fixes are read off this number)."""
+    torch.manual_seed(0)
+    model = c.build_model(256, n_layer=1, n_head=1, n_embd=16, n_positions=16).eval()
+    pad = model.config.pad_token_id
+    tokens = torch.tensor([[1, 5, 7, 9], [1, 3, pad, pad]])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(tokens).logits.float(), -1)
+        hand = -(logp[0, 0, 5] + logp[0, 1, 7] + logp[0, 2, 9] + logp[1, 0, 3]) / 4
+        torch.testing.assert_close(ppo.lm_loss(model, tokens), hand, rtol=1e-4, atol=1e-4)

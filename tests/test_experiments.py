@@ -1,0 +1,121 @@
+"""experiments.py, measured.py, bench/grad_variance.py and the flags they use (dpo.py --rounds,
+rloo.py --baseline): the variance formula and the estimators by hand, the rounds' labels, a tiny
+experiment that resumes, records a failure and measures the tax."""
+import json, os, sys
+
+import pytest
+import torch
+
+import common as c
+import dpo, experiments, measured
+from conftest import ROOT, linked_out, run_main, run_script, spy
+
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import grad_variance  # noqa: E402
+
+TINY = ["--n-eval-prompts", 4, "--max-new-tokens", 8]
+
+
+def test_gradient_noise_by_hand():
+    # g = (1, 0), (3, 0), (2, 3): ḡ = (2, 1); deviations (−1, −1), (1, −1), (0, 2): Σ‖·‖² = 8
+    grads = torch.tensor([[1.0, 0.0], [3.0, 0.0], [2.0, 3.0]])
+    trace, signal = grad_variance.gradient_noise(grads.sum(0), grads.pow(2).sum().item(), 3)
+    assert trace == pytest.approx(8 / 2)  # tr Σ with the m − 1 of a sample variance
+    assert signal == pytest.approx(5 - 4 / 3)  # ‖ḡ‖² = 5, less tr Σ/m
+    # against torch on random vectors
+    g = torch.randn(50, 7, dtype=torch.float64)
+    trace, _ = grad_variance.gradient_noise(g.sum(0), g.pow(2).sum().item(), 50)
+    assert trace == pytest.approx(g.var(0).sum().item())
+
+
+def test_estimators_by_hand():
+    """The gradient of each surrogate with respect to log π(y_i|x) is −A_i/N: A_i = R_i
+    (reinforce), R_i − R̄ (mean), R_i − the others' mean (loo); PPO's is −A_t/(real tokens)."""
+    score = torch.tensor([1.0, 3.0, 2.0, 6.0])
+    seq = torch.zeros(4, requires_grad=True)
+    tok = torch.zeros(4, 2, requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0], [1.0, 1.0]])
+    adv = torch.tensor([[1.0, 2.0], [3.0, 9.0], [0.0, -1.0], [4.0, 4.0]])
+    losses = grad_variance.estimator_losses(score, seq, tok, adv, mask, k=2)
+    expected = {"reinforce": [1, 3, 2, 6], "mean": [-2, 0, -1, 3], "loo": [-2, 2, -4, 4]}
+    for name, a in expected.items():
+        (g,) = torch.autograd.grad(losses[name], seq)
+        torch.testing.assert_close(g, -torch.tensor(a, dtype=torch.float32) / 4)
+    (g,) = torch.autograd.grad(losses["ppo-gae"], tok)
+    torch.testing.assert_close(g, -adv * mask / 7)  # 7 real tokens; padding gets nothing
+
+
+def test_runs_table_interpolates_and_names_failures():
+    rows = [{"run": "a", "step": s, "kl": kl, "gold": g, "gold_se": 0.01}
+            for s, kl, g in ((0, 0.0, 0.2), (1, 1.0, 0.4), (2, 3.0, 0.8))]
+    lines = measured.runs_table(measured.paths(rows), [("a", "A"), ("b", "B")],
+                                {"b": "KL exploded"})
+    # KL 2 lies halfway between the evaluations at KL 1 and 3: gold 0.6; KL 5 is never reached
+    assert lines[2] == "| A | a | 0.800 ± 0.010 | 3.00 | 0.600 | – |"
+    assert lines[3].startswith("| B | b | stopped: KL exploded |")
+
+
+def test_experiment_runs_are_well_formed():
+    for name in experiments.EXPERIMENTS:
+        for script, label, flags in experiments.experiment_runs(name):
+            cfg = experiments.frontier.key_of(script, [*map(str, flags)], "out")
+            assert cfg and script in ("ppo.py", "rloo.py", "grpo.py", "dpo.py")
+    keys = {n: [k for k, _ in v] for n, v in experiments.labels("out").items()}
+    # equal labels in the iterative experiment: 300 steps of 32 pairs each
+    assert all("steps=300" in k for k in keys["iterative"])
+    # shared runs run once: variance's leave-one-out run is the RLOO lr grid's default
+    assert set(keys["variance"]) & set(keys["sensitivity"]) == {"rloo-rm beta=0.1 steps=50"}
+
+
+def test_rounds_label_their_own_pairs(pipeline, tmp_path, monkeypatch):
+    """--rounds 2 over 4 steps of 4 pairs: two rounds, each labelling 2 · 4 pairs from the policy
+    it starts from (8 labels each, 16 in all: as many as online or the file would use)."""
+    rounds = spy(monkeypatch, dpo, "judged_pairs")
+    labelled = spy(monkeypatch, c, "labeler_scores")
+    fed = spy(monkeypatch, dpo, "batch_logps")
+    out = linked_out(tmp_path, pipeline)
+    run_main(monkeypatch, dpo, "--out", out, *TINY, "--steps", 4, "--eval-every", 4,
+             "--batch-size", 4, "--rounds", 2, "--judge", "labeler", "--lr", 1e-3)
+    assert [call["n"] for call in rounds] == [8, 8] and len(labelled) == 2
+    batches = [call["pairs"] for call in fed if call["out"][0].requires_grad]
+    assert batches[0] + batches[1] == rounds[0]["out"] and batches[2] + batches[3] == \
+        rounds[1]["out"]
+
+
+def test_grad_variance_on_the_tiny_pipeline(pipeline, tmp_path):
+    out = linked_out(tmp_path, pipeline)
+    run_script("bench/grad_variance.py", "--out", out, "--batches", 4, "--prompts", 2, "--k", 2,
+               "--max-new-tokens", 8)
+    rows = c.read_jsonl(out / "grad_variance.jsonl")
+    assert [r["estimator"] for r in rows] == grad_variance.ESTIMATORS
+    assert all(r["trace"] > 0 and len(r["trace_halves"]) == 2 for r in rows)
+
+
+def test_a_tiny_experiment_resumes_records_failures_and_measures_the_tax(
+        pipeline, tmp_path, monkeypatch):
+    out = linked_out(tmp_path, pipeline)
+    (out / "results.jsonl").write_text((pipeline / "results.jsonl").read_text())
+    small = [*TINY, "--batch-size", 2, "--minibatch-size", 8]
+    tiny = [("rloo.py", "tiny", ["--steps", 2, "--eval-every", 2, *small]),
+            ("rloo.py", "diverges", ["--steps", 3, *small, "--lr", 1e-2, "--max-kl", 1e-9])]
+    monkeypatch.setattr(experiments, "experiment_runs", lambda name: tiny)
+    monkeypatch.setattr(experiments, "EXPERIMENTS", ["tax"])
+    cfg = experiments.Config(out=str(out))
+    device = torch.device("cpu")
+    experiments.measure_tax(str(out), "sft.py", None, device)
+    failed = experiments.run_experiment(cfg, "tax", device)
+    assert len(failed) == 1 and "diverges" in failed[0]
+    errors = c.read_jsonl(out / "failed.jsonl")
+    assert len(errors) == 1 and "exploded" in errors[0]["error"]
+    tax = {r["run"]: r for r in c.read_jsonl(out / "tax.jsonl")}
+    key = experiments.frontier.key_of("rloo.py", [*map(str, tiny[0][2])], str(out))
+    sft = next(r for r in tax.values() if r["algo"] == "sft")
+    assert len(tax) == 2 and sft["kl"] == 0 and tax[key]["lm_loss"] > 0
+    # a second call finds both runs done (one finished, one diverged) and trains nothing
+    monkeypatch.setattr(experiments.c, "run_child", lambda *a, **k: pytest.fail("reran"))
+    assert experiments.run_experiment(cfg, "tax", device) == []
+    experiments.collect(str(out))
+    rows = [json.loads(line) for line in open(out / "measured.jsonl")]
+    assert {r["run"] for r in rows} == {sft["run"], key}
+    measured.draw(str(out), experiments.labels(str(out)))
+    assert "| tiny |" in (out / "measured.md").read_text() and (out / "tax.png").exists()
