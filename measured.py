@@ -130,6 +130,9 @@ def draw(out, names):
     tax = c.read_jsonl(os.path.join(out, "tax.jsonl"))
     variance = c.read_jsonl(os.path.join(out, "grad_variance.jsonl"))
     failed = {r["run"]: r["error"] for r in c.read_jsonl(os.path.join(out, "failed.jsonl"))}
+    if not (rows or tax or variance):
+        c.die(f"{out} has none of experiments.py's data (measured.jsonl, tax.jsonl,"
+              " grad_variance.jsonl): run python experiments.py first")
     runs = paths(rows)
     md = ["# experiments.py's tables", "",
           f"From {out}/measured.jsonl, tax.jsonl, grad_variance.jsonl (`python experiments.py"
