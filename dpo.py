@@ -105,7 +105,7 @@ def batch_indices(step, batch_size, n):
 
 
 @torch.no_grad()
-def judged_pairs(policy, rm, enc, train_prompts, n, cfg, device, chunk=64):
+def judged_pairs(policy, rm, enc, train_prompts, n, cfg, device, chunk=256):
     """n fresh pairs: two responses from the policy to each of n random training prompts (chunk
     prompts at a time), the judge's pick the chosen one (--online: one batch; --rounds: a round)."""
     pairs = []

@@ -10,12 +10,12 @@ alignment tax, ppo.py's measurement) goes into <out>/tax.jsonl. Runs shared by t
                with the batch mean, leave-one-out, and PPO's critic/GAE, at π_SFT), then gold
                per sample: rloo.py --baseline none|mean|loo for 50 steps and PPO for 50 steps
                (3200 responses each)
-  loss-family  dpo.py --loss sigmoid|ipo|hinge at β 0.1 and 0.03 (300 steps, 9600 pairs), and each
+  loss-family  dpo.py --loss sigmoid|ipo|hinge at β 0.1 and 0.03 (300 steps, 9600 pairs), each
                at β 0.03 for 8 epochs over 512 pairs (over-optimisation with epochs)
   tax          RLOO at β 0.02 and GRPO at β 0.1 and 0.02 (50 steps) beside every run above, and
                PPO-ptx (--ptx-coef 1, 20 steps) beside PPO without it
-  iterative    DPO at equal labels (9600, the same labeler, τ 0.1): offline from the file,
-               --rounds 4 (4 × 2400 pairs from the policy of the round), online
+  iterative    DPO at equal labels (4800, the same labeler, τ 0.1): offline from the file,
+               --rounds 3 (3 × 1600 pairs from the policy of the round), online
   sensitivity  PPO (20 steps) at lr 3e-5 and 3e-4 × clip 0.1 and 0.4, and its defaults (lr 1e-4,
                clip 0.2) with seeds 0 and 1; RLOO (50 steps) at lr 3e-5, 1e-4 and 3e-4
 Then <out>/measured.jsonl (the experiments' rows and sft.py's point), the figures
@@ -36,7 +36,7 @@ CHOICES = {"experiment": [*EXPERIMENTS, "all"]}
 # minutes of each experiment's runs, estimated from frontier.py's measured ones (2-core
 # AVX512-BF16 CPU, bf16; PPO ≈ 3 s an iteration, RLOO ≈ 1.5 s, DPO ≈ 0.2 s a step, an
 # evaluation ≈ 8 s)
-MINUTES = {"variance": 9, "loss-family": 9, "tax": 6, "iterative": 6, "sensitivity": 12}
+MINUTES = {"variance": 9, "loss-family": 9, "tax": 6, "iterative": 5, "sensitivity": 12}
 PPO = ["--beta", 0.1, "--eval-every", 5]  # PPO passes KL 10 within its first 10 iterations
 LABELER = ["--judge", "labeler"]  # the labeler that labelled the preference file
 
@@ -68,8 +68,8 @@ def experiment_runs(name):
             + [("ppo.py", f"PPO{' -ptx' if ptx else ''} 20 iterations",
                 ["--steps", 20, *PPO, *(["--ptx-coef", 1] if ptx else [])]) for ptx in (0, 1)]
     if name == "iterative":
-        return [("dpo.py", label, ["--beta", 0.1, "--steps", 300, *flags]) for label, flags in
-                (("offline", []), ("4 rounds", ["--rounds", 4, *LABELER]),
+        return [("dpo.py", label, ["--beta", 0.1, "--steps", 150, *flags]) for label, flags in
+                (("offline", []), ("3 rounds", ["--rounds", 3, *LABELER]),
                  ("online", ["--online", *LABELER]))]
     cells = [(1e-4, 0.2, 0), (1e-4, 0.2, 1)] + [(lr, clip, 0) for lr in (3e-5, 3e-4)
                                                 for clip in (0.1, 0.4)]
@@ -177,6 +177,10 @@ def main():
         c.require(sft_dir, "sft.py", ["--out", cfg.out])
         c.require(os.path.join(cfg.out, "reward_model"), "reward_model.py", ["--out", cfg.out],
                   built_from=[sft_dir])
+        results = os.path.join(cfg.out, "results.jsonl")
+        if not any(r["algo"] == "sft" for r in c.read_results(results)):  # a root beside out/
+            for row in c.read_results(os.path.join(sft_dir, "points.jsonl")):  # (linked sft)
+                c.replace_rows(results, row["run"], [row])
         if "sft" not in {r.get("algo") for r in c.read_jsonl(os.path.join(cfg.out, "tax.jsonl"))}:
             measure_tax(cfg.out, "sft.py", None, device)
         failed = [run for name in (EXPERIMENTS if cfg.experiment == "all" else [cfg.experiment])

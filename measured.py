@@ -110,7 +110,7 @@ def draw_tax(tax, runs, png):
 def draw_iterative(runs, names, png):
     """Gold against KL of offline, iterative (rounds) and online DPO on as many labels."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = {"offline": style("dpo-sigmoid"), "4 rounds": ("darkred", "s"),
+    colours = {"offline": style("dpo-sigmoid"), "3 rounds": ("darkred", "s"),
                "online": style("dpo-sigmoid-online")}
     for run, label in names:
         if run in runs:
@@ -119,7 +119,7 @@ def draw_iterative(runs, names, png):
             ax.plot([p["kl"] for p in pts], [p["gold"] for p in pts], "-", marker=marker, ms=4,
                     color=colour, label=f"DPO {label}")
     ax.set(xlabel=KL_LABEL, ylabel=GOLD_LABEL,
-           title="offline, iterative and online DPO: 9600 labels each, β = 0.1")
+           title="offline, iterative and online DPO: 4800 labels each, β = 0.1")
     ax.grid(alpha=0.3)
     save(fig, png, ax.get_legend_handles_labels()[0], ncol=3)
 

@@ -61,8 +61,8 @@ def test_experiment_runs_are_well_formed():
             cfg = experiments.frontier.key_of(script, [*map(str, flags)], "out")
             assert cfg and script in ("ppo.py", "rloo.py", "grpo.py", "dpo.py")
     keys = {n: [k for k, _ in v] for n, v in experiments.labels("out").items()}
-    # equal labels in the iterative experiment: 300 steps of 32 pairs each
-    assert all("steps=300" in k for k in keys["iterative"])
+    # equal labels in the iterative experiment: 150 steps of 32 pairs each
+    assert all("steps=150" in k for k in keys["iterative"])
     # shared runs run once: variance's leave-one-out run is the RLOO lr grid's default
     assert set(keys["variance"]) & set(keys["sensitivity"]) == {"rloo-rm beta=0.1 steps=50"}
 
