@@ -110,7 +110,8 @@ def test_grpo_wiring(pipeline, tmp_path, monkeypatch, flags):
     assert not torch.equal(second["logprobs"].detach(), second["old_logprobs"])
 
 
-def test_rloo_wiring(pipeline, tmp_path, monkeypatch):
+@pytest.mark.parametrize("baseline", ["loo", "mean", "none"])
+def test_rloo_wiring(pipeline, tmp_path, monkeypatch, baseline):
     sampled = spy(monkeypatch, c, "sample")
     scored = spy(monkeypatch, c, "score_responses")
     penalised = spy(monkeypatch, c, "kl_penalised_reward")
@@ -118,7 +119,7 @@ def test_rloo_wiring(pipeline, tmp_path, monkeypatch):
     losses = spy(monkeypatch, rloo, "rloo_loss")
     args = ["--out", linked_out(tmp_path, pipeline), *TINY, "--beta", 0.1, "--batch-size", 4,
             "--k", 3, "--minibatch-size", 6, "--ppo-epochs", 2, "--clip", 0.3,
-            "--reward", "gold", "--temperature", 0.8]
+            "--reward", "gold", "--temperature", 0.8, "--baseline", baseline]
     run_main(monkeypatch, rloo, *args)
     cfg = config(rloo, args)
     n_mb = cfg.batch_size * cfg.k // cfg.minibatch_size
@@ -139,9 +140,11 @@ def test_rloo_wiring(pipeline, tmp_path, monkeypatch):
     assert kl.abs().max() > 1e-3
     torch.testing.assert_close(penalised[1]["kl"], kl)
     assert penalised[1]["score"] is scored[1]["out"] and penalised[1]["beta"] == cfg.beta
-    # 4. leave-one-out advantages of those rewards; 5. the loss against log π_old(y|x)
+    # 4. advantages of those rewards: leave-one-out, or --baseline mean (the batch's mean
+    # reward) or none (REINFORCE); 5. the loss against log π_old(y|x)
     R = penalised[1]["out"].view(-1, cfg.k)
-    adv = R - (R.sum(1, keepdim=True) - R) / (cfg.k - 1)
+    adv = R - {"loo": (R.sum(1, keepdim=True) - R) / (cfg.k - 1), "mean": R.mean(),
+               "none": 0.0}[cfg.baseline]
     first_pass = losses[cfg.ppo_epochs * n_mb:cfg.ppo_epochs * n_mb + n_mb]
     torch.testing.assert_close(cat(first_pass, "advantages"), adv.flatten())
     torch.testing.assert_close(cat(first_pass, "old_seq_logprobs"), rollout["out"])
@@ -279,6 +282,29 @@ def test_dpo_online_wiring(pipeline, tmp_path, monkeypatch, judge):
         torch.testing.assert_close(call["ref_rejected"], ref_rejected)
     assert len(labelled) == (cfg.steps if judge == "labeler" else 0)
     assert {call["tau"] for call in labelled} <= {cfg.tau}
+
+
+def test_dpo_rounds_wiring(pipeline, tmp_path, monkeypatch):
+    rounds = spy(monkeypatch, dpo, "judged_pairs")
+    fed = spy(monkeypatch, dpo, "batch_logps")
+    losses = spy(monkeypatch, dpo, "preference_loss")
+    args = ["--out", linked_out(tmp_path, pipeline), *TINY, "--steps", 4, "--eval-every", 4,
+            "--rounds", 2, "--judge", "labeler", "--batch-size", 8, "--lr", 2e-2]
+    run_main(monkeypatch, dpo, *args)
+    cfg = config(dpo, args)
+    # a round at steps 1 and 3, each labelling the pairs of its two steps, judged as asked
+    assert [(call["n"], call["cfg"].judge) for call in rounds] == [(16, "labeler")] * 2
+    train = [call for call in losses if call["logps_chosen"].requires_grad]
+    batches = [call["pairs"] for call in fed if call["out"][0].requires_grad]
+    assert len(train) == len(batches) == cfg.steps
+    for n, round_ in enumerate(rounds):
+        pairs = round_["out"]
+        assert batches[2 * n] == pairs[:8] and batches[2 * n + 1] == pairs[8:]
+        ref_chosen, ref_rejected = ref_pair_logps(pipeline, pairs)  # π_ref's, once a round
+        for call, rows in zip(train[2 * n:2 * n + 2], (slice(0, 8), slice(8, 16))):
+            torch.testing.assert_close(call["ref_chosen"], ref_chosen[rows])
+            torch.testing.assert_close(call["ref_rejected"], ref_rejected[rows])
+    assert rounds[0]["out"] != rounds[1]["out"]
 
 
 # ---------------------------------------------------------------- SFT and the reward model
