@@ -74,7 +74,9 @@ def main():
              " `python bench/samples.py` from the default runs' models: "
              + ", ".join(f"`{cfg.out}/{d}` (`{cmd}`)" for _, d, cmd in have)
              + f". One sample per opening: the means over 256 openings are in the README's"
-             " table; these show what the numbers mean.", ""]
+             " table; these show what the numbers mean. Sampled in"
+             f" {os.environ.get(c.PRECISION_ENV)} on {device.type}: another precision"
+             " draws other samples.", ""]
     for i, opening in enumerate(openings):
         lines += [f"## {i + 1}. “{opening.strip()}…”", "", "| model | r* | continuation |",
                   "|---|---|---|"]
