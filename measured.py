@@ -17,8 +17,8 @@ LOSS_NAMES = {"sigmoid": "DPO", "ipo": "IPO", "hinge": "SLiC"}
 
 def variance_table(rows):
     """Markdown lines: bench/grad_variance.py's rows, one per estimator."""
-    lines = ["| estimator | samples per batch | batches | tr Σ | tr Σ of each half | ‖μ‖² |"
-             " noise-to-signal tr Σ/‖μ‖² |", "|---|---|---|---|---|---|---|"]
+    lines = ["| estimator | samples a batch | batches | tr Σ | tr Σ of each half | ‖μ‖² |"
+             " tr Σ/‖μ‖² |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = r["noise_to_signal"]
         lines.append(f"| {r['estimator']} | {r['samples']} | {r['batches']} | {r['trace']:.4g} |"

@@ -105,7 +105,7 @@ def test_baselines_by_hand():
     assert adv.tolist() == [4.0, -4.0, -12.0, 12.0] and base.tolist() == [6.0, 10.0, 14.0, 2.0]
 
 
-def test_a_constant_baseline_keeps_the_expected_gradient_and_lowers_its_variance():
+def test_constant_baseline_is_unbiased_and_cuts_variance():
     """Decks 001 and 004: E[(R − b)∇log π] = E[R ∇log π] for a b that does not depend on the
     action (Σ_y π ∇log π = ∇Σ_y π = 0), and b = E[R] lowers the variance of one sample's
     estimate. Exactly, over a softmax policy of 3 whole responses (rewards +10, +6, +8)."""
