@@ -135,8 +135,8 @@ def draw(out, names):
               " grad_variance.jsonl): run python experiments.py first")
     runs = paths(rows)
     md = ["# experiments.py's tables", "",
-          f"From {out}/measured.jsonl, tax.jsonl, grad_variance.jsonl (`python experiments.py"
-          " --out docs --redraw`).", ""]
+          f"From {out}/measured.jsonl, tax.jsonl and grad_variance.jsonl",
+          "(`python experiments.py --out docs --redraw`).", ""]
     if variance:
         md += ["## Variance of the policy gradient at π_SFT", "", *variance_table(variance), ""]
     for name, title in (("variance", "Gold per sample (3200 responses each)"),
