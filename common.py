@@ -14,7 +14,9 @@ import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
-import runs
+import parallel, runs
+from parallel import (all_mean, average_gradients, gather, rank, share, split_map,  # noqa: F401
+                      world)
 from runs import (PRECISION_ENV, Logger, Results, append_row, archive_results,  # noqa: F401
                   autocast, bad_value, before_after, check_space, die, finish_rl, finish_stage,
                   mean_stats, native_bf16, parse_config, plot_frontier, plot_metrics,
@@ -88,7 +90,10 @@ def load_model(name_or_dir, cls=GPT2LMHeadModel, **overrides):
 def save_model(model, path):
     """save_pretrained into path/.tmp, then move each file into place with an atomic rename,
     config.json last: a crash or Ctrl-C never leaves a half-written file under a real name, and
-    the other files of the directory (metrics, plots) stay. The tokenizer is saved beside it."""
+    the other files of the directory (metrics, plots) stay. The tokenizer is saved beside it.
+    Under torchrun rank 0 alone saves (the weights are the same on every rank)."""
+    if rank() > 0:
+        return
     tmp = os.path.join(path, ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
@@ -121,10 +126,14 @@ def token_logprobs(model, tokens, n_prompt, temperature=1.0):
     return logprobs, entropy
 
 
-def masked_mean(x, mask, dim=None):
-    """Mean of x over the real (mask = 1) positions only (along dim, or over all of them)."""
+def masked_mean(x, mask, dim=None, all_ranks=False):
+    """Mean of x over the real (mask = 1) positions only (along dim, or over all of them; with
+    all_ranks, over those of every rank's share of the batch under torchrun)."""
     if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1)
+        total, count = (x * mask).sum(), mask.sum()
+        if all_ranks and world() > 1:
+            total, count = (v.to(x.dtype).to(x.device) for v in parallel.all_sum(total, count))
+        return total / count.clamp(min=1)
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
@@ -236,7 +245,9 @@ def kl_penalised_reward(score, kl, beta):
 
 def minibatches(n, size, epoch=0):
     """Row slices of the update's minibatches: in order on the first pass (its first minibatch
-    is the rollout's own forward, so the ratio is exactly 1), shuffled on later passes."""
+    is the rollout's own forward, so the ratio is exactly 1), shuffled on later passes. size is
+    the global minibatch: under torchrun a rank's n rows are its share, and so are its slices."""
+    size //= world()
     chunks = [slice(j, j + size) for j in range(0, n, size)]
     return chunks if epoch == 0 else [chunks[j] for j in torch.randperm(len(chunks)).tolist()]
 
@@ -310,17 +321,22 @@ def response_logprobs(logprobs, mask):
 
 
 def check_kl(kl, max_kl, step, ckpt):
-    if kl.mean() > max_kl:
-        die(f"KL exploded ({kl.mean():.1f} nats > --max-kl {max_kl}) at step {step}; {ckpt};"
+    """Stop on a KL explosion: the batch's mean KL per response (every rank's) above max_kl."""
+    mean = all_mean(kl.mean())
+    if mean > max_kl:
+        die(f"KL exploded ({mean:.1f} nats > --max-kl {max_kl}) at step {step}; {ckpt};"
             " raise --beta or lower --lr")
 
 
-def optimizer_step(opt, loss, params, step, ckpt):
-    """Zero the gradients, backward, clip their norm, step; a non-finite loss ends the run."""
+def optimizer_step(opt, loss, params, step, ckpt, weight=1.0):
+    """Zero the gradients, backward, average them over the ranks (torchrun; each rank's weighted
+    by `weight`, e.g. its tokens), clip their norm, step; a non-finite loss ends the run."""
     if not torch.isfinite(loss):
         die(f"non-finite loss at step {step}; {ckpt}; try a lower --lr")
+    params = list(params)
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    average_gradients(params, weight)
     torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
     opt.step()
 
@@ -332,33 +348,35 @@ def evaluate(policy, ref, enc, prompt_ids, max_new_tokens, rm=None, batch_size=6
     """The README's evaluation on held-out prompts, temperature 1: gold and proxy reward,
     sequence KL(π‖π_ref) = mean Σ_t [log π − log π_ref] (nats), token entropy, length and
     samples; and the standard errors of the gold, proxy and KL means (gold_se, …) over the
-    prompts."""
-    device, was_training = policy.lm_head.weight.device, policy.training
+    prompts. The sampling noise is the evaluation's own (seed): the same at every evaluation,
+    and on every rank under torchrun, where each rank scores its share of the batches."""
+    was_training = policy.training
     policy.eval()
-    state = torch.get_rng_state(), (torch.cuda.get_rng_state() if device.type == "cuda" else None)
-    torch.manual_seed(seed)  # the same sampling noise at every evaluation
-    rows = {k: [] for k in ("gold", "proxy", "kl", "entropy", "length")}
-    texts = []
-    with autocast(device):
-        for tokens, mask in sample_batched(policy, prompt_ids, max_new_tokens, batch_size):
-            P = tokens.shape[1] - mask.shape[1]
+    noise = torch.Generator(policy.lm_head.weight.device).manual_seed(seed)
+    with autocast(policy.lm_head.weight.device):
+        batches = sample_batched(policy, prompt_ids, max_new_tokens, batch_size, generator=noise)
+
+    def score(batch):  # each row's numbers, and the texts
+        tokens, mask = batch
+        P = tokens.shape[1] - mask.shape[1]
+        with autocast(tokens.device):
             logprobs, entropy = token_logprobs(policy, tokens, P)
             ref_logprobs, _ = token_logprobs(ref, tokens, P)
-            batch_texts = [decode(enc, t) for t in tokens.tolist()]
-            texts += batch_texts
-            rows["gold"].append(gold_reward(batch_texts))
-            rows["proxy"].append(reward(rm, tokens).cpu() if rm is not None else torch.zeros(0))
-            rows["kl"].append(sequence_kl(logprobs, ref_logprobs, mask).cpu())
-            rows["entropy"].append(((entropy * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu())
-            rows["length"].append(mask.sum(1).float().cpu())
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1])
-    rows = {k: torch.cat(v).float() for k, v in rows.items() if rm is not None or k != "proxy"}
+            texts = [decode(enc, t) for t in tokens.tolist()]
+            rows = {"gold": gold_reward(texts),
+                    "proxy": reward(rm, tokens).cpu() if rm is not None else None,
+                    "kl": sequence_kl(logprobs, ref_logprobs, mask).cpu(),
+                    "entropy": ((entropy * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu(),
+                    "length": mask.sum(1).float().cpu()}
+        return rows, texts
+
+    scored = split_map(score, batches)
+    rows = {k: torch.cat([r[k] for r, _ in scored]).float() for k in scored[0][0]
+            if rm is not None or k != "proxy"}
     out = {k: v.mean().item() for k, v in rows.items()}
     for k in ("gold", "proxy", "kl"):  # standard errors of the means: what a difference needs
         out[f"{k}_se"] = rows[k].std().item() / math.sqrt(len(rows[k])) if k in rows else None
     out["proxy"] = out.get("proxy")
-    out["samples"] = texts[:8]
+    out["samples"] = [t for _, texts in scored for t in texts][:8]
     policy.train(was_training)
     return out

@@ -15,8 +15,9 @@ response log-probs of the policy; those of the frozen reference were computed on
 training; 3. the loss; 4. update; 5. log the implicit rewards β·log π/π_ref of chosen and
 rejected, their margin and accuracy, and evaluate.
 
-Left out: label smoothing (cDPO), reference-free variants, multi-GPU.
+Left out: label smoothing (cDPO), reference-free variants.
 Run: python dpo.py          (builds out/preferences.jsonl first if it is missing)
+     torchrun --nproc_per_node N dpo.py   (N data-parallel ranks: docs/beyond.md)
 """
 import os
 from dataclasses import dataclass
@@ -107,18 +108,23 @@ def batch_indices(step, batch_size, n):
 @torch.no_grad()
 def judged_pairs(policy, rm, enc, train_prompts, n, cfg, device, chunk=256):
     """n fresh pairs: two responses from the policy to each of n random training prompts (chunk
-    prompts at a time), the judge's pick the chosen one (--online: one batch; --rounds: a round)."""
+    prompts at a time), the judge's pick the chosen one (--online: one batch; --rounds: a round).
+    Under torchrun each rank samples and judges its share of the prompts; all get all pairs."""
     pairs = []
-    for s in range(0, n, chunk):
-        idx = torch.randint(len(train_prompts), (min(chunk, n - s),)).tolist()
+    size = chunk * c.world()  # prompts of one pass of the loop, over all ranks
+    for s in range(0, n, size):
+        idx = c.share(torch.randint(len(train_prompts), (min(size, n - s),)).tolist())
         prompt_ids = [train_prompts[i] for i in idx for _ in range(2)]
         with c.autocast(device):
             tokens, mask = c.sample(policy, prompt_ids, cfg.max_new_tokens)
-            score = (c.reward(rm, tokens) if cfg.judge == "model" else
-                     c.labeler_scores(c.score_responses("gold", rm, enc, tokens), cfg.tau))
+            if cfg.judge == "model":
+                score = c.reward(rm, tokens)
+            else:  # the labeler's noise drawn for every rank's responses, each its own share
+                gold = torch.cat(c.gather([c.score_responses("gold", rm, enc, tokens).cpu()]))
+                score = c.share(c.labeler_scores(gold, cfg.tau))
         responses = [row[m].tolist() for row, m in zip(tokens[:, -mask.shape[1]:], mask)]
         pairs += online_pairs(prompt_ids, responses, score.view(-1, 2))
-    return pairs
+    return c.gather(pairs)
 
 
 def batch_logps(model, pairs, device):
@@ -200,11 +206,12 @@ def main():
             train = judged_pairs(policy, rm, enc, train_prompts,
                                  cfg.steps // cfg.rounds * cfg.batch_size, cfg, device)
             ref_chosen, ref_rejected = all_logps(ref, train, device)
-        if cfg.online:
-            batch = judged_pairs(policy, rm, enc, train_prompts, cfg.batch_size, cfg, device)
+        if cfg.online:  # (under torchrun: a rank's share of the batch, here and below)
+            batch = c.share(judged_pairs(policy, rm, enc, train_prompts, cfg.batch_size, cfg,
+                                         device))
             b_ref_chosen, b_ref_rejected = all_logps(ref, batch, device)
         else:  # a round's pairs: its steps go through them once (batch_indices wraps)
-            idx = batch_indices(step, cfg.batch_size, len(train))
+            idx = c.share(batch_indices(step, cfg.batch_size, len(train)))
             batch = [train[i] for i in idx.tolist()]
             b_ref_chosen, b_ref_rejected = ref_chosen[idx], ref_rejected[idx]
         # 2. policy log-probs of chosen and rejected; 3. the loss

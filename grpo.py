@@ -10,8 +10,9 @@ SFT), the reward model r_φ and the reference π_ref (frozen); no critic. Each i
 6. log, and every few steps evaluate on held-out prompts.
 --reward gold optimises the gold reward itself (the counterpart of PPO-GT).
 
-Left out: a penalty for responses that never stop, multi-GPU.
+Left out: a penalty for responses that never stop.
 Run: python grpo.py          (builds out/sft and out/reward_model first if they are missing)
+     torchrun --nproc_per_node N grpo.py   (N data-parallel ranks: docs/beyond.md)
 """
 import collections, os
 from dataclasses import dataclass
@@ -119,8 +120,9 @@ def main():
     logger = c.Logger(out_dir, cfg.steps,
                       evaluates=lambda s: c.evaluates_at(s, cfg.eval_every, cfg.steps))
     for step in range(1, cfg.steps + 1):
-        # 1. sample a group of k responses to each prompt of a batch (rows grouped by prompt)
-        idx = torch.randint(len(train_prompts), (cfg.batch_size,)).tolist()
+        # 1. sample a group of k responses to each prompt of a batch (rows grouped by prompt;
+        # under torchrun a rank samples for its share of the prompts)
+        idx = c.share(torch.randint(len(train_prompts), (cfg.batch_size,)).tolist())
         with torch.no_grad(), c.autocast(device):
             tokens, mask = c.sample(policy, [train_prompts[i] for i in idx for _ in range(cfg.k)],
                                     cfg.max_new_tokens, cfg.temperature)

@@ -11,9 +11,10 @@ bonus and PPO-ptx term; 6. log, and every few steps evaluate on held-out prompts
 does not reach the best reward, and here too it stays under r_φ's methods: docs/results.md).
 
 Left out: reward whitening, a penalty for responses that never stop, separate sampling and
-training processes, multi-GPU. Minibatches keep their rows across epochs (only their order is
-shuffled) so that the first minibatch of a rollout is bit-identical to the rollout's pass.
+training processes. Minibatches keep their rows across epochs (only their order is shuffled) so
+that the first minibatch of a rollout is bit-identical to the rollout's pass.
 Run: python ppo.py          (builds out/sft and out/reward_model first if they are missing)
+     torchrun --nproc_per_node N ppo.py   (N data-parallel ranks: docs/beyond.md)
 """
 import collections, os
 from dataclasses import dataclass
@@ -67,9 +68,10 @@ def degenerate(cfg):
 
 
 def whiten(x, mask):
-    """Zero mean, unit variance over the real tokens only (padding would skew both)."""
-    mean = c.masked_mean(x, mask)
-    var = c.masked_mean((x - mean) ** 2, mask)
+    """Zero mean, unit variance over the real tokens only (padding would skew both), of the
+    whole batch (under torchrun: every rank's share of it)."""
+    mean = c.masked_mean(x, mask, all_ranks=True)
+    var = c.masked_mean((x - mean) ** 2, mask, all_ranks=True)
     return (x - mean) * torch.rsqrt(var + 1e-8) * mask
 
 
@@ -218,8 +220,8 @@ def main():
                       evaluates=lambda s: c.evaluates_at(s, cfg.eval_every, cfg.steps))
     beta = cfg.beta
     for step in range(1, cfg.steps + 1):
-        # 1. sample a response to each prompt of a batch
-        idx = torch.randint(len(train_prompts), (cfg.batch_size,)).tolist()
+        # 1. sample a response to each prompt of a batch (under torchrun: of a rank's share)
+        idx = c.share(torch.randint(len(train_prompts), (cfg.batch_size,)).tolist())
         with torch.no_grad(), c.autocast(device):
             tokens, mask = c.sample(policy, [train_prompts[i] for i in idx],
                                     cfg.max_new_tokens, cfg.temperature)
@@ -254,7 +256,7 @@ def main():
                 loss = ppo_total_loss(pg_loss, vf_loss, ent, cfg.vf_coef, cfg.ent_coef)
                 if cfg.ptx_coef:  # PPO-ptx: + γ_ptx · the language-model loss on IMDb text
                     loss = loss + cfg.ptx_coef * ptx_loss(policy, enc, cfg.minibatch_size, device)
-                c.optimizer_step(opt, loss, params, step, ckpt)
+                c.optimizer_step(opt, loss, params, step, ckpt, weight=mask[s].sum())
                 stats["pg_loss"].append(pg_loss.item())
                 stats["entropy"].append(ent.item())
                 for k, v in c.update_stats(logprobs, old_logprobs[s], mask[s], cfg.clip).items():
@@ -273,7 +275,8 @@ def main():
             c.warn_if_collapsed(metrics)
         logger.log(step, **metrics)
         if cfg.target_kl:  # the adaptive KL controller sets β for the next batch
-            beta = adaptive_beta(beta, kl.mean().item(), cfg.target_kl, len(tokens), cfg.horizon)
+            beta = adaptive_beta(beta, c.all_mean(kl.mean()), cfg.target_kl, cfg.batch_size,
+                                 cfg.horizon)
 
     # final: results, samples before/after, plots
     c.finish_rl(cfg, out_dir, results, before, ev, f"PPO policy ({fields['run']})",

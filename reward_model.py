@@ -17,6 +17,7 @@ the labeler's own agreement with that order (the ceiling); correlation of r_φ w
 
 Left out: a separate labeler pool per split, ties ("equally good") as labels, reward ensembles.
 Run: python reward_model.py
+     torchrun --nproc_per_node N reward_model.py   (N data-parallel ranks: docs/beyond.md)
 """
 import json, math, os, time
 from dataclasses import dataclass
@@ -69,20 +70,24 @@ def bt_loss(chosen_rewards, rejected_rewards):
 
 def comparisons(policy, enc, split, n, cfg, device, gen):
     """Sample k responses per prompt from π_SFT, score them with the gold reward and let the
-    labeler rank them. Says how long it will take once three chunks are timed."""
+    labeler rank them. Says how long it will take once three chunks are timed. Under torchrun
+    each rank samples every N-th chunk, and all ranks get all of them."""
     prompt_ids = [p for p in c.prompts(split, enc, n) for _ in range(cfg.k)]
-    responses, gold, t0 = [], [], time.time()
-    chunk = 1024 if device.type == "cuda" else 128  # a GPU samples 1024 rows as fast as 128
-    for j in range(0, len(prompt_ids), chunk):
+    chunk, t0 = 1024 if device.type == "cuda" else 128, time.time()  # a GPU: 1024 as fast as 128
+
+    def label(j):  # responses to rows j … j + chunk, and their gold reward
         with c.autocast(device):
             tokens, mask = c.sample(policy, prompt_ids[j:j + chunk], cfg.max_new_tokens)
-        responses += [row[m].tolist() for row, m in zip(tokens[:, -mask.shape[1]:], mask)]
-        gold.append(c.gold_reward([c.decode(enc, t) for t in tokens.tolist()]))
-        if j == 2 * chunk and len(prompt_ids) > 6 * chunk:
-            minutes = (time.time() - t0) / (3 * chunk) * len(prompt_ids) / 60
+        gold = c.gold_reward([c.decode(enc, t) for t in tokens.tolist()])
+        if j == 2 * chunk * c.world() and len(prompt_ids) > 6 * chunk * c.world():
+            minutes = (time.time() - t0) / (3 * chunk) * len(prompt_ids) / c.world() / 60
             print(f"sampling and labelling {len(prompt_ids):,} {split} responses:"
                   f" ≈ {minutes:.1f} min on this machine", flush=True)
-    gold = torch.cat(gold).view(-1, cfg.k)  # (n, k)
+        return [row[m].tolist() for row, m in zip(tokens[:, -mask.shape[1]:], mask)], gold
+
+    labelled = c.split_map(label, range(0, len(prompt_ids), chunk))
+    responses = [r for rs, _ in labelled for r in rs]
+    gold = torch.cat([g for _, g in labelled]).view(-1, cfg.k)  # (n, k)
     return [{"prompt_ids": prompt_ids[i * cfg.k], "responses": responses[i * cfg.k:(i + 1) * cfg.k],
              "gold": gold[i].tolist(), "ranking": rank(gold[i], cfg.tau, gen).tolist()}
             for i in range(len(gold))]
@@ -196,7 +201,7 @@ def fit(rm, train, val, cfg, device, gen, logger, readout=last_token):
         if (step - 1) % n == 0:
             order = torch.randperm(len(train), generator=gen).tolist()
         j = (step - 1) % n * cfg.batch_size
-        groups = [train[i] for i in order[j:j + cfg.batch_size]]
+        groups = [train[i] for i in c.share(order[j:j + cfg.batch_size])]  # (a rank's share)
         lr = c.lr_at(step - 1, cfg.lr, WARMUP, cfg.epochs * n, cfg.schedule == "cosine")
         for group in opt.param_groups:
             group["lr"] = lr
@@ -208,6 +213,7 @@ def fit(rm, train, val, cfg, device, gen, logger, readout=last_token):
             c.die(f"non-finite loss at step {step}; try a lower --lr (nothing was saved)")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        c.average_gradients(rm.parameters())
         torch.nn.utils.clip_grad_norm_(rm.parameters(), c.GRAD_CLIP)
         opt.step()
         metrics = {"loss": loss.item(), "acc": (chosen > rejected).float().mean().item()}
@@ -251,7 +257,8 @@ def main():
     enc = c.tokenizer(policy.config.bpe_ranks)
     train = comparisons(policy, enc, "train", cfg.n_prompts, cfg, device, gen)
     val = comparisons(policy, enc, "valid", cfg.n_val_prompts, cfg, device, gen)
-    write_preferences(pref_path, enc, {"train": train, "valid": val})
+    if c.rank() == 0:  # (under torchrun every rank has them all, and rank 0 writes)
+        write_preferences(pref_path, enc, {"train": train, "valid": val})
     print(f"{len(train) * cfg.k * (cfg.k - 1) // 2} training pairs, labeler τ = {cfg.tau}")
 
     # 3. the reward model: SFT trunk + a scalar head (HF's sequence classifier with one label)
@@ -265,6 +272,8 @@ def main():
     rm.eval()
     shift_rewards(rm, all_rewards(rm, val, device).mean())
     c.save_model(rm, run_dir)
+    if c.rank() > 0:  # under torchrun rank 0 writes the report
+        return
 
     # report: correlation with the gold reward on fresh SFT samples of held-out prompts
     ev_prompts = c.prompts("eval", enc, cfg.n_eval_prompts)

@@ -11,8 +11,9 @@ SFT), the reward model r_φ and the reference π_ref (frozen); no critic. Each i
 (one baseline for the whole batch, its mean reward) or none (plain REINFORCE) replace step 4's
 leave-one-out baseline, to measure what a baseline buys (docs/lecture_measured.md).
 
-Left out: advantage whitening, a penalty for responses that never stop, multi-GPU.
+Left out: advantage whitening, a penalty for responses that never stop.
 Run: python rloo.py          (builds out/sft and out/reward_model first if they are missing)
+     torchrun --nproc_per_node N rloo.py   (N data-parallel ranks: docs/beyond.md)
 """
 import collections, os
 from dataclasses import dataclass
@@ -60,7 +61,9 @@ def baselined_advantages(rewards, k, baseline):
     every response, the decks' V) or 0 (REINFORCE without a baseline)."""
     if baseline == "loo":
         return rloo_advantages(rewards, k)
-    b = rewards.mean().expand_as(rewards) if baseline == "mean" else torch.zeros_like(rewards)
+    b = torch.zeros_like(rewards)
+    if baseline == "mean":  # the whole batch's (under torchrun: of every rank's share)
+        b += c.all_mean(rewards.mean())
     return rewards - b, b
 
 
@@ -110,8 +113,9 @@ def main():
     logger = c.Logger(out_dir, cfg.steps,
                       evaluates=lambda s: c.evaluates_at(s, cfg.eval_every, cfg.steps))
     for step in range(1, cfg.steps + 1):
-        # 1. sample a group of k responses to each prompt of a batch (rows grouped by prompt)
-        idx = torch.randint(len(train_prompts), (cfg.batch_size,)).tolist()
+        # 1. sample a group of k responses to each prompt of a batch (rows grouped by prompt;
+        # under torchrun a rank samples for its share of the prompts)
+        idx = c.share(torch.randint(len(train_prompts), (cfg.batch_size,)).tolist())
         with torch.no_grad(), c.autocast(device):
             tokens, mask = c.sample(policy, [train_prompts[i] for i in idx for _ in range(cfg.k)],
                                     cfg.max_new_tokens, cfg.temperature)

@@ -16,6 +16,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+import parallel
+
 if sys.platform.startswith("linux"):
     # glibc hands every large freed block back to the OS, and the next step page-faults it back
     # in: a third of a tiny model's CPU training step. Keep freed memory in the process instead.
@@ -53,7 +55,7 @@ def parse_config(cls, doc, choices=None, argv=None, check=None):
         problem = _out_of_range(name, value) or (name == "out" and _unwritable(value))
         if problem:
             bad_value(f"--{name.replace('_', '-')} {value}: {problem}")
-    problem = check(cfg) if check else None
+    problem = parallel.check_divides(cfg) or (check(cfg) if check else None)
     if problem:
         bad_value(problem)
     return cfg
@@ -72,6 +74,8 @@ def _unwritable(out):
         parent = os.path.dirname(os.path.abspath(parent))
     if not os.path.isdir(parent):
         return f"{parent} is a file, not a directory; give a directory"
+    if parallel.rank() > 0:  # rank 0 makes it (under torchrun rank 0 alone writes)
+        return None if os.access(parent, os.W_OK | os.X_OK) else f"{parent} is not writable"
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
@@ -133,14 +137,15 @@ def native_bf16(device):
 
 
 def setup(seed, precision="auto"):
-    """Seed everything; pick the device (CUDA if present, else CPU) and the precision (bf16
-    autocast where native, else fp32; RLHF_PRECISION in the environment overrides 'auto');
-    say both in the run's first line. Returns the device."""
+    """Seed everything (every rank alike: parallel.py); pick the device (CUDA if present, else
+    CPU; a rank's own under torchrun) and the precision (bf16 autocast where native, else fp32;
+    RLHF_PRECISION in the environment overrides 'auto'); say them in the run's first line.
+    Returns the device."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.set_float32_matmul_precision("high")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = parallel.init(seed)
     if precision == "auto":
         precision = os.environ.get(PRECISION_ENV) or "auto"
     if precision not in PRECISIONS:
@@ -155,7 +160,8 @@ def setup(seed, precision="auto"):
         said = f"bf16 autocast (native: {why})"
     else:
         said = f"fp32 (as asked; native bf16: {why})" if native else f"fp32 ({why})"
-    print(f"device {device.type}, {said}", flush=True)
+    ranks = f" × {parallel.world()} ranks" if parallel.world() > 1 else ""
+    print(f"device {device.type}{ranks}, {said}", flush=True)
     return device
 
 
@@ -330,12 +336,13 @@ def start_stage(stage_dir):
     """Claim a stage for this run. Returns where the run writes its files (checkpoints, logs,
     samples, plots): <stage>/.next if the stage holds a finished run, kept intact until this one
     finishes; the stage itself if not. Logger, Results and the helpers that write a stage's
-    files go there by themselves (writing_dir)."""
-    lock(stage_dir)
+    files go there by themselves (writing_dir). Under torchrun rank 0 alone claims and writes."""
     staged = os.path.join(stage_dir, NEXT)
-    shutil.rmtree(staged, ignore_errors=True)  # an interrupted rerun's files
     here = staged if read_record(stage_dir) else stage_dir
-    os.makedirs(here, exist_ok=True)
+    if parallel.rank() == 0:
+        lock(stage_dir)
+        shutil.rmtree(staged, ignore_errors=True)  # an interrupted rerun's files
+        os.makedirs(here, exist_ok=True)
     _writing[os.path.abspath(stage_dir)] = here
     return here
 
@@ -357,6 +364,8 @@ def stage_file(stage_dir, path):
 def finish_stage(stage_dir, cfg, inputs=()):
     """Put the run's checkpoints and files in place of the old ones, then the completion mark,
     written last: config, the ids of the stages it was built from (as they were when loaded)."""
+    if parallel.rank() > 0:
+        return
     record = {"id": uuid.uuid4().hex, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
               "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
               "config": dataclasses.asdict(cfg),
@@ -385,17 +394,22 @@ def require(path, script, args, built_from=()):
     """A finished input stage, or build it by running the earlier script (it says so first).
     An unfinished one (interrupted, from an older version, or missing a file of its own) is
     rebuilt; one built from other inputs than those there now (built_from) is refused, with how
-    to rebuild it. Its id is kept: the one the run's record names."""
+    to rebuild it. Its id is kept: the one the run's record names. Under torchrun rank 0 builds
+    it (one process) while the other ranks wait for its record (no collective: a build can take
+    longer than a collective's timeout)."""
     if os.path.islink(path) and not os.path.exists(path):
         die(f"{path} is a symbolic link that leads nowhere (or to itself); remove it, and it is"
             " rebuilt")
-    if read_record(path) is None:
+    if read_record(path) is None and parallel.rank() == 0:
         why = "is unfinished (no completion mark)" if os.path.exists(path) else "is missing"
         print(f"{path} {why}: building it with `python {script} {' '.join(args)}` first",
               flush=True)
         here = os.path.dirname(os.path.abspath(__file__))
-        if run_child([sys.executable, os.path.join(here, script), *args]) != 0:
+        if run_child([sys.executable, os.path.join(here, script), *args],
+                     env=parallel.child_env()) != 0:
             die(f"{script} failed while building {path}; run it alone to see why")
+    while parallel.rank() > 0 and read_record(path) is None:  # rank 0 is building it
+        time.sleep(1)
     record = read_record(path)
     if record is None:
         die(f"{script} ended without finishing {path}; run it alone to see why")
@@ -492,7 +506,10 @@ def archive_results(path, suffix):
 
 def check_space(directory, model):
     """Stop before training if the disk cannot take this model's checkpoint (fp32 safetensors,
-    written beside the old one) and the run's logs: a full disk found at the end loses a run."""
+    written beside the old one) and the run's logs: a full disk found at the end loses a run.
+    Rank 0's check (it alone writes under torchrun)."""
+    if parallel.rank() > 0:
+        return
     need = sum(p.numel() for p in model.parameters()) * 4 + (64 << 20)
     free = shutil.disk_usage(directory).free
     if free < need:
@@ -525,25 +542,28 @@ def run_key(algo, cfg, defaults, ignore=("out", "precision", "eval_every", "pref
 class Results:
     """A run's evaluation points: appended to <run_dir>/points.jsonl as they come, and put into
     the shared results file in place of the run's earlier points only by finish(), so an
-    interrupted rerun leaves the finished points intact."""
+    interrupted rerun leaves the finished points intact. Rank 0 alone writes them."""
 
     def __init__(self, path, run_dir, fields):
         self.path, self.fields, self.rows = path, fields, []
         run_dir = writing_dir(run_dir)
-        self.side = os.path.join(run_dir, "points.jsonl")
-        os.makedirs(run_dir, exist_ok=True)
-        open(self.side, "w").close()
+        self.side = os.path.join(run_dir, "points.jsonl") if parallel.rank() == 0 else None
+        if self.side:
+            os.makedirs(run_dir, exist_ok=True)
+            open(self.side, "w").close()
 
     def add(self, point, step, final=False, **extra):
         row = finite_row({**self.fields, **extra, "step": step, "final": final,
                           **{k: v for k, v in point.items() if k != "samples"}})
         self.rows.append(row)
-        with open(self.side, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        if self.side:
+            with open(self.side, "a") as f:
+                f.write(json.dumps(row) + "\n")
         return point
 
     def finish(self):
-        replace_rows(self.path, self.fields["run"], self.rows)
+        if self.side:
+            replace_rows(self.path, self.fields["run"], self.rows)
 
 # ---------------------------------------------------------------- logging
 
@@ -554,18 +574,20 @@ class Logger:
     step 6 against 0.72 once warm on an AVX2 CPU), one line says how long the whole loop will
     take on this machine: the later half of the plain steps timed so far, plus the evaluations
     still to come (evaluates: step -> bool) at the cost measured for those done; a second line
-    refines it a quarter of the way through."""
+    refines it a quarter of the way through. Under torchrun each metric is the mean over the
+    ranks, and rank 0 alone writes and prints."""
 
     def __init__(self, out_dir, total_steps, every=10.0, evaluates=None):
         out_dir = writing_dir(out_dir)  # a rerun's log replaces a finished one's when it finishes
-        os.makedirs(out_dir, exist_ok=True)
         self.path = os.path.join(out_dir, "metrics.jsonl")
         self.total, self.every, self.evaluates = total_steps, every, evaluates
         self.t0 = self.shown = self.last = time.time()
         self.plain, self.evals = [], []  # seconds of each plain and each evaluating step
         self.settle = max(5, min(50, total_steps // 20))  # plain steps timed before the estimate
         self.refined = False  # whether the estimate was said again, refined, at a quarter
-        open(self.path, "w").close()
+        if parallel.rank() == 0:
+            os.makedirs(out_dir, exist_ok=True)
+            open(self.path, "w").close()
 
     def rate(self):
         """Seconds per plain step: the mean of the later half of those timed."""
@@ -581,6 +603,9 @@ class Logger:
         return now - self.t0 + rate * len(left) + extra * sum(map(evaluates, left))
 
     def log(self, step, **metrics):
+        metrics = parallel.mean_over_ranks(metrics)
+        if parallel.rank() > 0:
+            return
         now = time.time()
         evaluated = any(k.startswith(("val_", "eval_")) for k in metrics)
         if step > 1:  # step 1 warms up
@@ -611,7 +636,9 @@ def mean_stats(stats):
 
 def finish_rl(cfg, out_dir, results, before, after, title, panels, inputs):
     """The end of an RL run: its points into the shared results, samples before/after, the
-    model card, plots, and the stage's completion mark (last)."""
+    model card, plots, and the stage's completion mark (last): rank 0's work."""
+    if parallel.rank() > 0:
+        return
     results.finish()
     write_samples(os.path.join(writing_dir(out_dir), "samples.txt"), before, after)
     write_card(out_dir, cfg, title, f"{before_after(before, after)} on {cfg.n_eval_prompts}"

@@ -7,6 +7,9 @@ Face model (tested against it), without generate()'s per-step bookkeeping.
 """
 import torch
 
+NOISE = None  # the generator of the sampling noise: None = torch's global one (parallel.py sets
+# each rank's own under torchrun); a generator passed to sample() takes its place
+
 
 def _cached_step(model, ids, pos, key_ok, cache, t0):
     """One GPT-2 forward of L new tokens that reads the keys/values of earlier tokens from the
@@ -28,7 +31,7 @@ def _cached_step(model, ids, pos, key_ok, cache, t0):
 
 
 @torch.no_grad()
-def sample(model, prompt_ids, max_new_tokens, temperature=1.0):
+def sample(model, prompt_ids, max_new_tokens, temperature=1.0, generator=None):
     """Sample responses to a list of prompts (token-id lists) until end-of-text or max_new_tokens.
     Returns tokens (B, P+T) and the response mask (B, T), T = the longest response. Faster than
     generate(): no per-step mask/cache bookkeeping, and inverse-CDF sampling (multinomial's
@@ -52,7 +55,7 @@ def sample(model, prompt_ids, max_new_tokens, temperature=1.0):
     for t in range(max_new_tokens):
         real = logits[:, :cfg.bpe_ranks + 1]  # ranks + end-of-text: never padding
         cdf = (real / temperature).softmax(-1).cumsum(-1)  # (B, V)
-        u = torch.rand(B, 1, device=device) * cdf[:, -1:]
+        u = torch.rand(B, 1, device=device, generator=generator or NOISE) * cdf[:, -1:]
         nxt = torch.searchsorted(cdf, u).clamp(max=cfg.bpe_ranks)  # (B, 1)
         nxt = nxt.masked_fill(done, pad)
         tokens[:, P + t] = nxt[:, 0]
@@ -65,7 +68,8 @@ def sample(model, prompt_ids, max_new_tokens, temperature=1.0):
     return tokens[:, :P + T], tokens[:, P:P + T] != pad
 
 
-def sample_batched(model, prompt_ids, max_new_tokens, batch_size, temperature=1.0):
+def sample_batched(model, prompt_ids, max_new_tokens, batch_size, temperature=1.0,
+                   generator=None):
     """sample() in chunks; returns a list of (tokens, mask) pairs (their P and T differ)."""
-    return [sample(model, prompt_ids[i:i + batch_size], max_new_tokens, temperature)
+    return [sample(model, prompt_ids[i:i + batch_size], max_new_tokens, temperature, generator)
             for i in range(0, len(prompt_ids), batch_size)]

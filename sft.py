@@ -7,8 +7,9 @@ by default (a 2.6M-parameter GPT-2, 4096 BPE ranks); --init gpt2 starts from a r
 Writes out/sft/: the model (Hugging Face format, also π_ref of every later step), metrics.jsonl,
 loss.png, samples.txt, and the SFT point (gold reward of its samples, KL 0) in out/results.jsonl.
 
-Left out: packing several openings into one row, multi-GPU, gradient accumulation.
+Left out: packing several openings into one row, gradient accumulation.
 Run: python sft.py            (GPU, real GPT-2: python sft.py --init gpt2 --lr 1e-4 --steps 1000)
+     torchrun --nproc_per_node N sft.py   (N data-parallel ranks: docs/beyond.md)
 """
 import math, os
 from dataclasses import dataclass
@@ -154,12 +155,13 @@ def main():
     order, batches, saved = torch.randperm(len(x)), [], None
     for step in range(1, cfg.steps + 1):
         # 1. a batch of openings (epochs in a fixed shuffled order; --bucket: of similar
-        # length), cut to its longest row
+        # length; under torchrun a rank's share of it), cut to its longest row
         if cfg.bucket:
             batches = batches or length_batches(lengths, cfg.batch_size)
             idx = batches.pop()
         else:
             idx = order[torch.arange((step - 1) * cfg.batch_size, step * cfg.batch_size) % len(x)]
+        idx = c.share(idx)
         n = int(lengths[idx].max())
         xb, yb = x[idx, :n].to(device), y[idx, :n].to(device)
         # 2. loss on response tokens, 3. update
@@ -174,10 +176,13 @@ def main():
             c.die(f"non-finite loss at step {step}; {kept}; try a lower --lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        n_tokens = (yb != -100).sum()  # the loss is a mean over them: ranks weigh by them
+        c.average_gradients(model.parameters(), weight=n_tokens)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.GRAD_CLIP)
         opt.step()
         # 4. log; every eval_every steps also the held-out loss and a checkpoint
-        metrics = {"loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr}
+        metrics = {"loss": c.all_mean(loss.item(), n_tokens), "grad_norm": grad_norm.item(),
+                   "lr": lr}
         if step % cfg.eval_every == 0 or step == cfg.steps:
             model.eval()
             metrics["val_loss"], metrics["val_bpb"] = heldout_loss(model, val_x, val_y,
@@ -195,6 +200,8 @@ def main():
     prompt_ids = c.prompts("eval", enc, cfg.n_eval_prompts)
     ref = c.load_model(os.path.join(cfg.out, "sft")).to(device) if cfg.preferred else model
     ev = c.evaluate(model, ref.eval(), enc, prompt_ids, cfg.max_new_tokens)
+    if c.rank() > 0:  # under torchrun rank 0 writes the results
+        return
     results = os.path.join(cfg.out, "results.jsonl")
     old = None if cfg.preferred else c.archive_results(results, "-before-sft-%Y%m%d-%H%M%S")
     if old:  # a new π_ref: the earlier points are not comparable with the new ones
