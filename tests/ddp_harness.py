@@ -27,6 +27,26 @@ def digest(params):
     return hashlib.sha1(flat.numpy().tobytes()).hexdigest()
 
 
+def fixed_sampler():
+    """c.sample's stand-in: each response drawn with its own seed (the call, and the row's place
+    in the global batch) and cut to a length of its own, the same on one process and N ranks."""
+    calls = itertools.count()
+
+    def fixed_sample(model, prompt_ids, max_new_tokens, temperature=1.0, generator=None):
+        call, first = next(calls), parallel.rank() * len(prompt_ids)
+        device = model.lm_head.weight.device
+        responses = []
+        for i, p in enumerate(prompt_ids):
+            noise = torch.Generator(device).manual_seed(100_000 * call + first + i)
+            tokens, mask = sampler.sample(model, [p], max_new_tokens, temperature, noise)
+            response = tokens[0, tokens.shape[1] - mask.shape[1]:][mask[0]].tolist()
+            keep = 1 + (first + i) * 5 % max_new_tokens  # lengths that differ from row to row
+            responses.append(response[:keep])
+        tokens, mask = c.collate(prompt_ids, responses, model.config.pad_token_id)
+        return tokens.to(device), mask.to(device)
+    return fixed_sample
+
+
 def main():
     script, args = sys.argv[1], sys.argv[2:]
     out = os.path.abspath(args[args.index("--out") + 1])
@@ -60,21 +80,7 @@ def main():
     c.average_gradients = checked_average
 
     if os.environ.get("DDP_FIXED_SAMPLES"):
-        calls = itertools.count()
-
-        def fixed_sample(model, prompt_ids, max_new_tokens, temperature=1.0, generator=None):
-            call, first = next(calls), parallel.rank() * len(prompt_ids)
-            device = model.lm_head.weight.device
-            responses = []
-            for i, p in enumerate(prompt_ids):
-                noise = torch.Generator(device).manual_seed(100_000 * call + first + i)
-                tokens, mask = sampler.sample(model, [p], max_new_tokens, temperature, noise)
-                response = tokens[0, tokens.shape[1] - mask.shape[1]:][mask[0]].tolist()
-                keep = 1 + (first + i) * 5 % max_new_tokens  # lengths that differ from row to row
-                responses.append(response[:keep])
-            tokens, mask = c.collate(prompt_ids, responses, model.config.pad_token_id)
-            return tokens.to(device), mask.to(device)
-        c.sample = fixed_sample
+        c.sample = fixed_sampler()
 
     sys.argv = [os.path.join(ROOT, script), *args]
     runs.run(importlib.import_module(script[:-3]).main)

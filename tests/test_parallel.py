@@ -6,7 +6,7 @@ differ between the ranks (bit for bit) or if a rank other than 0 writes under --
 batch; RLOO, given the same samples (DDP_FIXED_SAMPLES), the same update, and its evaluation
 (split across the ranks) exactly one process's numbers.
 """
-import json, os, subprocess, sys
+import importlib, json, os, subprocess, sys
 from types import SimpleNamespace
 
 import pytest
@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 import common as c
 import parallel
-from conftest import ROOT, linked_out
+from conftest import ROOT, linked_out, run_main
+from ddp_harness import fixed_sampler
 
 HARNESS = os.path.join(ROOT, "tests", "ddp_harness.py")
 FP32 = {"RLHF_PRECISION": "fp32"}  # the comparisons are in fp32, as the issue asks
@@ -23,12 +24,10 @@ TINY = ["--n-ranks", 512, "--n-layer", 1, "--n-head", 2, "--n-embd", 32, "--max-
         "--batch-size", 8, "--n-eval-prompts", 16, "--max-new-tokens", 8]
 
 
-def launch(script, *args, ranks=2, env=None, check=True):
-    """`torchrun --standalone --nproc_per_node ranks` of the harness running script (ranks=1:
-    the harness alone, as `python script` runs)."""
-    run = [sys.executable, HARNESS] if ranks == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-        str(ranks), HARNESS]
+def launch(script, *args, env=None, check=True):
+    """`torchrun --standalone --nproc_per_node 2` of the harness running script."""
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           HARNESS]
     proc = subprocess.run([*run, script, *map(str, args)], capture_output=True, text=True,
                           cwd=ROOT, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1",
                                                       **FP32, **(env or {})})
@@ -37,6 +36,15 @@ def launch(script, *args, ranks=2, env=None, check=True):
             f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         assert "parameters identical on all ranks" in proc.stdout
     return proc
+
+
+def one_process(monkeypatch, script, *args, fixed=False):
+    """The reference run: `python script args` in this process, in fp32 (fixed=True: with the
+    harness's fixed samples)."""
+    monkeypatch.setenv("RLHF_PRECISION", "fp32")
+    if fixed:
+        monkeypatch.setattr(c, "sample", fixed_sampler())
+    run_main(monkeypatch, importlib.import_module(script[:-3]), *args)
 
 
 def weights(path):
@@ -85,13 +93,13 @@ def test_reductions_on_three_ranks():
     assert proc.returncode == 0 and "reductions: ok" in proc.stdout, proc.stderr[-3000:]
 
 
-def test_sft_on_two_ranks_is_one_process(tmp_path):
+def test_sft_on_two_ranks_is_one_process(tmp_path, monkeypatch):
     """Each rank's share of a batch has its own number of response tokens: the gradients are
     averaged weighted by them, so the update is the one of the whole batch's token mean."""
     one, two = tmp_path / "one", tmp_path / "two"
     flags = [*TINY, "--steps", 3, "--eval-every", 3, "--warmup", 1, "--lr", 1e-3,
              "--n-eval-prompts", 4]
-    launch("sft.py", "--out", one, *flags, ranks=1)
+    one_process(monkeypatch, "sft.py", "--out", one, *flags)
     launch("sft.py", "--out", two, *flags)
     assert_same_weights(one / "sft", two / "sft", atol=1e-5)
     for a, b in zip(metrics(one / "sft"), metrics(two / "sft"), strict=True):
@@ -100,11 +108,11 @@ def test_sft_on_two_ranks_is_one_process(tmp_path):
         metrics(one / "sft")[-1]["val_loss"], abs=1e-5)
 
 
-def test_dpo_on_two_ranks_is_one_process(tmp_path, pipeline):
+def test_dpo_on_two_ranks_is_one_process(tmp_path, pipeline, monkeypatch):
     one, two = two_outs(tmp_path, pipeline)
     flags = ["--steps", 3, "--batch-size", 8, "--eval-every", 10, "--n-eval-prompts", 8,
              "--max-new-tokens", 8, "--lr", 1e-4]
-    launch("dpo.py", "--out", one, *flags, ranks=1)
+    one_process(monkeypatch, "dpo.py", "--out", one, *flags)
     launch("dpo.py", "--out", two, *flags)
     assert_same_weights(one / "dpo", two / "dpo", atol=1e-5)
     for a, b in zip(metrics(one / "dpo"), metrics(two / "dpo"), strict=True):
@@ -125,7 +133,8 @@ SHARED_METRICS = ["score", "kl", "non_score_reward", "length", "eval_gold", "eva
 
 
 @pytest.mark.parametrize("script", SAME_SAMPLES)
-def test_rl_on_two_ranks_given_the_same_samples_is_one_process(tmp_path, pipeline, script):
+def test_rl_on_two_ranks_given_the_same_samples_is_one_process(tmp_path, pipeline, monkeypatch,
+                                                               script):
     """With one minibatch a step (with several, a global minibatch is made of other rows than
     one process's: each rank cuts its own share), the same weights and logged metrics: RLOO's
     batch-mean baseline, PPO's whitening (over every rank's tokens), its adaptive β and its
@@ -135,9 +144,8 @@ def test_rl_on_two_ranks_given_the_same_samples_is_one_process(tmp_path, pipelin
     flags, keys = SAME_SAMPLES[script]
     flags = [*flags, "--steps", 2, "--eval-every", 2, "--n-eval-prompts", 65,
              "--max-new-tokens", 8, "--lr", 1e-4]
-    fixed = {"DDP_FIXED_SAMPLES": "1"}
-    launch(script, "--out", one, *flags, ranks=1, env=fixed)
-    launch(script, "--out", two, *flags, env=fixed)
+    one_process(monkeypatch, script, "--out", one, *flags, fixed=True)
+    launch(script, "--out", two, *flags, env={"DDP_FIXED_SAMPLES": "1"})
     stage = script[:-3]
     assert_same_weights(one / stage, two / stage, atol=1e-5)
     for a, b in zip(metrics(one / stage), metrics(two / stage), strict=True):
