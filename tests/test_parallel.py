@@ -3,8 +3,9 @@
 Each two-rank run goes through tests/ddp_harness.py, which fails the run if the parameters ever
 differ between the ranks (bit for bit) or if a rank other than 0 writes under --out. SFT and DPO
 (no sampling) on two ranks must give the weights and losses of one process with the same global
-batch; RLOO, given the same samples (DDP_FIXED_SAMPLES), the same update, and its evaluation
-(split across the ranks) exactly one process's numbers.
+batch; RLOO and PPO, given the same samples (the harness's fixed sampler), the same updates,
+and their evaluation (split across the ranks) exactly one process's numbers. The one-process
+reference runs in the test process.
 """
 import importlib, json, os, subprocess, sys
 from types import SimpleNamespace
@@ -165,7 +166,7 @@ def test_sampling_stages_run_on_two_ranks(tmp_path, pipeline, script, flags):
     """Online DPO (each rank judges its share of the pairs) and the reward model (each rank
     samples and labels every other chunk of 128 responses): the harness checks that the
     parameters stay identical and that rank 1 writes nothing; the stage finishes. (GRPO shares
-    its batch as RLOO does, checked above; it ran on two ranks by hand: docs/beyond.md.)"""
+    its batch with the same line as RLOO, checked above, and is not run here.)"""
     out = linked_out(tmp_path, pipeline)
     stage = script[:-3]
     if stage == "reward_model":
