@@ -15,8 +15,7 @@ from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadMo
 from transformers.utils import logging as hf_logging
 
 import parallel, runs
-from parallel import (all_mean, average_gradients, gather, rank, share, split_map,  # noqa: F401
-                      world)
+from parallel import all_mean, average_gradients, gather, rank, share, split_map, world  # noqa
 from runs import (PRECISION_ENV, Logger, Results, append_row, archive_results,  # noqa: F401
                   autocast, bad_value, before_after, check_space, die, finish_rl, finish_stage,
                   mean_stats, native_bf16, parse_config, plot_frontier, plot_metrics,
