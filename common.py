@@ -8,7 +8,7 @@ import only common. Every batch uses one layout:
 tokens (B, P+T) = prompt left-padded to P, then the response right-padded to T; mask (B, T) is
 True on the response tokens the policy generated (end-of-text included, padding excluded).
 """
-import functools, math, os, shutil
+import functools, json, math, os, re, shutil
 
 import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
@@ -176,7 +176,10 @@ def last_index(tokens, pad_id):
 
 
 def reward(rm, tokens):
-    """Scalar reward r_φ(x, y) read at the last real token of each sequence: (B,)."""
+    """Scalar reward r_φ(x, y) read at the last real token of each sequence: (B,); of an
+    ensemble (RewardEnsemble), its members' rewards combined."""
+    if isinstance(rm, RewardEnsemble):
+        return ensemble_reward(torch.stack([reward(m, tokens) for m in rm.members]), rm.combine)
     hidden = forward(rm, tokens)  # (B, L, D)
     last = hidden[torch.arange(len(tokens)), last_index(tokens, rm.config.pad_token_id)]
     return rm.score(last).squeeze(-1).float()
@@ -205,6 +208,32 @@ def gold_reward(texts):
     return torch.tensor([_vader().polarity_scores(t)["compound"] for t in texts])
 
 
+def repetition(text, n=2):
+    """rep-n (Welleck et al. 2019): the share of a text's n-grams of words and punctuation marks
+    that repeat an earlier one, 1 − distinct/all; 0 for a text with no n-gram."""
+    words = re.findall(r"[a-z0-9']+|[^\sa-z0-9']", text.lower())
+    grams = list(zip(*(words[i:] for i in range(n))))
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def reader_reward(texts, vader=None):
+    """The reader's gold (docs/goodhart.md): VADER's sentiment discounted by repetition,
+    (1 + r*)(1 − rep-2) − 1 in [−1, 1]: a text without repeats keeps VADER's score; a text whose
+    word pairs repeat, as a pile of praise does, loses in proportion. vader: r* if computed."""
+    vader = gold_reward(texts) if vader is None else vader
+    fluency = torch.tensor([1 - repetition(t) for t in texts], dtype=vader.dtype)
+    return (1 + vader) * fluency - 1
+
+
+GOLDS = {"vader": gold_reward, "reader": reader_reward}  # the gold functions, by name
+
+
+def ensemble_reward(rewards, combine):
+    """Coste et al. (2024): the members' rewards (M, B) → one (B,): their mean, or their minimum
+    (worst-case optimisation: a response is only as good as the least convinced member)."""
+    return rewards.mean(0) if combine == "mean" else rewards.min(0).values
+
+
 def labeler_scores(gold, tau, generator=None):
     """How the labeler sees responses: r*/τ + Gumbel noise. Sorting them is a Plackett–Luce
     ranking, so any two are ordered as Bradley–Terry says, P(y1 ≻ y2) = σ((r*1 − r*2)/τ);
@@ -228,8 +257,23 @@ def score_responses(kind, rm, enc, tokens):
     return reward(rm, tokens)
 
 
+class RewardEnsemble(torch.nn.Module):
+    """Reward models read as one (reward() combines them): a directory with ensemble.json,
+    {"members": [their directories, relative to it], "combine": "mean" or "min"}."""
+
+    def __init__(self, members, combine):
+        super().__init__()
+        self.members, self.combine = torch.nn.ModuleList(members), combine
+
+
 def load_reward_model(rm_dir, policy):
-    """r_φ (frozen), refused in one line if it reads another vocabulary than the policy's."""
+    """r_φ (frozen), refused in one line if it reads another vocabulary than the policy's; an
+    ensemble's members, if rm_dir holds ensemble.json."""
+    if os.path.exists(spec := os.path.join(rm_dir, "ensemble.json")):
+        with open(spec) as f:
+            spec = json.load(f)
+        return RewardEnsemble([load_reward_model(os.path.join(rm_dir, m), policy)
+                               for m in spec["members"]], spec["combine"])
     rm = load_model(rm_dir, GPT2ForSequenceClassification).eval().requires_grad_(False)
     if rm.config.bpe_ranks != policy.config.bpe_ranks:
         die(f"{rm_dir} reads {rm.config.bpe_ranks} BPE ranks, the policy {policy.config.bpe_ranks}:"
@@ -362,7 +406,8 @@ def evaluate(policy, ref, enc, prompt_ids, max_new_tokens, rm=None, batch_size=6
             logprobs, entropy = token_logprobs(policy, tokens, P)
             ref_logprobs, _ = token_logprobs(ref, tokens, P)
             texts = [decode(enc, t) for t in tokens.tolist()]
-            rows = {"gold": gold_reward(texts),
+            vader = gold_reward(texts)
+            rows = {"gold": vader, "gold_reader": reader_reward(texts, vader),
                     "proxy": reward(rm, tokens).cpu() if rm is not None else None,
                     "kl": sequence_kl(logprobs, ref_logprobs, mask).cpu(),
                     "entropy": ((entropy * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu(),
@@ -373,7 +418,7 @@ def evaluate(policy, ref, enc, prompt_ids, max_new_tokens, rm=None, batch_size=6
     rows = {k: torch.cat([r[k] for r, _ in scored]).float() for k in scored[0][0]
             if rm is not None or k != "proxy"}
     out = {k: v.mean().item() for k, v in rows.items()}
-    for k in ("gold", "proxy", "kl"):  # standard errors of the means: what a difference needs
+    for k in ("gold", "gold_reader", "proxy", "kl"):  # standard errors of the means: what a difference needs
         out[f"{k}_se"] = rows[k].std().item() / math.sqrt(len(rows[k])) if k in rows else None
     out["proxy"] = out.get("proxy")
     out["samples"] = [t for _, texts in scored for t in texts][:8]

@@ -2,7 +2,7 @@
 
 frontier.png, overoptimisation.png and frontier.md from the β sweep's runs in <out>/results.jsonl
 (those of `python frontier.py --quick` or of `python frontier.py`, whichever the file holds);
-goodhart.png from <out>/goodhart.jsonl; dpo_epochs.png, online_offline.png and seeds.png from
+goodhart.py's figures from <out>/goodhart.jsonl and best_of_n.jsonl; dpo_epochs.png, online_offline.png and seeds.png from
 the runs of those experiments in results.jsonl, each once its points are there. Every figure
 gives each method one colour and one marker (STYLE) and puts its legend off the data.
 """
@@ -217,57 +217,6 @@ def draw_seeds(groups, png, kls=(2, 5)):
     save(fig, png, handles, ncol=2)
 
 
-def goodhart_runs(rows):
-    """Each Goodhart run's points in step order, weakest proxy and largest β first."""
-    runs = {}
-    for r in rows:
-        runs.setdefault(r["run"], []).append(r)
-    return sorted((sorted(run, key=lambda r: r["step"]) for run in runs.values()),
-                  key=lambda run: (run[0]["proxy_pairs"], -run[0]["beta"]))
-
-
-def goodhart_peaks(rows):
-    """Per run: (proxy pairs, its accuracy vs the gold order, β, peak gold, its KL, final gold,
-    final KL, final proxy)."""
-    out = []
-    for run in goodhart_runs(rows):
-        peak = max(run, key=lambda r: r["gold"])
-        out.append((run[0]["proxy_pairs"], run[0]["proxy_acc_gold"], run[0]["beta"], peak["gold"],
-                    peak["kl"], run[-1]["gold"], run[-1]["kl"], run[-1]["proxy"]))
-    return out
-
-
-def draw_goodhart(rows, png, n_eval=256):
-    """Gold (left) and proxy (right) reward against √KL along each run, one shade per proxy. The
-    proxies have different scales, so each is normalised before they share an axis: its change
-    from the run's first evaluation (π_SFT's samples, KL 0) in units of its standard deviation
-    there (proxy_se · √n_eval: n_eval held-out prompts)."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharex=True)
-    colour, marker = style("rloo-rm")
-    sizes = sorted({r["proxy_pairs"] for r in rows})
-    shade = {p: plt.cm.Greens(0.45 + 0.5 * i / max(len(sizes) - 1, 1)) for i, p in
-             enumerate(sizes)}
-    handles = []
-    for run, (pairs, acc, beta, peak, peak_kl, *_) in zip(goodhart_runs(rows),
-                                                          goodhart_peaks(rows)):
-        x = [math.sqrt(max(r["kl"], 0)) for r in run]
-        ls = "-" if beta == max(r["beta"] for r in rows) else ":"
-        sd0 = (run[0].get("proxy_se") or 0) * math.sqrt(n_eval) or 1.0  # none: unnormalised
-        axes[0].plot(x, [r["gold"] for r in run], ls, color=shade[pairs])
-        axes[0].plot(math.sqrt(peak_kl), peak, "*", color=shade[pairs], ms=13, mec="black")
-        axes[1].plot(x, [(r["proxy"] - run[0]["proxy"]) / sd0 for r in run], ls,
-                     color=shade[pairs])
-        handles.append(plt.Line2D([], [], color=shade[pairs], ls=ls, label=f"RLOO vs r_φ from"
-                                  f" {pairs // 1000}k pairs (acc vs gold {acc:.2f}), β={beta}"))
-    axes[0].set(ylabel=GOLD_LABEL, title="gold (★: each run's peak)")
-    axes[1].set(ylabel="proxy r_φ: change from KL 0, in its sd at KL 0",
-                title="proxy, normalised (each r_φ has its own scale)")
-    for ax in axes:
-        ax.set_xlabel("√KL(π‖π_ref)")
-        ax.grid(alpha=0.3)
-    save(fig, png, handles, ncol=2)
-
-
 def draw_dpo_epochs(rows, png):
     """Gold reward (± its standard error) and KL against epochs over a fixed preference set,
     on two panels."""
@@ -379,14 +328,8 @@ def draw(out):
         draw_overoptimisation(sweep_rows, os.path.join(out, "overoptimisation.png"))
         best_gold_table(sweep_rows, md, source)
     sections = []
-    if goodhart:
-        draw_goodhart(goodhart, os.path.join(out, "goodhart.png"))
-        sections += ["Goodhart: long RLOO runs against proxies of three sizes, from goodhart.jsonl"
-                     " (`python frontier.py --quick --experiment goodhart`)", "",
-                     "| proxy pairs | acc vs gold order | β | peak gold | at KL | final gold |"
-                     " final KL | final proxy |", "|---|---|---|---|---|---|---|---|"]
-        sections += ["| {} | {:.3f} | {} | {:.3f} | {:.1f} | {:.3f} | {:.1f} | {:.2f} |"
-                     .format(*p) for p in goodhart_peaks(goodhart)] + [""]
+    if goodhart:  # its figures, and goodhart_data.md (goodhart.py)
+        importlib.import_module("goodhart").draw(out)
     epochs = [r for r in rows if r["algo"] == "dpo" and "n_pairs" in r.get("settings", {})]
     if epochs:
         draw_dpo_epochs(epochs, os.path.join(out, "dpo_epochs.png"))

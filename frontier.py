@@ -7,8 +7,9 @@ gold reward itself (PPO-GT; not an upper bound: see docs/results.md), DPO, Prefe
 64: the sample with the best r_φ among n; its KL is the bound log n − (n−1)/n, not a
 measurement).
 The longer experiments, each behind its own --experiment (all: every one):
-  goodhart        reward models from 1000, 3000 and 10000 prompts' rankings (6k, 18k, 60k pairs),
-                  one long small-β RLOO run against each (Gao et al. 2022)
+  goodhart        Gao et al. (2022) on a second gold, the reader's: proxies from 1.5k to 60k
+                  pairs, a long small-β RLOO run against each, ensembles, β, best-of-n
+                  (goodhart.py has the design)
   dpo-epochs      offline DPO at a small β for 16 epochs over 2048 pairs
   online-offline  offline DPO against online DPO judged by the same labeler, on as many labels
   seeds           the sweep's first run of PPO, RLOO, GRPO and DPO with seeds 0, 1, 2
@@ -29,6 +30,7 @@ import torch
 from transformers import GPT2ForSequenceClassification
 
 import common as c
+import goodhart
 from figures import draw
 
 
@@ -37,13 +39,8 @@ CHOICES = {"experiment": [*EXPERIMENTS, "all"]}  # flags with a fixed set of val
 SWEEP_STEPS = {True: (50, 100, 300), False: (100, 200, 500)}  # --quick or not: the steps of
 # PPO; of RLOO and GRPO; of DPO and Preferred-FT
 # minutes of each experiment, from measured run times: 2-core AVX512-BF16 CPU, bf16 (fp32: ≈ 5×)
-MINUTES = {"frontier": 19, "frontier-full": 70, "goodhart": 18, "dpo-epochs": 4,
+MINUTES = {"frontier": 19, "frontier-full": 70, "goodhart": goodhart.MINUTES, "dpo-epochs": 4,
            "online-offline": 24, "seeds": 20}
-PROXY_PROMPTS = (1000, 3000, 10000)  # Goodhart: the proxies' training prompts (6 pairs each)
-# Goodhart's runs: (proxy, RLOO flags): long and small-β against each proxy, and 5× smaller
-# still against the weakest (does gold fall farther out?)
-GOODHART = [(n, ["--beta", 0.01, "--steps", 300, "--max-kl", 500]) for n in PROXY_PROMPTS] \
-    + [(PROXY_PROMPTS[0], ["--beta", 0.002, "--steps", 300, "--max-kl", 500])]
 DPO_EPOCHS = ["--beta", 0.03, "--n-pairs", 2048, "--steps", 1024, "--eval-every", 64]  # 16 epochs
 ONLINE_BETAS = (0.1, 0.03, 0.3)  # online vs offline DPO: the β sweep (seeds at the first)
 ONLINE = ["--online", "--judge", "labeler"]  # judged by the labeler that labelled the file
@@ -87,17 +84,12 @@ def sweep(quick):
                                            "--warmup", 20])])
 
 
-def proxy_root(out, n):
-    return os.path.join(out, "goodhart", f"rm-{n}-prompts")
-
-
 def experiment_runs(name, quick, seeds, out):
     """(script, label, flags, root) of every run of an experiment; root None: --out itself."""
     if name == "frontier":
         return [(*run, None) for run in sweep(quick)]
-    if name == "goodhart":  # one long, far RLOO run against each proxy, in the proxy's own root
-        return [("rloo.py", f"rloo β={flags[1]} vs rm-{n}-prompts", flags, proxy_root(out, n))
-                for n, flags in GOODHART]
+    if name == "goodhart":  # long RLOO runs, each in its proxy's own root (goodhart.py)
+        return goodhart.runs(out, quick)
     if name == "dpo-epochs":
         return [("dpo.py", "dpo β=0.03, 16 epochs of 2048 pairs", DPO_EPOCHS, None)]
     if name == "online-offline":  # equal labels: steps · batch_size pairs, online or from file
@@ -113,38 +105,6 @@ def experiment_runs(name, quick, seeds, out):
     return [(script, f"{label} seed={s}", [*flags, *(["--seed", s] if s else [])], None)
             for s in range(seeds) for m, (script, label, flags) in firsts.items()
             if m in ("ppo-rm", "rloo-rm", "grpo-rm", "dpo-sigmoid")]
-
-
-def build_proxies(out):
-    """Goodhart's proxies: reward models from the first 1000, 3000 and 10000 prompts' rankings,
-    each in its own root beside a link to out/sft (the largest links out/reward_model, when
-    that one was trained on as many prompts)."""
-    default_n = importlib.import_module("reward_model").Config().n_prompts
-    for n in PROXY_PROMPTS:
-        root = proxy_root(out, n)
-        os.makedirs(root, exist_ok=True)
-        links = ["sft"] + (["reward_model", "preferences.jsonl"] if n == default_n else [])
-        for name in links:
-            if not os.path.lexists(os.path.join(root, name)):
-                os.symlink(os.path.relpath(os.path.join(out, name), root),
-                           os.path.join(root, name))
-        c.require(os.path.join(root, "reward_model"), "reward_model.py",
-                  ["--out", root, "--n-prompts", str(n)], built_from=[os.path.join(root, "sft")])
-
-
-def collect_goodhart(out, extra=()):
-    """<out>/goodhart.jsonl: the Goodhart runs' points from the proxies' roots, each row with
-    its proxy's size and quality (reward_model/report.json); extra: the runs' --extra flags."""
-    for n, flags in GOODHART:
-        root = proxy_root(out, n)
-        with open(os.path.join(root, "reward_model", "report.json")) as f:
-            report = json.load(f)
-        key = key_of("rloo.py", [*map(str, flags), *extra], root)
-        proxy = {"proxy_prompts": n, "proxy_pairs": n * report["k"] * (report["k"] - 1) // 2,
-                 "proxy_acc_gold": report["val_acc_gold"], "proxy_corr": report["corr_gold"]}
-        rows = [{**r, **proxy, "run": f"{key} rm-{n}-prompts"}
-                for r in c.read_results(os.path.join(root, "results.jsonl")) if r["run"] == key]
-        c.replace_rows(os.path.join(out, "goodhart.jsonl"), f"{key} rm-{n}-prompts", rows)
 
 
 def key_of(script, flags, out):
@@ -206,7 +166,7 @@ def run_experiment(cfg, name, device):
     print(f"{name}: {len(todo)} of {len(runs)} runs to do, ≈ {minutes:.0f}"
           " min on a 2-core bf16 CPU (fp32: ≈ 5× more)", flush=True)
     if name == "goodhart":
-        build_proxies(cfg.out)
+        goodhart.build_proxies(cfg.out)
     t0, here, failed = time.time(), os.path.dirname(os.path.abspath(__file__)), []
     for script, label, flags, root in runs:
         if (script, label, flags, root) not in todo:
@@ -223,7 +183,9 @@ def run_experiment(cfg, name, device):
     if name == "frontier" and "best-of-n" not in finished(cfg.out):
         run_best_of_n(cfg, os.path.join(cfg.out, "results.jsonl"), device)
     if name == "goodhart":
-        collect_goodhart(cfg.out, cfg.extra.split())
+        goodhart.collect(cfg.out, cfg.quick, cfg.extra.split())
+        if not os.path.exists(os.path.join(cfg.out, "best_of_n.jsonl")):
+            goodhart.run_best_of_n(cfg.out, device)
     print(f"{name}: done in {(time.time() - t0) / 60:.1f} min", flush=True)
     return failed
 

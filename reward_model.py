@@ -15,7 +15,11 @@
 Reports on held-out pairs: accuracy against the labeler, against the noiseless gold order, and
 the labeler's own agreement with that order (the ceiling); correlation of r_φ with gold.
 
-Left out: a separate labeler pool per split, ties ("equally good") as labels, reward ensembles.
+--gold reader: the labeler ranks by the reader's gold instead (docs/goodhart.md); --preferences
+FILE: train on an earlier run's comparisons instead of sampling (Goodhart's proxies: subsets of one
+labelled set, ensembles: one set and several seeds; combined by common.RewardEnsemble).
+
+Left out: a separate labeler pool per split, ties ("equally good") as labels.
 Run: python reward_model.py
      torchrun --nproc_per_node N reward_model.py   (N data-parallel ranks: docs/beyond.md)
 """
@@ -36,6 +40,8 @@ class Config:
     out: str = "out"  # root directory: reads out/sft; writes out/reward_model, preferences.jsonl
     k: int = 4  # responses per prompt ranked by the labeler → k(k−1)/2 pairs
     tau: float = 0.1  # labeler noise temperature τ (0 = noiseless)
+    gold: str = "vader"  # the gold the labeler ranks by: vader, or reader (docs/goodhart.md)
+    preferences: str = ""  # a preferences.jsonl of an earlier run: its comparisons, no sampling
     n_prompts: int = 10000  # training prompts (train split)
     n_val_prompts: int = 300  # held-out prompts for validation pairs (validation split)
     max_new_tokens: int = 48  # response length cap when sampling
@@ -78,7 +84,7 @@ def comparisons(policy, enc, split, n, cfg, device, gen):
     def label(j):  # responses to rows j … j + chunk, and their gold reward
         with c.autocast(device):
             tokens, mask = c.sample(policy, prompt_ids[j:j + chunk], cfg.max_new_tokens)
-        gold = c.gold_reward([c.decode(enc, t) for t in tokens.tolist()])
+        gold = c.GOLDS[cfg.gold]([c.decode(enc, t) for t in tokens.tolist()])
         if j == 2 * chunk * c.world() and len(prompt_ids) > 6 * chunk * c.world():
             minutes = (time.time() - t0) / (3 * chunk) * len(prompt_ids) / c.world() / 60
             print(f"sampling and labelling {len(prompt_ids):,} {split} responses:"
@@ -91,6 +97,29 @@ def comparisons(policy, enc, split, n, cfg, device, gen):
     return [{"prompt_ids": prompt_ids[i * cfg.k], "responses": responses[i * cfg.k:(i + 1) * cfg.k],
              "gold": gold[i].tolist(), "ranking": rank(gold[i], cfg.tau, gen).tolist()}
             for i in range(len(gold))]
+
+
+def read_comparisons(path, split, n, k):
+    """The first n prompts' comparisons of split in an earlier run's preferences.jsonl, as
+    comparisons() returns them: each prompt's k(k−1)/2 pairs were written in ranking order, so
+    the first k−1 hold the best response as chosen and the others, in order, as rejected."""
+    m, rows = k * (k - 1) // 2, [r for r in c.read_jsonl(path) if r.get("split") == split]
+    groups = []
+    for j in range(0, min(len(rows), n * m), m):
+        first, pairs = rows[j:j + k - 1], rows[j:j + m]
+        responses = [first[0]["chosen_ids"]] + [r["rejected_ids"] for r in first]
+        if [(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]) for r in pairs] != [
+                (first[0]["prompt_ids"], responses[w], responses[l])
+                for w, l in ranking_pairs(range(k))]:
+            c.die(f"--preferences {path}: its pairs are not {m} per prompt in ranking order; give"
+                  f" the --k it was written with (or a file written by reward_model.py)")
+        groups.append({"prompt_ids": first[0]["prompt_ids"], "ranking": list(range(k)),
+                       "responses": responses,
+                       "gold": [first[0]["chosen_gold"]] + [r["rejected_gold"] for r in first]})
+    if len(groups) < n:
+        c.die(f"--preferences {path} has {len(groups)} {split} prompts, fewer than the {n} asked;"
+              " give fewer (--n-prompts, --n-val-prompts) or a larger file")
+    return groups
 
 
 def last_token(rm, tokens, mask):
@@ -233,7 +262,8 @@ def fit(rm, train, val, cfg, device, gen, logger, readout=last_token):
 
 
 def main():
-    cfg = c.parse_config(Config, __doc__, {"schedule": ["constant", "cosine"]})
+    cfg = c.parse_config(Config, __doc__, {"schedule": ["constant", "cosine"],
+                                           "gold": list(c.GOLDS)})
     if cfg.k < 2:
         c.die(f"--k {cfg.k}: a ranking needs at least 2 responses per prompt")
     if cfg.tau < 0:
@@ -255,8 +285,12 @@ def main():
     policy = c.load_model(sft_dir).to(device).eval()
     c.check_positions(policy, cfg)
     enc = c.tokenizer(policy.config.bpe_ranks)
-    train = comparisons(policy, enc, "train", cfg.n_prompts, cfg, device, gen)
-    val = comparisons(policy, enc, "valid", cfg.n_val_prompts, cfg, device, gen)
+    if cfg.preferences:  # an earlier run's labels (same SFT samples, same labeler)
+        train = read_comparisons(cfg.preferences, "train", cfg.n_prompts, cfg.k)
+        val = read_comparisons(cfg.preferences, "valid", cfg.n_val_prompts, cfg.k)
+    else:
+        train = comparisons(policy, enc, "train", cfg.n_prompts, cfg, device, gen)
+        val = comparisons(policy, enc, "valid", cfg.n_val_prompts, cfg, device, gen)
     if c.rank() == 0:  # (under torchrun every rank has them all, and rank 0 writes)
         write_preferences(pref_path, enc, {"train": train, "valid": val})
     print(f"{len(train) * cfg.k * (cfg.k - 1) // 2} training pairs, labeler τ = {cfg.tau}")
@@ -281,7 +315,7 @@ def main():
     with torch.no_grad(), c.autocast(device):
         for tokens, _ in c.sample_batched(policy, ev_prompts, cfg.max_new_tokens, 64):
             proxy.append(c.reward(rm, tokens).cpu())
-            gold.append(c.gold_reward([c.decode(enc, t) for t in tokens.tolist()]))
+            gold.append(c.GOLDS[cfg.gold]([c.decode(enc, t) for t in tokens.tolist()]))
     proxy, gold = torch.cat(proxy), torch.cat(gold)
     corr = torch.corrcoef(torch.stack([proxy, gold]))[0, 1].item()
     val_rewards = all_rewards(rm, val, device)  # normalised: the saved model's rewards
@@ -290,14 +324,15 @@ def main():
         json.dump({**final, "corr_gold": corr, "proxy_mean_sft": proxy.mean().item(),
                    "proxy_se_sft": proxy.std().item() / len(proxy) ** 0.5,
                    "proxy_mean_val": val_rewards.mean().item(),
-                   "n_val_responses": len(val) * cfg.k, "tau": cfg.tau, "k": cfg.k}, f, indent=1)
+                   "n_val_responses": len(val) * cfg.k, "tau": cfg.tau, "k": cfg.k,
+                   "gold": cfg.gold}, f, indent=1)
     c.write_card(out_dir, cfg, "Reward model r_φ (Bradley–Terry, scalar head at the last token,"
                  " mean 0 on SFT samples)", f"pair accuracy {final['val_acc']:.3f} vs the labeler,"
                  f" {final['val_acc_gold']:.3f} vs the gold order; corr(r_φ, gold) {corr:.3f}",
                  classifier=True)
     c.plot_metrics(out_dir, [("loss", "val_loss"), ("acc", "val_acc", "val_acc_gold",
                                                     "labeler_acc_gold")], "training.png")
-    c.plot_scatter(gold, proxy, "gold reward r* (VADER)", "learned reward r_φ",
+    c.plot_scatter(gold, proxy, f"gold reward r* ({cfg.gold})", "learned reward r_φ",
                    os.path.join(run_dir, "rm_vs_gold.png"),
                    f"held-out SFT samples, ρ = {corr:.2f}")
     print(f"held-out accuracy: vs labeler {final['val_acc']:.3f} | vs gold order"

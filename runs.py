@@ -41,6 +41,7 @@ def parse_config(cls, doc, choices=None, argv=None, check=None):
                                           re.M)}
     parser = argparse.ArgumentParser(description=doc.strip().split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.error = bad_value  # argparse's own errors (a bad choice, an unknown flag): one line
     choices = {"precision": PRECISIONS, **(choices or {})}
     for f in dataclasses.fields(cls):
         flag, kind = "--" + f.name.replace("_", "-"), type(f.default)
@@ -540,9 +541,10 @@ def run_key(algo, cfg, defaults, ignore=("out", "precision", "eval_every", "pref
 
 
 class Results:
-    """A run's evaluation points: appended to <run_dir>/points.jsonl as they come, and put into
-    the shared results file in place of the run's earlier points only by finish(), so an
-    interrupted rerun leaves the finished points intact. Rank 0 alone writes them."""
+    """A run's evaluation points: appended to <run_dir>/points.jsonl as they come (and their
+    first four samples to eval_samples.jsonl), and put into the shared results file in place of
+    the run's earlier points only by finish(), so an interrupted rerun leaves the finished points
+    intact. Rank 0 alone writes them."""
 
     def __init__(self, path, run_dir, fields):
         self.path, self.fields, self.rows = path, fields, []
@@ -550,7 +552,11 @@ class Results:
         self.side = os.path.join(run_dir, "points.jsonl") if parallel.rank() == 0 else None
         if self.side:
             os.makedirs(run_dir, exist_ok=True)
-            open(self.side, "w").close()
+            for name in (self.side, self._samples()):
+                open(name, "w").close()
+
+    def _samples(self):
+        return os.path.join(os.path.dirname(self.side), "eval_samples.jsonl")
 
     def add(self, point, step, final=False, **extra):
         row = finite_row({**self.fields, **extra, "step": step, "final": final,
@@ -559,6 +565,8 @@ class Results:
         if self.side:
             with open(self.side, "a") as f:
                 f.write(json.dumps(row) + "\n")
+            with open(self._samples(), "a") as f:
+                f.write(json.dumps({"step": step, "samples": point.get("samples", [])[:4]}) + "\n")
         return point
 
     def finish(self):

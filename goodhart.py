@@ -1,0 +1,398 @@
+"""goodhart.py: Goodhart's law as Gao et al. (2022) measured it (frontier.py --experiment goodhart).
+
+The design, fixed before any run (docs/goodhart.md says why):
+- gold: the reader's, common.reader_reward: VADER's sentiment discounted by repetition,
+  (1 + r*)(1 − rep-2) − 1. Every evaluation also reports VADER (common.evaluate), so each run is
+  scored by both golds.
+- labels: the labeler (Bradley–Terry, τ = 0.1) ranks 4 π_SFT samples of each of 10,000 training
+  prompts by the reader's gold: one labelled set, `reward_model.py --gold reader`.
+- proxies: reward models on its first 250, 1000, 3000 and 10,000 prompts (1.5k, 6k, 18k, 60k
+  pairs), one epoch each, the SFT trunk (reward_model.py --preferences).
+- RL: one long RLOO run against each proxy, β = 0.005, 150 iterations (--quick; 300 without),
+  evaluated every 10 (and at 1, 2, 4, 8) on the 256 held-out prompts.
+- what mitigates it, on the 6k-pair proxy: an ensemble of it and two more seeds of the same data
+  (their mean, their minimum: Coste et al. 2024), and a 10× larger β (0.05).
+- the labeler's own function: RLOO on VADER itself, and on the default VADER-labelled r_φ.
+- best-of-n from π_SFT: N = 512 samples of each of 128 held-out prompts, the unbiased estimator
+  (best_of_n_gold) for n = 1 … 512, for every proxy and both golds.
+Writes <out>/goodhart.jsonl (one row per evaluation and gold), <out>/best_of_n.jsonl, then
+goodhart.png, best_of_n.png, mitigation.png and goodhart_data.md (figures.draw calls draw()).
+"""
+import json, math, os, time, uuid
+
+import torch
+from transformers import GPT2ForSequenceClassification
+
+import common as c
+
+PROXY_PROMPTS = (250, 1000, 3000, 10000)  # the proxies' training prompts (6 pairs each)
+LABELS = PROXY_PROMPTS[-1]  # the labelled set: the largest proxy's run samples and labels it
+MITIGATE = 1000  # the proxy whose ensemble and larger β are measured
+SEEDS = (0, 1, 2)  # the ensemble's members: one labelled set, three seeds
+BETA, BIG_BETA = 0.005, 0.05
+STEPS = {True: 150, False: 300}  # RLOO iterations: --quick or not
+BON_N, BON_PROMPTS = 512, 128  # best-of-n: samples per prompt, held-out prompts
+MINUTES = 30  # the whole experiment (--quick), 2-core AVX512-BF16 CPU, bf16
+
+
+def root(out, name):
+    return os.path.join(out, "goodhart", name)
+
+
+def proxy_name(n, seed=0):
+    return f"reader-rm-{n}" + (f"-seed{seed}" if seed else "")
+
+
+def runs(out, quick):
+    """(script, label, flags, root) of every RL run."""
+    long = ["--steps", STEPS[quick], "--max-kl", 500]
+    return ([("rloo.py", f"rloo β={BETA} vs {proxy_name(n)}", ["--beta", BETA, *long],
+              root(out, proxy_name(n))) for n in PROXY_PROMPTS]
+            + [("rloo.py", f"rloo β={BETA} vs ensemble-{how}", ["--beta", BETA, *long],
+                root(out, f"reader-ensemble-{how}")) for how in ("mean", "min")]
+            + [("rloo.py", f"rloo β={BIG_BETA} vs {proxy_name(MITIGATE)}",
+                ["--beta", BIG_BETA, *long], root(out, proxy_name(MITIGATE)))]
+            + [("rloo.py", f"rloo β={BETA} vs vader-rm-10000", ["--beta", BETA, *long],
+                root(out, "vader")),
+               ("rloo.py", f"rloo β={BETA} vs VADER itself", ["--beta", BETA, "--reward", "gold",
+                                                              *long], root(out, "vader"))])
+
+
+def link(out, name, stages):
+    """<out>/goodhart/<name>/ with links to the stages of <out> it reads (e.g. sft)."""
+    os.makedirs(root(out, name), exist_ok=True)
+    for stage in stages:
+        path = os.path.join(root(out, name), stage)
+        if not os.path.lexists(path):
+            os.symlink(os.path.relpath(os.path.join(out, stage), root(out, name)), path)
+
+
+def build_proxies(out):
+    """The labelled set and every proxy (built if missing, as any input stage), and the
+    ensembles: a directory with ensemble.json and a record, rewritten when a member changes."""
+    labels = os.path.join(root(out, proxy_name(LABELS)), "preferences.jsonl")
+    for n in PROXY_PROMPTS:
+        for seed in (SEEDS if n == MITIGATE else (0,)):
+            name = proxy_name(n, seed)
+            link(out, name, ["sft"])
+            args = ["--out", root(out, name), "--n-prompts", n, "--gold", "reader"]
+            if n != LABELS:
+                args += ["--preferences", labels, "--seed", seed]
+            c.require(os.path.join(root(out, name), "reward_model"), "reward_model.py",
+                      list(map(str, args)), built_from=[os.path.join(root(out, name), "sft")])
+    link(out, "vader", ["sft", "reward_model"])
+    members = [os.path.join(root(out, proxy_name(MITIGATE, s)), "reward_model") for s in SEEDS]
+    ids = [c.record_id(m) for m in members]
+    for how in ("mean", "min"):
+        name = f"reader-ensemble-{how}"
+        link(out, name, ["sft"])
+        rm_dir = os.path.join(root(out, name), "reward_model")
+        if (c.runs.read_record(rm_dir) or {}).get("members") == ids:
+            continue
+        os.makedirs(rm_dir, exist_ok=True)
+        with open(os.path.join(rm_dir, "ensemble.json"), "w") as f:
+            json.dump({"members": [os.path.relpath(m, rm_dir) for m in members],
+                       "combine": how}, f)
+        record = {"id": uuid.uuid4().hex, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                  "command": f"goodhart.py: ensemble ({how}) of {len(members)} seeds",
+                  "inputs": {"sft": c.record_id(os.path.join(out, "sft"))}, "members": ids}
+        with open(os.path.join(rm_dir, "run.json.tmp"), "w") as f:
+            json.dump(record, f)
+        os.replace(os.path.join(rm_dir, "run.json.tmp"), os.path.join(rm_dir, "run.json"))
+
+
+# ---------------------------------------------------------------- the formulas
+
+def best_of_n_weights(N, n):
+    """P(the best of n samples drawn without replacement from N is the one ranked j-th lowest),
+    j = 1 … N: C(j−1, n−1) / C(N, n) (0 for j < n)."""
+    j = torch.arange(1, N + 1, dtype=torch.float64)
+    log_w = (torch.lgamma(j) - torch.lgamma(j - n + 1) - torch.lgamma(torch.tensor(n, dtype=torch.float64))
+             - (math.lgamma(N + 1) - math.lgamma(n + 1) - math.lgamma(N - n + 1)))
+    return torch.where(j >= n, log_w.exp(), torch.zeros(()))
+
+
+def best_of_n_gold(gold, proxy, n):
+    """The unbiased best-of-n estimate from N ≥ n samples per prompt (gold, proxy: (prompts, N)):
+    the expected gold of the proxy's pick among n of them, over every n-subset at once
+    (order statistics): (prompts,)."""
+    order = proxy.argsort(dim=1, stable=True)  # lowest proxy first
+    return gold.gather(1, order).double() @ best_of_n_weights(gold.shape[1], n)
+
+
+def bon_kl_bound(n):
+    """KL(best-of-n ‖ π_SFT) ≤ log n − (n−1)/n (Stiennon et al. 2020): a bound, not a measurement."""
+    return math.log(n) - (n - 1) / n
+
+
+def fit_gao(d, R, form):
+    """Least squares of Gao et al.'s forms on d = √KL and R = gold − gold at d = 0: 'rl',
+    R = d(α − β log d); 'bon', R = d(α − β d). Returns (α, β)."""
+    d, R = torch.as_tensor(d, dtype=torch.float64), torch.as_tensor(R, dtype=torch.float64)
+    second = -d * torch.log(d.clamp(min=1e-12)) if form == "rl" else -d * d
+    X = torch.stack([d, second], 1)
+    alpha, beta = torch.linalg.lstsq(X, R[:, None]).solution.flatten().tolist()
+    return alpha, beta
+
+
+def gao_curve(d, alpha, beta, form):
+    d = torch.as_tensor(d, dtype=torch.float64)
+    return d * (alpha - beta * (torch.log(d.clamp(min=1e-12)) if form == "rl" else d))
+
+
+def in_ses(a, a_se, b, b_se):
+    """(a − b) in standard errors of the difference of two independent means."""
+    return (a - b) / math.sqrt(a_se ** 2 + b_se ** 2)
+
+
+def peak_and_fall(points):
+    """A run's points (step order, each with gold, gold_se, kl) → the first point, the peak, the
+    last, the rise to the peak and the fall after it in standard errors."""
+    first, last = points[0], points[-1]
+    peak = max(points, key=lambda p: p["gold"])
+    return {"start": first, "peak": peak, "final": last,
+            "rise_se": in_ses(peak["gold"], peak["gold_se"], first["gold"], first["gold_se"]),
+            "fall_se": in_ses(peak["gold"], peak["gold_se"], last["gold"], last["gold_se"])}
+
+
+# ---------------------------------------------------------------- best-of-n, collecting, drawing
+
+def proxies(out):
+    """(name, reward-model directory, its label gold) of every proxy best-of-n ranks by."""
+    return ([(proxy_name(n), os.path.join(root(out, proxy_name(n)), "reward_model"), "reader")
+             for n in PROXY_PROMPTS]
+            + [(f"reader-ensemble-{how}", os.path.join(root(out, f"reader-ensemble-{how}"),
+                                                       "reward_model"), "reader")
+               for how in ("mean", "min")]
+            + [("vader-rm-10000", os.path.join(out, "reward_model"), "vader")])
+
+
+def proxy_info(rm_dir):
+    """A proxy's size and quality from its report (an ensemble: its first member's labels)."""
+    spec = os.path.join(rm_dir, "ensemble.json")
+    if os.path.exists(spec):
+        with open(spec) as f:
+            members = json.load(f)["members"]
+        info = proxy_info(os.path.join(rm_dir, members[0]))
+        return {**info, "proxy_acc_gold": None, "ensemble": len(members)}
+    with open(os.path.join(rm_dir, "report.json")) as f:
+        report = json.load(f)
+    with open(os.path.join(rm_dir, "run.json")) as f:
+        prompts = json.load(f)["config"]["n_prompts"]
+    return {"proxy_pairs": prompts * report["k"] * (report["k"] - 1) // 2,
+            "proxy_acc_gold": report["val_acc_gold"], "label_gold": report.get("gold", "vader")}
+
+
+@torch.no_grad()
+def run_best_of_n(out, device):
+    """N samples of each held-out prompt from π_SFT, scored by both golds and every proxy; the
+    unbiased best-of-n estimate for n on a √2 grid up to N → <out>/best_of_n.jsonl."""
+    sft = c.load_model(os.path.join(out, "sft")).to(device).eval()
+    enc = c.tokenizer(sft.config.bpe_ranks)
+    prompt_ids = [p for p in c.prompts("eval", enc, BON_PROMPTS) for _ in range(BON_N)]
+    t0, tokens, golds = time.time(), [], {"vader": [], "reader": []}
+    with c.autocast(device):
+        for i, (t, _) in enumerate(c.sample_batched(sft, prompt_ids, 48, 256)):
+            texts = [c.decode(enc, row) for row in t.tolist()]
+            golds["vader"].append(c.gold_reward(texts))
+            golds["reader"].append(c.reader_reward(texts, golds["vader"][-1]))
+            tokens.append(t.cpu())
+            if i == 3:
+                print(f"best-of-n: sampling {len(prompt_ids):,} responses ≈"
+                      f" {(time.time() - t0) / 4 / 256 * len(prompt_ids) / 60:.1f} min", flush=True)
+    golds = {k: torch.cat(v).view(BON_PROMPTS, BON_N) for k, v in golds.items()}
+    ns = sorted({round(2 ** (i / 2)) for i in range(int(2 * math.log2(BON_N)) + 1)})
+    rows = []
+    for name, rm_dir, _ in proxies(out):
+        rm = c.load_reward_model(rm_dir, sft).to(device)
+        with c.autocast(device):
+            proxy = torch.cat([c.reward(rm, t.to(device)).cpu() for t in tokens])
+        proxy = proxy.view(BON_PROMPTS, BON_N)
+        info = proxy_info(rm_dir)
+        for n in ns:
+            picked_proxy = best_of_n_gold(proxy, proxy, n)
+            for fn, gold in golds.items():
+                g = best_of_n_gold(gold, proxy, n)
+                rows.append({"n": n, "kl_bound": bon_kl_bound(n), "gold": g.mean().item(),
+                             "gold_se": g.std().item() / math.sqrt(BON_PROMPTS), "gold_fn": fn,
+                             "proxy": picked_proxy.mean().item(), "proxy_name": name, **info})
+        print(f"best-of-n vs {name}: best of {BON_N}: reader gold"
+              f" {rows[-1]['gold']:.3f}, VADER {rows[-2]['gold']:.3f}", flush=True)
+    write_jsonl(os.path.join(out, "best_of_n.jsonl"), rows)
+
+
+def collect(out, quick, extra=()):
+    """<out>/goodhart.jsonl: every run's evaluations, each as two rows, one per gold (gold_fn),
+    with its proxy's size and quality."""
+    from frontier import key_of
+    rows = []
+    for script, label, flags, run_root in runs(out, quick):
+        key = key_of(script, [*map(str, flags), *extra], run_root)
+        rm_dir = os.path.join(run_root, "reward_model")
+        info = proxy_info(rm_dir) if "--reward" not in flags else {"proxy_pairs": None,
+                                                                    "label_gold": "vader"}
+        for r in c.read_results(os.path.join(run_root, "results.jsonl")):
+            if r["run"] != key:
+                continue
+            for fn, k in (("vader", "gold"), ("reader", "gold_reader")):
+                rows.append({**r, "gold": r[k], "gold_se": r[f"{k}_se"], "gold_fn": fn,
+                             "run": label, "proxy_name": os.path.basename(run_root), **info})
+    write_jsonl(os.path.join(out, "goodhart.jsonl"), rows)
+    write_samples(out, by_run(rows, "reader").get(runs(out, quick)[0][1], []),
+                  os.path.join(runs(out, quick)[0][3], "rloo", "eval_samples.jsonl"))
+    return rows
+
+
+def write_jsonl(path, rows):
+    """All rows at once: a temporary file, then renamed (an interruption leaves the old file)."""
+    with open(path + ".tmp", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    os.replace(path + ".tmp", path)
+
+
+def write_samples(out, points, samples_file):
+    """<out>/goodhart_samples.md: the weakest proxy's run at π_SFT, at its reader-gold peak and
+    at its end: the first four held-out prompts' samples of those evaluations."""
+    if not points or not os.path.exists(samples_file):
+        return
+    by_step = {r["step"]: r["samples"] for r in c.read_jsonl(samples_file)}
+    s = peak_and_fall(points)
+    lines = [f"# Samples of `{points[0]['run']}`", "",
+             "The first four held-out prompts at three evaluations of the weakest proxy's run"
+             " (temperature 1; the evaluation's own sampling noise, the same at every step).", ""]
+    for name in ("start", "peak", "final"):
+        p = s[name]
+        lines += [f"## {name}: step {p['step']}, KL {p['kl']:.1f}, reader's gold {p['gold']:.3f}",
+                  ""] + [f"- {t!r}" for t in by_step.get(p["step"], [])] + [""]
+    with open(os.path.join(out, "goodhart_samples.md"), "w") as f:
+        f.write("\n".join(lines))
+
+
+def by_run(rows, fn):
+    """{run label: its points in step order} of the rows scored with gold fn."""
+    out = {}
+    for r in sorted(rows, key=lambda r: r["step"]):
+        if r["gold_fn"] == fn:
+            out.setdefault(r["run"], []).append(r)
+    return out
+
+
+def sqrt_kl(points):
+    return [math.sqrt(max(p["kl"], 0)) for p in points]
+
+
+def draw_runs(ax, runs, labels, fit=False, shades=None):
+    """Gold against √KL of the runs named, ★ at each peak; fit: Gao's RL form drawn over them."""
+    for i, label in enumerate(labels):
+        pts = runs[label]
+        colour = (shades or plt.cm.viridis)(i / max(len(labels) - 1, 1) * 0.85)
+        ax.errorbar(sqrt_kl(pts), [p["gold"] for p in pts], [p["gold_se"] for p in pts],
+                    fmt="-", color=colour, lw=1.3, elinewidth=0.6, label=label)
+        pk = peak_and_fall(pts)["peak"]
+        ax.plot(math.sqrt(max(pk["kl"], 0)), pk["gold"], "*", ms=13, color=colour, mec="black")
+        if fit:
+            d = torch.tensor(sqrt_kl(pts))
+            a, b = fit_gao(d, [p["gold"] - pts[0]["gold"] for p in pts], "rl")
+            grid = torch.linspace(0, float(d.max()), 100)
+            ax.plot(grid, pts[0]["gold"] + gao_curve(grid, a, b, "rl"), "--", color=colour, lw=0.9)
+    ax.set_xlabel("√KL(π‖π_ref)   [√nats]")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def table(rows):
+    """The Goodhart table (markdown lines): per run and gold, the start, peak and final gold, the
+    rise and the fall in standard errors, and Gao's fit."""
+    lines = ["| run | proxy pairs | acc vs label gold | gold | π_SFT | peak (KL) | final (KL) |"
+             " rise | fall | Gao α, β |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for fn in ("reader", "vader"):
+        for label, pts in by_run(rows, fn).items():
+            s = peak_and_fall(pts)
+            a, b = fit_gao(sqrt_kl(pts), [p["gold"] - pts[0]["gold"] for p in pts], "rl")
+            acc = pts[0].get("proxy_acc_gold")
+            lines.append(
+                f"| {label} | {pts[0].get('proxy_pairs') or '–'} |"
+                f" {f'{acc:.3f}' if acc is not None else '–'} | {fn} | {s['start']['gold']:.3f} |"
+                f" {s['peak']['gold']:.3f} ({s['peak']['kl']:.1f}) |"
+                f" {s['final']['gold']:.3f} ({s['final']['kl']:.1f}) | {s['rise_se']:.1f} SE |"
+                f" {s['fall_se']:.1f} SE | {a:.3f}, {b:.3f} |")
+    return lines
+
+
+def draw(out):
+    """goodhart.png, mitigation.png, best_of_n.png and goodhart_data.md from the data files alone."""
+    import matplotlib
+    matplotlib.use("Agg")
+    global plt
+    import matplotlib.pyplot as plt
+    rows = c.read_jsonl(os.path.join(out, "goodhart.jsonl"))
+    if not rows or "gold_fn" not in rows[0]:
+        return
+    size = [f"rloo β={BETA} vs {proxy_name(n)}" for n in PROXY_PROMPTS]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    runs = {fn: by_run(rows, fn) for fn in ("vader", "reader")}
+    have = [s for s in size if s in runs["reader"]]
+    draw_runs(axes[0], runs["vader"], have)
+    draw_runs(axes[1], runs["reader"], have, fit=True)
+    for i, label in enumerate(have):
+        pts = runs["reader"][label]
+        sd0 = (pts[0].get("proxy_se") or 0) * math.sqrt(256) or 1.0
+        axes[2].plot(sqrt_kl(pts), [(p["proxy"] - pts[0]["proxy"]) / sd0 for p in pts],
+                     color=plt.cm.viridis(i / max(len(have) - 1, 1) * 0.85), label=label)
+    axes[0].set(ylabel="VADER (the labeler's function), held-out",
+                title="VADER: every proxy's hack is VADER's too")
+    axes[1].set(ylabel="the reader's gold, held-out",
+                title="the reader: ★ peak; dashes: Gao's d(α − β log d)")
+    axes[2].set(xlabel="√KL(π‖π_ref)   [√nats]", title="proxy r_φ, normalised",
+                ylabel="change from KL 0, in its sd at KL 0")
+    axes[2].grid(alpha=0.3)
+    axes[2].legend(fontsize=7)
+    c.save_figure(fig, os.path.join(out, "goodhart.png"))
+
+    mit = {"ensemble (6k pairs, 3 seeds)": [size[1], f"rloo β={BETA} vs ensemble-mean",
+                                            f"rloo β={BETA} vs ensemble-min"],
+           "β (6k pairs)": [size[1], f"rloo β={BIG_BETA} vs {proxy_name(MITIGATE)}"],
+           "optimising VADER, scored by the reader": [f"rloo β={BETA} vs vader-rm-10000",
+                                                      f"rloo β={BETA} vs VADER itself"]}
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), sharey=True)
+    for ax, (title, labels) in zip(axes, mit.items()):
+        draw_runs(ax, runs["reader"], [lb for lb in labels if lb in runs["reader"]])
+        ax.set_title(title)
+    axes[0].set_ylabel("the reader's gold, held-out")
+    c.save_figure(fig, os.path.join(out, "mitigation.png"))
+
+    lines = ["# Goodhart on the reader's gold: the data's numbers", "",
+             "From goodhart.jsonl (`python frontier.py --quick --experiment goodhart`); rise and"
+             " fall: peak − π_SFT and peak − final, in standard errors of the difference.", "",
+             *table(rows), ""]
+    bon = c.read_jsonl(os.path.join(out, "best_of_n.jsonl"))
+    if bon:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharex=True)
+        names = list(dict.fromkeys(r["proxy_name"] for r in bon))
+        lines += ["Best-of-n from π_SFT (best_of_n.jsonl): gold at n = 1, at its peak, and at the"
+                  f" largest n; Gao's d(α − β d) fitted on √(KL bound).", "",
+                  "| proxy | gold | n = 1 | peak (n) | n = max | α, β |", "|---|---|---|---|---|---|"]
+        for ax, fn in zip(axes, ("vader", "reader")):
+            for i, name in enumerate(names):
+                pts = sorted((r for r in bon if r["gold_fn"] == fn and r["proxy_name"] == name),
+                             key=lambda r: r["n"])
+                d = [math.sqrt(r["kl_bound"]) for r in pts]
+                colour = plt.cm.tab10(i)
+                ax.errorbar(d, [r["gold"] for r in pts], [r["gold_se"] for r in pts], fmt="o-",
+                            ms=3, color=colour, lw=1, label=name)
+                a, b = fit_gao(d, [r["gold"] - pts[0]["gold"] for r in pts], "bon")
+                grid = torch.linspace(0, max(d), 100)
+                ax.plot(grid, pts[0]["gold"] + gao_curve(grid, a, b, "bon"), "--", color=colour,
+                        lw=0.8)
+                pk = max(pts, key=lambda r: r["gold"])
+                lines.append(f"| {name} | {fn} | {pts[0]['gold']:.3f} | {pk['gold']:.3f}"
+                             f" ({pk['n']}) | {pts[-1]['gold']:.3f} | {a:.3f}, {b:.3f} |")
+            ax.set(xlabel="√(KL bound log n − (n−1)/n)   [a bound, not a measurement]",
+                   ylabel=f"{'VADER' if fn == 'vader' else 'the reader'}'s gold of the pick",
+                   title=f"best-of-n, scored by {fn}")
+            ax.grid(alpha=0.3)
+        axes[1].legend(fontsize=7)
+        c.save_figure(fig, os.path.join(out, "best_of_n.png"))
+    with open(os.path.join(out, "goodhart_data.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))

@@ -1,0 +1,168 @@
+"""goodhart.py and its formulas: the reader's gold, ensembles, the unbiased best-of-n estimator,
+Gao's fits, peaks and falls; reading an earlier run's comparisons; collecting and drawing."""
+import itertools, json, math
+
+import pytest
+import torch
+from transformers import GPT2ForSequenceClassification
+
+import common as c
+import frontier
+import goodhart as g
+import reward_model as rmod
+from conftest import run_script
+
+
+def test_repetition_by_hand():
+    # great movie ! great movie ! → 5 word pairs, 3 distinct
+    assert c.repetition("Great movie! great movie!") == pytest.approx(0.4)
+    assert c.repetition("a fine film") == 0.0
+    assert c.repetition("one") == 0.0 and c.repetition("") == 0.0
+    assert c.repetition("so so so so", n=1) == pytest.approx(0.75)
+
+
+def test_reader_reward_by_hand():
+    texts = ["Great movie! great movie!", "a fine film", "Bad, bad, bad."]
+    vader = torch.tensor([0.8, 0.2, -0.6])
+    # (1 + r*)(1 − rep-2) − 1: bad , bad , bad . → 5 pairs, 3 distinct
+    assert c.reader_reward(texts, vader).tolist() == pytest.approx(
+        [1.8 * 0.6 - 1, 0.2, 0.4 * 0.6 - 1])
+    assert c.reader_reward(texts).tolist() == pytest.approx(
+        c.reader_reward(texts, c.gold_reward(texts)).tolist())
+    assert set(c.GOLDS) == {"vader", "reader"}
+
+
+def test_ensemble_reward_mean_and_min():
+    r = torch.tensor([[1.0, 2.0], [3.0, 0.0], [2.0, 1.0]])
+    assert c.ensemble_reward(r, "mean").tolist() == [2.0, 1.0]
+    assert c.ensemble_reward(r, "min").tolist() == [1.0, 0.0]
+
+
+def test_ensemble_directory_is_read_as_its_members_combined(tmp_path):
+    torch.manual_seed(0)
+    models = []
+    for i in range(2):
+        c.build_model(512, 1, 2, 32, 64).save_pretrained(tmp_path / f"m{i}")
+        rm = c.load_model(str(tmp_path / f"m{i}"), GPT2ForSequenceClassification, num_labels=1)
+        rm.score.weight.data.normal_()
+        rm.save_pretrained(tmp_path / f"m{i}")
+        models.append(rm.eval())
+    (tmp_path / "ens").mkdir()
+    (tmp_path / "ens" / "ensemble.json").write_text(json.dumps(
+        {"members": ["../m0", "../m1"], "combine": "min"}))
+    ens = c.load_reward_model(str(tmp_path / "ens"), models[0])
+    tokens = torch.randint(0, 500, (3, 6))
+    with torch.no_grad():
+        expected = torch.minimum(c.reward(models[0], tokens), c.reward(models[1], tokens))
+        assert torch.allclose(c.reward(ens, tokens), expected)
+
+
+def test_best_of_n_by_hand():
+    gold, proxy = torch.tensor([[0.0, 1.0, 2.0]]), torch.tensor([[3.0, 1.0, 2.0]])
+    # subsets of 2: {0,1} → 0 (proxy 3), {0,2} → 0, {1,2} → 2 (proxy 2): mean 2/3
+    assert g.best_of_n_gold(gold, proxy, 2).item() == pytest.approx(2 / 3)
+    assert g.best_of_n_gold(gold, proxy, 1).item() == pytest.approx(1.0)  # the mean
+    assert g.best_of_n_gold(gold, proxy, 3).item() == pytest.approx(0.0)  # the proxy's top
+    assert g.best_of_n_weights(3, 2).tolist() == pytest.approx([0, 1 / 3, 2 / 3])
+
+
+def test_best_of_n_matches_enumeration_of_every_subset():
+    torch.manual_seed(0)
+    gold, proxy = torch.randn(3, 7), torch.randn(3, 7)
+    for n in range(1, 8):
+        brute = torch.tensor([[float(torch.mean(torch.stack(
+            [gold[p, list(s)][proxy[p, list(s)].argmax()] for s in itertools.combinations(
+                range(7), n)])))] for p in range(3)]).flatten()
+        assert torch.allclose(g.best_of_n_gold(gold, proxy, n).float(), brute, atol=1e-6), n
+    w = g.best_of_n_weights(512, 37)
+    assert w.sum().item() == pytest.approx(1.0) and (w >= 0).all()
+
+
+def test_bon_kl_bound():
+    assert g.bon_kl_bound(1) == 0.0
+    assert g.bon_kl_bound(2) == pytest.approx(math.log(2) - 0.5)
+
+
+@pytest.mark.parametrize("form", ["rl", "bon"])
+def test_gao_fits_recover_their_coefficients(form):
+    d = torch.tensor([0.5, 1.0, 2.0, 3.0, 5.0], dtype=torch.float64)
+    R = d * (0.4 - 0.1 * (torch.log(d) if form == "rl" else d))
+    assert g.fit_gao(d, R, form) == pytest.approx((0.4, 0.1), abs=1e-9)
+    assert torch.allclose(g.gao_curve(d, 0.4, 0.1, form), R.double())
+    other = "bon" if form == "rl" else "rl"
+    assert g.fit_gao(d, R, other) != pytest.approx((0.4, 0.1), abs=1e-3)
+
+
+def test_peak_and_fall_in_standard_errors():
+    pts = [{"gold": 0.2, "gold_se": 0.03, "kl": 0}, {"gold": 0.8, "gold_se": 0.04, "kl": 9},
+           {"gold": 0.5, "gold_se": 0.03, "kl": 25}]
+    s = g.peak_and_fall(pts)
+    assert s["peak"]["kl"] == 9 and s["final"]["kl"] == 25
+    assert s["rise_se"] == pytest.approx(0.6 / 0.05) and s["fall_se"] == pytest.approx(0.3 / 0.05)
+
+
+def test_read_comparisons_gives_back_the_written_groups(tmp_path):
+    enc = c.tokenizer(512)
+    groups = [{"prompt_ids": [5, 6], "responses": [[7], [8, 9], [10], [11, 12]],
+               "gold": [0.1, 0.9, -0.5, 0.3], "ranking": [1, 3, 0, 2]},
+              {"prompt_ids": [13], "responses": [[14], [15], [16], [17]],
+               "gold": [0.0, 0.2, 0.4, 0.6], "ranking": [3, 2, 1, 0]}]
+    path = str(tmp_path / "p.jsonl")
+    rmod.write_preferences(path, enc, {"train": groups, "valid": groups[:1]})
+    back = rmod.read_comparisons(path, "train", 2, 4)
+    for a, b in zip(groups, back):  # the same pairs, responses now in ranking order
+        pairs = lambda grp: [(grp["responses"][w], grp["responses"][l])  # noqa: E731
+                             for w, l in rmod.ranking_pairs(grp["ranking"])]
+        assert pairs(a) == pairs(b) and b["prompt_ids"] == a["prompt_ids"]
+        assert b["gold"] == [a["gold"][i] for i in a["ranking"]]
+    assert len(rmod.read_comparisons(path, "valid", 1, 4)) == 1
+    with pytest.raises(SystemExit):
+        rmod.read_comparisons(path, "train", 3, 4)  # only 2 prompts there
+    with pytest.raises(SystemExit):
+        rmod.read_comparisons(path, "train", 2, 3)  # written with k = 4
+
+
+def test_bad_gold_name_is_one_line(tmp_path):
+    proc = run_script("reward_model.py", "--out", tmp_path, "--gold", "human", check=False)
+    assert proc.returncode == 2 and "--gold" in proc.stderr and "reader" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_collect_and_draw_from_the_data_alone(tmp_path):
+    """Every run's points come from its root, once per gold; the redraw draws the figures and
+    the table from goodhart.jsonl and best_of_n.jsonl alone."""
+    out = str(tmp_path)
+    for name, _, _ in g.proxies(out):
+        rm_dir = tmp_path / ("reward_model" if name.startswith("vader") else
+                             f"goodhart/{name}/reward_model")
+        rm_dir.mkdir(parents=True, exist_ok=True)
+        (rm_dir / "report.json").write_text(json.dumps(
+            {"k": 4, "val_acc_gold": 0.7, "gold": "reader"}))
+        (rm_dir / "run.json").write_text(json.dumps({"config": {"n_prompts": 1000}}))
+    g.link(out, "vader", ["reward_model"])
+    for how in ("mean", "min"):
+        (tmp_path / f"goodhart/reader-ensemble-{how}/reward_model/ensemble.json").write_text(
+            json.dumps({"members": ["../../reader-rm-1000/reward_model"] * 3, "combine": how}))
+    for i, (script, label, flags, root) in enumerate(g.runs(out, True)):
+        key = frontier.key_of(script, list(map(str, flags)), root)
+        rows = [{"run": key, "algo": "rloo", "variant": "rm", "beta": 0.005, "step": s,
+                 "final": s == 3, "kl": [0, 4, 16, 36][s], "gold": [0.2, 0.6, 0.9, 0.95][s],
+                 "gold_se": 0.01, "gold_reader": [0.2, 0.5, 0.7, 0.4][s] + i / 100,
+                 "gold_reader_se": 0.02, "proxy": float(s), "proxy_se": 0.1} for s in range(4)]
+        c.replace_rows(f"{root}/results.jsonl", None, rows)
+    rows = g.collect(out, True)
+    assert len(rows) == 2 * 4 * len(g.runs(out, True))
+    weakest = [r for r in rows if r["run"] == g.runs(out, True)[0][1]]
+    assert [r["gold"] for r in weakest if r["gold_fn"] == "reader"] == [0.2, 0.5, 0.7, 0.4]
+    assert {r["proxy_pairs"] for r in weakest} == {6000}
+    bon = [{"n": n, "kl_bound": g.bon_kl_bound(n), "gold": 0.2 + 0.1 * math.log(n),
+            "gold_se": 0.01, "gold_fn": fn, "proxy": 0.0, "proxy_name": p}
+           for n in (1, 2, 4, 8) for fn in ("vader", "reader") for p in ("a", "b")]
+    g.write_jsonl(f"{out}/best_of_n.jsonl", bon)
+    proc = run_script("frontier.py", "--out", tmp_path, "--redraw")
+    for name in ("goodhart.png", "mitigation.png", "best_of_n.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG", name
+    table = (tmp_path / "goodhart_data.md").read_text()
+    # the weakest proxy's reader gold: 0.2 → peak 0.7 at KL 16 → 0.4; rise 0.5/√(2·0.02²)
+    assert (f"| {g.runs(out, True)[0][1]} | 6000 | 0.700 | reader | 0.200 | 0.700 (16.0) |"
+            " 0.400 (36.0) | 17.7 SE | 10.6 SE |") in table, proc.stdout
