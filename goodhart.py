@@ -71,7 +71,7 @@ def build_proxies(out):
     """The labelled set and every proxy (built if missing, as any input stage), and the
     ensembles: a directory with ensemble.json and a record, rewritten when a member changes."""
     labels = os.path.join(root(out, proxy_name(LABELS)), "preferences.jsonl")
-    for n in PROXY_PROMPTS:
+    for n in sorted(PROXY_PROMPTS, key=lambda n: n != LABELS):  # the labelled set first
         for seed in (SEEDS if n == MITIGATE else (0,)):
             name = proxy_name(n, seed)
             link(out, name, ["sft"])

@@ -157,52 +157,19 @@ def test_offline_runs_are_compared_at_the_online_runs_settings():
     assert figures.online_offline_runs([online, same, *others]) == [online, same]
 
 
-def goodhart_rows(pairs, acc, path, beta=0.01):
-    return [{"run": f"g{pairs} {beta}", "algo": "rloo", "variant": "rm", "proxy_pairs": pairs,
-             "proxy_acc_gold": acc, "beta": beta, "step": s, "kl": kl, "gold": g,
-             "proxy": s / 10} for s, (kl, g) in enumerate(path)]
-
-
-def test_goodhart_peaks_by_hand():
-    rows = (goodhart_rows(6000, 0.64, [(0, 0.2), (9, 0.8), (25, 0.5)], beta=0.002)
-            + goodhart_rows(60000, 0.76, [(0, 0.2), (16, 0.9), (36, 0.85)])
-            + goodhart_rows(6000, 0.64, [(0, 0.2), (4, 0.7), (8, 0.75)]))
-    assert figures.goodhart_peaks(rows[::-1]) == [
-        (6000, 0.64, 0.01, 0.75, 8, 0.75, 8, 0.2), (6000, 0.64, 0.002, 0.8, 9, 0.5, 25, 0.2),
-        (60000, 0.76, 0.01, 0.9, 16, 0.85, 36, 0.2)]
-
-
-def test_collect_goodhart_and_redraw_every_experiment(tmp_path):
-    """Goodhart's points come from the proxies' roots, with each proxy's quality; the redraw
-    draws each experiment's figure from the committed files alone."""
-    for n in frontier.PROXY_PROMPTS:
-        root = tmp_path / "goodhart" / f"rm-{n}-prompts"
-        (root / "reward_model").mkdir(parents=True)
-        (root / "reward_model" / "report.json").write_text(json.dumps(
-            {"k": 4, "val_acc_gold": 0.6 + n / 1e5, "corr_gold": 0.5}))
-        rows = [{"run": "another run", "step": 0}]
-        for m, flags in frontier.GOODHART:
-            key = frontier.key_of("rloo.py", list(map(str, flags)), str(root))
-            rows += [{"run": key, "algo": "rloo", "variant": "rm", "beta": flags[1], "step": s,
-                      "final": s == 2, "kl": 10.0 * s, "gold": [0.2, 0.3, 0.3 - n / 1e5][s],
-                      "proxy": float(s)} for s in range(3) if m == n]
-        c.replace_rows(root / "results.jsonl", None, rows)
-    frontier.collect_goodhart(str(tmp_path))
-    rows = c.read_jsonl(tmp_path / "goodhart.jsonl")
-    assert len(rows) == 3 * len(frontier.GOODHART)
-    assert {r["proxy_pairs"] for r in rows} == {6000, 18000, 60000}
+def test_redraw_every_experiment(tmp_path):
+    """The redraw draws each experiment's figure from the committed files alone (Goodhart's:
+    tests/test_goodhart.py)."""
     dpo = {"algo": "dpo", "beta": 0.1, "kl": 1.0, "gold": 0.5, "proxy": 0.0}
     runs = [("sigmoid", {"beta": 0.1}), ("sigmoid-online", {"online": True, "judge": "labeler"}),
             ("sigmoid", {"n_pairs": 64}), ("sigmoid", {"seed": 1})]
     c.replace_rows(tmp_path / "results.jsonl", None, [
         {**dpo, "run": str(i), "variant": v, "settings": s, "steps": 300, "seed": s.get("seed", 0),
          "step": t, "kl": 1.0 + t} for i, (v, s) in enumerate(runs) for t in (0, 32)])
-    proc = run_script("frontier.py", "--out", tmp_path, "--redraw")
-    for name in ("frontier.png", "goodhart.png", "dpo_epochs.png", "online_offline.png",
-                 "seeds.png"):
+    run_script("frontier.py", "--out", tmp_path, "--redraw")
+    for name in ("frontier.png", "dpo_epochs.png", "online_offline.png", "seeds.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG", name
     table = (tmp_path / "frontier.md").read_text()
-    assert "| 6000 | 0.610 | 0.01 | 0.300 | 10.0 | 0.290 | 20.0 | 2.00 |" in table, proc.stdout
     assert "| dpo-sigmoid β=0.1 (2) | 0.500 ± 0.000 | 33.000 ± 0.000 |" in table
 
 

@@ -1,6 +1,6 @@
 """goodhart.py and its formulas: the reader's gold, ensembles, the unbiased best-of-n estimator,
 Gao's fits, peaks and falls; reading an earlier run's comparisons; collecting and drawing."""
-import itertools, json, math
+import itertools, json, math, pathlib, sys
 
 import pytest
 import torch
@@ -166,3 +166,11 @@ def test_collect_and_draw_from_the_data_alone(tmp_path):
     # the weakest proxy's reader gold: 0.2 → peak 0.7 at KL 16 → 0.4; rise 0.5/√(2·0.02²)
     assert (f"| {g.runs(out, True)[0][1]} | 6000 | 0.700 | reader | 0.200 | 0.700 (16.0) |"
             " 0.400 (36.0) | 17.7 SE | 10.6 SE |") in table, proc.stdout
+
+
+def test_pair_agreement_by_hand():
+    sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "bench"))
+    import reader_gold
+    a, b = torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[1.0, 3.0, 2.0]])
+    assert reader_gold.pair_agreement(a, b) == pytest.approx(2 / 3)  # (1, 2) is ordered apart
+    assert reader_gold.pair_agreement(a, torch.tensor([[1.0, 1.0, 2.0]])) == 1.0  # a tie: left out
