@@ -1,14 +1,14 @@
 """common.py: the shared plumbing of the RLHF scripts. No algorithm lives here.
 
-Model build/load/save, log-probs and KL estimators, the gold reward, the shared evaluation
-(README: "The task, the model, the evaluation"), and the steps every RL script shares. It
-re-exports the data and tokenizer (data.py), the KV-cache sampler (sampler.py) and a run's
-bookkeeping (runs.py: flags, device, logs, results, plots, stage records), so that the scripts
-import only common. Every batch uses one layout:
+Model build/load/save, log-probs and KL estimators, reward models (one, or an ensemble), the
+shared evaluation (README: "The task, the model, the evaluation"), and the steps every RL script
+shares. It re-exports the data and tokenizer (data.py), the KV-cache sampler (sampler.py), the
+gold rewards and the labeler (golds.py) and a run's bookkeeping (runs.py: flags, device, logs,
+results, plots, stage records), so that the scripts import only common. Every batch uses one layout:
 tokens (B, P+T) = prompt left-padded to P, then the response right-padded to T; mask (B, T) is
 True on the response tokens the policy generated (end-of-text included, padding excluded).
 """
-import functools, json, math, os, re, shutil
+import json, math, os, shutil
 
 import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
@@ -25,6 +25,7 @@ from runs import (PRECISION_ENV, Logger, Results, append_row, archive_results,  
 from data import (EOT_TEXT, MAX_PROMPT, decode, hf_tokenizer, imdb, prompts,  # noqa: F401
                   read_preferences, tokenizer)
 from sampler import _cached_step, sample, sample_batched  # noqa: F401 (scripts import common only)
+from golds import GOLDS, gold_reward, labeler_scores, reader_reward, repetition  # noqa: F401
 
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
@@ -195,56 +196,6 @@ def collate(prompt_ids, response_ids, pad_id):
     return tokens, tokens[:, P:] != pad_id
 
 
-# ---------------------------------------------------------------- gold reward
-
-@functools.lru_cache
-def _vader():
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-    return SentimentIntensityAnalyzer()
-
-
-def gold_reward(texts):
-    """r*(x, y): VADER's compound sentiment in [-1, 1] of each review text (prompt + response)."""
-    return torch.tensor([_vader().polarity_scores(t)["compound"] for t in texts])
-
-
-def repetition(text, n=2):
-    """rep-n (Welleck et al. 2019): the share of a text's n-grams of words and punctuation marks
-    that repeat an earlier one, 1 − distinct/all; 0 for a text with no n-gram."""
-    words = re.findall(r"[a-z0-9']+|[^\sa-z0-9']", text.lower())
-    grams = list(zip(*(words[i:] for i in range(n))))
-    return 1 - len(set(grams)) / len(grams) if grams else 0.0
-
-
-def reader_reward(texts, vader=None):
-    """The reader's gold (docs/goodhart.md): VADER's sentiment discounted by repetition,
-    (1 + r*)(1 − rep-2) − 1 in [−1, 1]: a text without repeats keeps VADER's score; a text whose
-    word pairs repeat, as a pile of praise does, loses in proportion. vader: r* if computed."""
-    vader = gold_reward(texts) if vader is None else vader
-    fluency = torch.tensor([1 - repetition(t) for t in texts], dtype=vader.dtype)
-    return (1 + vader) * fluency - 1
-
-
-GOLDS = {"vader": gold_reward, "reader": reader_reward}  # the gold functions, by name
-
-
-def ensemble_reward(rewards, combine):
-    """Coste et al. (2024): the members' rewards (M, B) → one (B,): their mean, or their minimum
-    (worst-case optimisation: a response is only as good as the least convinced member)."""
-    return rewards.mean(0) if combine == "mean" else rewards.min(0).values
-
-
-def labeler_scores(gold, tau, generator=None):
-    """How the labeler sees responses: r*/τ + Gumbel noise. Sorting them is a Plackett–Luce
-    ranking, so any two are ordered as Bradley–Terry says, P(y1 ≻ y2) = σ((r*1 − r*2)/τ);
-    τ = 0 is the noiseless labeler (r* itself)."""
-    gold = torch.as_tensor(gold, dtype=torch.float64).cpu()
-    if tau == 0:
-        return gold
-    u = torch.rand(gold.shape, generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
-    return gold / tau - torch.log(-torch.log(u))
-
-
 # ---------------------------------------------------------------- the steps every RL script shares
 
 GRAD_CLIP = 1.0  # max gradient norm of every update
@@ -257,9 +208,16 @@ def score_responses(kind, rm, enc, tokens):
     return reward(rm, tokens)
 
 
+def ensemble_reward(rewards, combine):
+    """Coste et al. (2024): the members' rewards (M, B) → one (B,): their mean, or their minimum
+    (worst-case optimisation: a response is only as good as the least convinced member)."""
+    return rewards.mean(0) if combine == "mean" else rewards.min(0).values
+
+
 class RewardEnsemble(torch.nn.Module):
     """Reward models read as one (reward() combines them): a directory with ensemble.json,
-    {"members": [their directories, relative to it], "combine": "mean" or "min"}."""
+    {"members": [their directories, relative to it], "combine": "mean" or "min"}. RLOO, GRPO and
+    DPO's judge read it as r_φ; PPO cannot (its critic starts from one reward model)."""
 
     def __init__(self, members, combine):
         super().__init__()
@@ -272,6 +230,8 @@ def load_reward_model(rm_dir, policy):
     if os.path.exists(spec := os.path.join(rm_dir, "ensemble.json")):
         with open(spec) as f:
             spec = json.load(f)
+        if spec.get("combine") not in ("mean", "min"):
+            die(f"{rm_dir}/ensemble.json: combine is {spec.get('combine')!r}; give mean or min")
         return RewardEnsemble([load_reward_model(os.path.join(rm_dir, m), policy)
                                for m in spec["members"]], spec["combine"])
     rm = load_model(rm_dir, GPT2ForSequenceClassification).eval().requires_grad_(False)
@@ -418,7 +378,8 @@ def evaluate(policy, ref, enc, prompt_ids, max_new_tokens, rm=None, batch_size=6
     rows = {k: torch.cat([r[k] for r, _ in scored]).float() for k in scored[0][0]
             if rm is not None or k != "proxy"}
     out = {k: v.mean().item() for k, v in rows.items()}
-    for k in ("gold", "gold_reader", "proxy", "kl"):  # standard errors of the means: what a difference needs
+    for k in ("gold", "gold_reader", "proxy", "kl"):  # standard errors of the means: what a
+        # difference needs
         out[f"{k}_se"] = rows[k].std().item() / math.sqrt(len(rows[k])) if k in rows else None
     out["proxy"] = out.get("proxy")
     out["samples"] = [t for _, texts in scored for t in texts][:8]

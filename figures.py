@@ -2,8 +2,9 @@
 
 frontier.png, overoptimisation.png and frontier.md from the β sweep's runs in <out>/results.jsonl
 (those of `python frontier.py --quick` or of `python frontier.py`, whichever the file holds);
-goodhart.py's figures from <out>/goodhart.jsonl and best_of_n.jsonl; dpo_epochs.png, online_offline.png and seeds.png from
-the runs of those experiments in results.jsonl, each once its points are there. Every figure
+goodhart.py's figures from <out>/goodhart.jsonl and best_of_n.jsonl; dpo_epochs.png,
+online_offline.png and seeds.png from the runs of those experiments in results.jsonl, each once
+its points are there. Every figure
 gives each method one colour and one marker (STYLE) and puts its legend off the data.
 """
 import importlib, math, os

@@ -20,10 +20,10 @@ others (the command ends by naming it). Then figures.py draws, from the results,
 experiment's figure, and frontier.md (best gold below KL 2, 5, 10, 20; Goodhart; the seeds).
 Every run writes its model to the same out/<method>/ directory: only the points are kept.
 Run: python frontier.py --quick      (≈ 19 min on a 2-core CPU once out/sft and the RM exist)
-     python frontier.py --quick --experiment all    (≈ 55 min more: the four experiments)
+     python frontier.py --quick --experiment all    (≈ 90 min more: the four experiments)
      python frontier.py --out docs --redraw    (the README's figures, from docs/*.jsonl)
 """
-import importlib, json, math, os, subprocess, sys, time
+import importlib, math, os, subprocess, sys, time
 from dataclasses import dataclass
 
 import torch
@@ -184,7 +184,7 @@ def run_experiment(cfg, name, device):
         run_best_of_n(cfg, os.path.join(cfg.out, "results.jsonl"), device)
     if name == "goodhart":
         goodhart.collect(cfg.out, cfg.quick, cfg.extra.split())
-        if not os.path.exists(os.path.join(cfg.out, "best_of_n.jsonl")):
+        if not goodhart.best_of_n_is_current(cfg.out):  # (or its proxies were rebuilt since)
             goodhart.run_best_of_n(cfg.out, device)
     print(f"{name}: done in {(time.time() - t0) / 60:.1f} min", flush=True)
     return failed

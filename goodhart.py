@@ -14,16 +14,17 @@ The design, fixed before any run (docs/goodhart.md says why):
   (their mean, their minimum: Coste et al. 2024), and a 10× larger β (0.05).
 - the labeler's own function: RLOO on VADER itself, and on the default VADER-labelled r_φ.
 - best-of-n from π_SFT: N = 512 samples of each of 128 held-out prompts, the unbiased estimator
-  (best_of_n_gold) for n = 1 … 512, for every proxy and both golds.
+  (best_of_n_gold) for n = 1 … 512, for the four proxies and the VADER-labelled r_φ, both golds.
 Writes <out>/goodhart.jsonl (one row per evaluation and gold), <out>/best_of_n.jsonl, then
 goodhart.png, best_of_n.png, mitigation.png and goodhart_data.md (figures.draw calls draw()).
 """
 import json, math, os, time, uuid
 
+import matplotlib.pyplot as plt
 import torch
-from transformers import GPT2ForSequenceClassification
 
 import common as c
+from figures import gold_at_kl
 
 PROXY_PROMPTS = (250, 1000, 3000, 10000)  # the proxies' training prompts (6 pairs each)
 LABELS = PROXY_PROMPTS[-1]  # the labelled set: the largest proxy's run samples and labels it
@@ -32,7 +33,16 @@ SEEDS = (0, 1, 2)  # the ensemble's members: one labelled set, three seeds
 BETA, BIG_BETA = 0.005, 0.05
 STEPS = {True: 150, False: 300}  # RLOO iterations: --quick or not
 BON_N, BON_PROMPTS = 512, 128  # best-of-n: samples per prompt, held-out prompts
-MINUTES = 30  # the whole experiment (--quick), 2-core AVX512-BF16 CPU, bf16
+MINUTES = 50  # the whole experiment (--quick), measured on a 2-core Intel Xeon with AMX, bf16:
+# labels and proxies 7.5, nine RL runs 31, best-of-n 11
+
+
+def same_text(path, text):
+    """Whether the file at path holds text."""
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return f.read() == text
 
 
 def root(out, name):
@@ -76,11 +86,18 @@ def build_proxies(out):
             name = proxy_name(n, seed)
             link(out, name, ["sft"])
             args = ["--out", root(out, name), "--n-prompts", n, "--gold", "reader"]
+            rm_dir, mark = (os.path.join(root(out, name), f) for f in ("reward_model", "labels"))
+            labels_id = c.record_id(os.path.join(root(out, proxy_name(LABELS)), "reward_model"))
             if n != LABELS:
                 args += ["--preferences", labels, "--seed", seed]
-            c.require(os.path.join(root(out, name), "reward_model"), "reward_model.py",
-                      list(map(str, args)), built_from=[os.path.join(root(out, name), "sft")])
-    link(out, "vader", ["sft", "reward_model"])
+                if c.record_id(rm_dir) and not same_text(mark, labels_id):  # labels rebuilt
+                    os.remove(os.path.join(rm_dir, "run.json"))
+            c.require(rm_dir, "reward_model.py", list(map(str, args)),
+                      built_from=[os.path.join(root(out, name), "sft")])
+            if n != LABELS:
+                with open(mark, "w") as f:  # the labels it was trained on
+                    f.write(labels_id)
+    link(out, "vader", ["sft", "reward_model", "preferences.jsonl"])  # (the record lists it)
     members = [os.path.join(root(out, proxy_name(MITIGATE, s)), "reward_model") for s in SEEDS]
     ids = [c.record_id(m) for m in members]
     for how in ("mean", "min"):
@@ -106,10 +123,13 @@ def build_proxies(out):
 def best_of_n_weights(N, n):
     """P(the best of n samples drawn without replacement from N is the one ranked j-th lowest),
     j = 1 … N: C(j−1, n−1) / C(N, n) (0 for j < n)."""
+    assert 1 <= n <= N, (n, N)
     j = torch.arange(1, N + 1, dtype=torch.float64)
-    log_w = (torch.lgamma(j) - torch.lgamma(j - n + 1) - torch.lgamma(torch.tensor(n, dtype=torch.float64))
-             - (math.lgamma(N + 1) - math.lgamma(n + 1) - math.lgamma(N - n + 1)))
-    return torch.where(j >= n, log_w.exp(), torch.zeros(()))
+    def log_choose(a, b):  # log C(a, b), elementwise
+        a, b = (torch.as_tensor(v, dtype=torch.float64) for v in (a, b))
+        return torch.lgamma(a + 1) - torch.lgamma(b + 1) - torch.lgamma(a - b + 1)
+    log_w = log_choose(j - 1, n - 1) - log_choose(N, n)
+    return torch.where(j >= n, log_w.exp(), torch.zeros((), dtype=torch.float64))
 
 
 def best_of_n_gold(gold, proxy, n):
@@ -121,7 +141,7 @@ def best_of_n_gold(gold, proxy, n):
 
 
 def bon_kl_bound(n):
-    """KL(best-of-n ‖ π_SFT) ≤ log n − (n−1)/n (Stiennon et al. 2020): a bound, not a measurement."""
+    """KL(best-of-n ‖ π_SFT) ≤ log n − (n−1)/n (Stiennon et al. 2020): a bound only."""
     return math.log(n) - (n - 1) / n
 
 
@@ -147,7 +167,10 @@ def in_ses(a, a_se, b, b_se):
 
 def peak_and_fall(points):
     """A run's points (step order, each with gold, gold_se, kl) → the first point, the peak, the
-    last, the rise to the peak and the fall after it in standard errors."""
+    last, the rise to the peak and the fall after it in standard errors of the difference, as if
+    the means were independent. They are not: every evaluation samples with the same noise, which
+    correlates them and makes these counts conservative; the peak, the highest of about 20 noisy
+    points, is biased upward, which inflates them. Read a count near 3 with both in mind."""
     first, last = points[0], points[-1]
     peak = max(points, key=lambda p: p["gold"])
     return {"start": first, "peak": peak, "final": last,
@@ -158,13 +181,10 @@ def peak_and_fall(points):
 # ---------------------------------------------------------------- best-of-n, collecting, drawing
 
 def proxies(out):
-    """(name, reward-model directory, its label gold) of every proxy best-of-n ranks by."""
-    return ([(proxy_name(n), os.path.join(root(out, proxy_name(n)), "reward_model"), "reader")
-             for n in PROXY_PROMPTS]
-            + [(f"reader-ensemble-{how}", os.path.join(root(out, f"reader-ensemble-{how}"),
-                                                       "reward_model"), "reader")
-               for how in ("mean", "min")]
-            + [("vader-rm-10000", os.path.join(out, "reward_model"), "vader")])
+    """(name, reward-model directory) of every proxy best-of-n ranks by: the four sizes and the
+    VADER-labelled r_φ (not the ensembles: three more passes over N·prompts samples each)."""
+    return ([(proxy_name(n), os.path.join(root(out, proxy_name(n)), "reward_model"))
+             for n in PROXY_PROMPTS] + [("vader-rm-10000", os.path.join(out, "reward_model"))])
 
 
 def proxy_info(rm_dir):
@@ -190,25 +210,27 @@ def run_best_of_n(out, device):
     sft = c.load_model(os.path.join(out, "sft")).to(device).eval()
     enc = c.tokenizer(sft.config.bpe_ranks)
     prompt_ids = [p for p in c.prompts("eval", enc, BON_PROMPTS) for _ in range(BON_N)]
-    t0, tokens, golds = time.time(), [], {"vader": [], "reader": []}
+    t0, tokens, golds, chunk = time.time(), [], {"vader": [], "reader": []}, 256
     with c.autocast(device):
-        for i, (t, _) in enumerate(c.sample_batched(sft, prompt_ids, 48, 256)):
+        for j in range(0, len(prompt_ids), chunk):
+            t, _ = c.sample(sft, prompt_ids[j:j + chunk], 48)
             texts = [c.decode(enc, row) for row in t.tolist()]
             golds["vader"].append(c.gold_reward(texts))
             golds["reader"].append(c.reader_reward(texts, golds["vader"][-1]))
             tokens.append(t.cpu())
-            if i == 3:
-                print(f"best-of-n: sampling {len(prompt_ids):,} responses ≈"
-                      f" {(time.time() - t0) / 4 / 256 * len(prompt_ids) / 60:.1f} min", flush=True)
+            if j == 3 * chunk:
+                print(f"best-of-n: sampling and scoring {len(prompt_ids):,} responses ≈"
+                      f" {(time.time() - t0) / 4 / chunk * len(prompt_ids) / 60:.1f} min",
+                      flush=True)
     golds = {k: torch.cat(v).view(BON_PROMPTS, BON_N) for k, v in golds.items()}
     ns = sorted({round(2 ** (i / 2)) for i in range(int(2 * math.log2(BON_N)) + 1)})
     rows = []
-    for name, rm_dir, _ in proxies(out):
+    for name, rm_dir in proxies(out):
         rm = c.load_reward_model(rm_dir, sft).to(device)
         with c.autocast(device):
             proxy = torch.cat([c.reward(rm, t.to(device)).cpu() for t in tokens])
         proxy = proxy.view(BON_PROMPTS, BON_N)
-        info = proxy_info(rm_dir)
+        info = {**proxy_info(rm_dir), "proxy_id": c.record_id(rm_dir)}
         for n in ns:
             picked_proxy = best_of_n_gold(proxy, proxy, n)
             for fn, gold in golds.items():
@@ -219,6 +241,13 @@ def run_best_of_n(out, device):
         print(f"best-of-n vs {name}: best of {BON_N}: reader gold"
               f" {rows[-1]['gold']:.3f}, VADER {rows[-2]['gold']:.3f}", flush=True)
     write_jsonl(os.path.join(out, "best_of_n.jsonl"), rows)
+
+
+def best_of_n_is_current(out):
+    """best_of_n.jsonl exists and was scored by the proxies there now (their record ids)."""
+    rows = c.read_jsonl(os.path.join(out, "best_of_n.jsonl"))
+    done = {(r["proxy_name"], r.get("proxy_id")) for r in rows}
+    return bool(rows) and all((name, c.record_id(d)) in done for name, d in proxies(out))
 
 
 def collect(out, quick, extra=()):
@@ -238,8 +267,10 @@ def collect(out, quick, extra=()):
                 rows.append({**r, "gold": r[k], "gold_se": r[f"{k}_se"], "gold_fn": fn,
                              "run": label, "proxy_name": os.path.basename(run_root), **info})
     write_jsonl(os.path.join(out, "goodhart.jsonl"), rows)
-    write_samples(out, by_run(rows, "reader").get(runs(out, quick)[0][1], []),
-                  os.path.join(runs(out, quick)[0][3], "rloo", "eval_samples.jsonl"))
+    sizes = runs(out, quick)[:len(PROXY_PROMPTS)]
+    write_samples(out, [(by_run(rows, "reader").get(label, []),
+                         os.path.join(run_root, "rloo", "eval_samples.jsonl"))
+                        for _, label, _, run_root in (sizes[0], sizes[-1])])
     return rows
 
 
@@ -250,20 +281,24 @@ def write_jsonl(path, rows):
     os.replace(path + ".tmp", path)
 
 
-def write_samples(out, points, samples_file):
-    """<out>/goodhart_samples.md: the weakest proxy's run at π_SFT, at its reader-gold peak and
-    at its end: the first four held-out prompts' samples of those evaluations."""
-    if not points or not os.path.exists(samples_file):
-        return
-    by_step = {r["step"]: r["samples"] for r in c.read_jsonl(samples_file)}
-    s = peak_and_fall(points)
-    lines = [f"# Samples of `{points[0]['run']}`", "",
-             "The first four held-out prompts at three evaluations of the weakest proxy's run"
-             " (temperature 1; the evaluation's own sampling noise, the same at every step).", ""]
-    for name in ("start", "peak", "final"):
-        p = s[name]
-        lines += [f"## {name}: step {p['step']}, KL {p['kl']:.1f}, reader's gold {p['gold']:.3f}",
-                  ""] + [f"- {t!r}" for t in by_step.get(p["step"], [])] + [""]
+def write_samples(out, runs_and_files):
+    """<out>/goodhart_samples.md: the weakest and the largest proxy's runs at π_SFT, at their
+    reader-gold peak and at their end: the first four held-out prompts' samples there."""
+    lines = ["# Samples at the start, the peak and the end", "",
+             "The first four held-out prompts at three evaluations of the runs against the weakest"
+             " and the largest proxy (temperature 1; the evaluation's own sampling noise, the same"
+             " at every step). Written by `python frontier.py --quick --experiment goodhart`.", ""]
+    for points, samples_file in runs_and_files:
+        if not points or not os.path.exists(samples_file):
+            continue
+        by_step = {r["step"]: r["samples"] for r in c.read_jsonl(samples_file)}
+        s = peak_and_fall(points)
+        lines += [f"## `{points[0]['run']}`", ""]
+        for name in ("start", "peak", "final"):
+            p = s[name]
+            lines += [f"### {name}: step {p['step']}, KL {p['kl']:.1f}, the reader's gold"
+                      f" {p['gold']:.3f}", ""] + [f"- {t!r}" for t in by_step.get(p["step"], [])]
+            lines.append("")
     with open(os.path.join(out, "goodhart_samples.md"), "w") as f:
         f.write("\n".join(lines))
 
@@ -281,13 +316,20 @@ def sqrt_kl(points):
     return [math.sqrt(max(p["kl"], 0)) for p in points]
 
 
-def draw_runs(ax, runs, labels, fit=False, shades=None):
-    """Gold against √KL of the runs named, ★ at each peak; fit: Gao's RL form drawn over them."""
+def legend(pts):
+    """A run's legend: its label, and its proxy's labelled pairs and accuracy where it has one."""
+    p, acc = pts[0], pts[0].get("proxy_acc_gold")
+    return p["run"] + (f" ({p['proxy_pairs'] / 1000:g}k pairs" if p.get("proxy_pairs") else "") \
+        + (f", acc {acc:.2f})" if acc is not None else ")" if p.get("proxy_pairs") else "")
+
+
+def draw_runs(ax, runs, labels, fit=False, key=True):
+    """Gold against √KL of the runs named, ★ at each peak; fit: Gao's RL form drawn on them."""
     for i, label in enumerate(labels):
         pts = runs[label]
-        colour = (shades or plt.cm.viridis)(i / max(len(labels) - 1, 1) * 0.85)
+        colour = plt.cm.viridis(i / max(len(labels) - 1, 1) * 0.85)
         ax.errorbar(sqrt_kl(pts), [p["gold"] for p in pts], [p["gold_se"] for p in pts],
-                    fmt="-", color=colour, lw=1.3, elinewidth=0.6, label=label)
+                    fmt="-", color=colour, lw=1.3, elinewidth=0.6, label=legend(pts))
         pk = peak_and_fall(pts)["peak"]
         ax.plot(math.sqrt(max(pk["kl"], 0)), pk["gold"], "*", ms=13, color=colour, mec="black")
         if fit:
@@ -297,7 +339,8 @@ def draw_runs(ax, runs, labels, fit=False, shades=None):
             ax.plot(grid, pts[0]["gold"] + gao_curve(grid, a, b, "rl"), "--", color=colour, lw=0.9)
     ax.set_xlabel("√KL(π‖π_ref)   [√nats]")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if key:
+        ax.legend(fontsize=7)
 
 
 def table(rows):
@@ -319,12 +362,47 @@ def table(rows):
     return lines
 
 
+def bon_curves(bon):
+    """{(gold fn, proxy name): (its best-of-n points in n order, Gao's (α, β) fitted to them)}."""
+    out = {}
+    for fn, name in dict.fromkeys((r["gold_fn"], r["proxy_name"]) for r in bon):
+        pts = sorted((r for r in bon if r["gold_fn"] == fn and r["proxy_name"] == name),
+                     key=lambda r: r["n"])
+        d = [math.sqrt(r["kl_bound"]) for r in pts]
+        out[fn, name] = pts, fit_gao(d, [r["gold"] - pts[0]["gold"] for r in pts], "bon")
+    return out
+
+
+def bon_table(bon):
+    """Per proxy and gold: gold at n = 1, at its best n, at the largest; Gao's fit and the KL
+    where the fit peaks, (α/2β)² (beyond the largest n's bound: no fall measured)."""
+    lines = ["| proxy | gold | n = 1 | best (n) | n = max | Gao α, β | fit's peak at KL |",
+             "|---|---|---|---|---|---|---|"]
+    for (fn, name), (pts, (a, b)) in bon_curves(bon).items():
+        pk = max(pts, key=lambda r: r["gold"])
+        top = f"{(a / (2 * b)) ** 2:.1f}" if b > 0 else "–"
+        lines.append(f"| {name} | {fn} | {pts[0]['gold']:.3f} | {pk['gold']:.3f} ({pk['n']}) |"
+                     f" {pts[-1]['gold']:.3f} | {a:.3f}, {b:.3f} | {top} |")
+    return lines
+
+
+AT_KL = (5, 10, 20, 30)  # the equal-KL table's columns
+
+
+def at_kl_table(rows):
+    """The reader's gold of every run where its KL first reaches 5, 10, 20, 30 (interpolated;
+    – where it never does): mitigations compared at equal KL, not at their ends."""
+    lines = ["| run | " + " | ".join(f"at KL {k}" for k in AT_KL) + " |",
+             "|---|" + "---|" * len(AT_KL)]
+    for label, pts in by_run(rows, "reader").items():
+        golds = [gold_at_kl([(p["kl"], p["gold"]) for p in pts], k) for k in AT_KL]
+        lines.append(f"| {label} | " + " | ".join("–" if v is None else f"{v:.3f}"
+                                                  for v in golds) + " |")
+    return lines
+
+
 def draw(out):
-    """goodhart.png, mitigation.png, best_of_n.png and goodhart_data.md from the data files alone."""
-    import matplotlib
-    matplotlib.use("Agg")
-    global plt
-    import matplotlib.pyplot as plt
+    """goodhart.png, mitigation.png, best_of_n.png and goodhart_data.md from the data alone."""
     rows = c.read_jsonl(os.path.join(out, "goodhart.jsonl"))
     if not rows or "gold_fn" not in rows[0]:
         return
@@ -332,15 +410,14 @@ def draw(out):
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     runs = {fn: by_run(rows, fn) for fn in ("vader", "reader")}
     have = [s for s in size if s in runs["reader"]]
-    draw_runs(axes[0], runs["vader"], have)
-    draw_runs(axes[1], runs["reader"], have, fit=True)
+    draw_runs(axes[0], runs["vader"], have, key=False)  # one key, on the right, off the data
+    draw_runs(axes[1], runs["reader"], have, fit=True, key=False)
     for i, label in enumerate(have):
         pts = runs["reader"][label]
         sd0 = (pts[0].get("proxy_se") or 0) * math.sqrt(256) or 1.0
         axes[2].plot(sqrt_kl(pts), [(p["proxy"] - pts[0]["proxy"]) / sd0 for p in pts],
-                     color=plt.cm.viridis(i / max(len(have) - 1, 1) * 0.85), label=label)
-    axes[0].set(ylabel="VADER (the labeler's function), held-out",
-                title="VADER: every proxy's hack is VADER's too")
+                     color=plt.cm.viridis(i / max(len(have) - 1, 1) * 0.85), label=legend(pts))
+    axes[0].set(ylabel="VADER's gold, held-out", title="scored by VADER (★: each run's peak)")
     axes[1].set(ylabel="the reader's gold, held-out",
                 title="the reader: ★ peak; dashes: Gao's d(α − β log d)")
     axes[2].set(xlabel="√KL(π‖π_ref)   [√nats]", title="proxy r_φ, normalised",
@@ -364,35 +441,27 @@ def draw(out):
     lines = ["# Goodhart on the reader's gold: the data's numbers", "",
              "From goodhart.jsonl (`python frontier.py --quick --experiment goodhart`); rise and"
              " fall: peak − π_SFT and peak − final, in standard errors of the difference.", "",
-             *table(rows), ""]
+             *table(rows), "", "The reader's gold at equal KL (where each run first gets there):",
+             "", *at_kl_table(rows), ""]
     bon = c.read_jsonl(os.path.join(out, "best_of_n.jsonl"))
     if bon:
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharex=True)
         names = list(dict.fromkeys(r["proxy_name"] for r in bon))
-        lines += ["Best-of-n from π_SFT (best_of_n.jsonl): gold at n = 1, at its peak, and at the"
-                  f" largest n; Gao's d(α − β d) fitted on √(KL bound).", "",
-                  "| proxy | gold | n = 1 | peak (n) | n = max | α, β |", "|---|---|---|---|---|---|"]
-        for ax, fn in zip(axes, ("vader", "reader")):
-            for i, name in enumerate(names):
-                pts = sorted((r for r in bon if r["gold_fn"] == fn and r["proxy_name"] == name),
-                             key=lambda r: r["n"])
-                d = [math.sqrt(r["kl_bound"]) for r in pts]
-                colour = plt.cm.tab10(i)
-                ax.errorbar(d, [r["gold"] for r in pts], [r["gold_se"] for r in pts], fmt="o-",
-                            ms=3, color=colour, lw=1, label=name)
-                a, b = fit_gao(d, [r["gold"] - pts[0]["gold"] for r in pts], "bon")
-                grid = torch.linspace(0, max(d), 100)
-                ax.plot(grid, pts[0]["gold"] + gao_curve(grid, a, b, "bon"), "--", color=colour,
-                        lw=0.8)
-                pk = max(pts, key=lambda r: r["gold"])
-                lines.append(f"| {name} | {fn} | {pts[0]['gold']:.3f} | {pk['gold']:.3f}"
-                             f" ({pk['n']}) | {pts[-1]['gold']:.3f} | {a:.3f}, {b:.3f} |")
+        for (fn, name), (pts, (a, b)) in bon_curves(bon).items():
+            ax, colour = axes[int(fn == "reader")], plt.cm.tab10(names.index(name))
+            d = [math.sqrt(r["kl_bound"]) for r in pts]
+            ax.errorbar(d, [r["gold"] for r in pts], [r["gold_se"] for r in pts], fmt="o-",
+                        ms=3, color=colour, lw=1, label=name)
+            grid = torch.linspace(0, max(d), 100)
+            ax.plot(grid, pts[0]["gold"] + gao_curve(grid, a, b, "bon"), "--", color=colour,
+                    lw=0.8)
+        for ax, fn in zip(axes, ("VADER", "the reader")):
             ax.set(xlabel="√(KL bound log n − (n−1)/n)   [a bound, not a measurement]",
-                   ylabel=f"{'VADER' if fn == 'vader' else 'the reader'}'s gold of the pick",
-                   title=f"best-of-n, scored by {fn}")
+                   ylabel=f"{fn}'s gold of the pick", title=f"best-of-n, scored by {fn}")
             ax.grid(alpha=0.3)
         axes[1].legend(fontsize=7)
         c.save_figure(fig, os.path.join(out, "best_of_n.png"))
+        lines += ["Best-of-n from π_SFT (best_of_n.jsonl):", "", *bon_table(bon), ""]
     with open(os.path.join(out, "goodhart_data.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -105,7 +105,7 @@ def read_comparisons(path, split, n, k):
     the first k−1 hold the best response as chosen and the others, in order, as rejected."""
     m, rows = k * (k - 1) // 2, [r for r in c.read_jsonl(path) if r.get("split") == split]
     groups = []
-    for j in range(0, min(len(rows), n * m), m):
+    for j in range(0, min(len(rows) // m, n) * m, m):  # (a cut-off last group: not counted)
         first, pairs = rows[j:j + k - 1], rows[j:j + m]
         responses = [first[0]["chosen_ids"]] + [r["rejected_ids"] for r in first]
         if [(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]) for r in pairs] != [

@@ -51,7 +51,8 @@ def main():
     vader = c.gold_reward(texts)
     reader = c.reader_reward(texts, vader)
     rep = torch.tensor([c.repetition(t) for t in texts])
-    report = {"samples": len(texts), "corr": torch.corrcoef(torch.stack([vader, reader]))[0, 1].item(),
+    corr = torch.corrcoef(torch.stack([vader, reader]))[0, 1].item()
+    report = {"samples": len(texts), "corr": corr,
               "pair_agreement": pair_agreement(vader.view(-1, cfg.k), reader.view(-1, cfg.k)),
               "vader_mean": vader.mean().item(), "reader_mean": reader.mean().item(),
               "rep2_mean": rep.mean().item(), "rep2_zero": (rep == 0).float().mean().item(),

@@ -68,7 +68,10 @@ def test_best_gold_table_is_the_sweeps_own(out, tmp_path):
 def test_seeds_and_goodhart_tables_match_their_files():
     groups = figures.seed_groups([r for r in rows("results.jsonl") if "kl" in r])
     assert_quoted(figures.seeds_table(groups), os.path.join(DOCS, "results.md"))
-    assert_quoted(goodhart.table(rows("goodhart.jsonl")), os.path.join(DOCS, "goodhart.md"))
+    page = os.path.join(DOCS, "goodhart.md")
+    for table in (goodhart.table(rows("goodhart.jsonl")), goodhart.at_kl_table(
+            rows("goodhart.jsonl")), goodhart.bon_table(rows("best_of_n.jsonl"))):
+        assert_quoted(table, page)
 
 
 def test_reward_ladder_table_matches_its_file():

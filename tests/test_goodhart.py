@@ -85,8 +85,8 @@ def test_bon_kl_bound():
 
 @pytest.mark.parametrize("form", ["rl", "bon"])
 def test_gao_fits_recover_their_coefficients(form):
-    d = torch.tensor([0.5, 1.0, 2.0, 3.0, 5.0], dtype=torch.float64)
-    R = d * (0.4 - 0.1 * (torch.log(d) if form == "rl" else d))
+    d = torch.tensor([0.0, 0.5, 1.0, 2.0, 3.0, 5.0], dtype=torch.float64)  # d = 0: π_SFT, n = 1
+    R = d * (0.4 - 0.1 * (torch.log(d.clamp(min=1e-12)) if form == "rl" else d))
     assert g.fit_gao(d, R, form) == pytest.approx((0.4, 0.1), abs=1e-9)
     assert torch.allclose(g.gao_curve(d, 0.4, 0.1, form), R.double())
     other = "bon" if form == "rl" else "rl"
@@ -95,10 +95,11 @@ def test_gao_fits_recover_their_coefficients(form):
 
 def test_peak_and_fall_in_standard_errors():
     pts = [{"gold": 0.2, "gold_se": 0.03, "kl": 0}, {"gold": 0.8, "gold_se": 0.04, "kl": 9},
-           {"gold": 0.5, "gold_se": 0.03, "kl": 25}]
+           {"gold": 0.5, "gold_se": 0.02, "kl": 25}]
     s = g.peak_and_fall(pts)
     assert s["peak"]["kl"] == 9 and s["final"]["kl"] == 25
-    assert s["rise_se"] == pytest.approx(0.6 / 0.05) and s["fall_se"] == pytest.approx(0.3 / 0.05)
+    assert s["rise_se"] == pytest.approx(0.6 / 0.05)
+    assert s["fall_se"] == pytest.approx(0.3 / math.sqrt(0.04 ** 2 + 0.02 ** 2))
 
 
 def test_read_comparisons_gives_back_the_written_groups(tmp_path):
@@ -132,15 +133,15 @@ def test_collect_and_draw_from_the_data_alone(tmp_path):
     """Every run's points come from its root, once per gold; the redraw draws the figures and
     the table from goodhart.jsonl and best_of_n.jsonl alone."""
     out = str(tmp_path)
-    for name, _, _ in g.proxies(out):
-        rm_dir = tmp_path / ("reward_model" if name.startswith("vader") else
-                             f"goodhart/{name}/reward_model")
+    for (name, rm_dir), n in zip(g.proxies(out), [*g.PROXY_PROMPTS, 10000]):
+        rm_dir = tmp_path / rm_dir
         rm_dir.mkdir(parents=True, exist_ok=True)
         (rm_dir / "report.json").write_text(json.dumps(
-            {"k": 4, "val_acc_gold": 0.7, "gold": "reader"}))
-        (rm_dir / "run.json").write_text(json.dumps({"config": {"n_prompts": 1000}}))
-    g.link(out, "vader", ["reward_model"])
+            {"k": 4, "val_acc_gold": 0.5 + n / 1e5, "gold": "reader"}))
+        (rm_dir / "run.json").write_text(json.dumps({"config": {"n_prompts": n}}))
+    g.link(out, "vader", ["reward_model", "preferences.jsonl"])
     for how in ("mean", "min"):
+        (tmp_path / f"goodhart/reader-ensemble-{how}/reward_model").mkdir(parents=True)
         (tmp_path / f"goodhart/reader-ensemble-{how}/reward_model/ensemble.json").write_text(
             json.dumps({"members": ["../../reader-rm-1000/reward_model"] * 3, "combine": how}))
     for i, (script, label, flags, root) in enumerate(g.runs(out, True)):
@@ -154,18 +155,25 @@ def test_collect_and_draw_from_the_data_alone(tmp_path):
     assert len(rows) == 2 * 4 * len(g.runs(out, True))
     weakest = [r for r in rows if r["run"] == g.runs(out, True)[0][1]]
     assert [r["gold"] for r in weakest if r["gold_fn"] == "reader"] == [0.2, 0.5, 0.7, 0.4]
-    assert {r["proxy_pairs"] for r in weakest} == {6000}
-    bon = [{"n": n, "kl_bound": g.bon_kl_bound(n), "gold": 0.2 + 0.1 * math.log(n),
+    assert {r["proxy_pairs"] for r in weakest} == {1500}
+    ensemble = [r for r in rows if r["proxy_name"] == "reader-ensemble-min"]
+    assert {(r["ensemble"], r["proxy_acc_gold"], r["proxy_pairs"]) for r in ensemble} == {
+        (3, None, 6000)}
+    d = lambda n: math.sqrt(g.bon_kl_bound(n))  # noqa: E731
+    bon = [{"n": n, "kl_bound": g.bon_kl_bound(n), "gold": 0.2 + d(n) * (0.3 - 0.05 * d(n)),
             "gold_se": 0.01, "gold_fn": fn, "proxy": 0.0, "proxy_name": p}
-           for n in (1, 2, 4, 8) for fn in ("vader", "reader") for p in ("a", "b")]
+           for n in (1, 2, 4, 8, 16) for fn in ("vader", "reader") for p in ("a", "b")]
     g.write_jsonl(f"{out}/best_of_n.jsonl", bon)
     proc = run_script("frontier.py", "--out", tmp_path, "--redraw")
     for name in ("goodhart.png", "mitigation.png", "best_of_n.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG", name
     table = (tmp_path / "goodhart_data.md").read_text()
     # the weakest proxy's reader gold: 0.2 → peak 0.7 at KL 16 → 0.4; rise 0.5/√(2·0.02²)
-    assert (f"| {g.runs(out, True)[0][1]} | 6000 | 0.700 | reader | 0.200 | 0.700 (16.0) |"
+    assert (f"| {g.runs(out, True)[0][1]} | 1500 | 0.502 | reader | 0.200 | 0.700 (16.0) |"
             " 0.400 (36.0) | 17.7 SE | 10.6 SE |") in table, proc.stdout
+    assert f"| {g.runs(out, True)[0][1]} | 0.517 | 0.600 | 0.640 | 0.490 |" in table
+    # best-of-n: gold = 0.2 + d(0.3 − 0.05 d) exactly, so its fit gives α 0.3, β 0.05
+    assert "| b | reader | 0.200 | 0.515 (16) | 0.515 | 0.300, 0.050 | 9.0 |" in table, table
 
 
 def test_pair_agreement_by_hand():

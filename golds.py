@@ -1,0 +1,53 @@
+"""golds.py: the gold rewards and the labeler (re-exported by common.py).
+
+VADER's compound sentiment is the gold reward every figure reports (the DPO paper's kind of
+gold); the reader's gold discounts it by repetition (docs/goodhart.md: Goodhart's law needs a
+gold that the proxy's shortcut does not also maximise); the labeler turns a gold into noisy
+Bradley–Terry rankings.
+"""
+import functools, re
+
+import torch
+
+
+@functools.lru_cache
+def _vader():
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    return SentimentIntensityAnalyzer()
+
+
+def gold_reward(texts):
+    """r*(x, y): VADER's compound sentiment in [-1, 1] of each review text (prompt + response)."""
+    return torch.tensor([_vader().polarity_scores(t)["compound"] for t in texts])
+
+
+def repetition(text, n=2):
+    """rep-n (Welleck et al. 2019): the share of a text's n-grams of words and punctuation marks
+    that repeat an earlier one, 1 − distinct/all; 0 for a text with no n-gram."""
+    words = re.findall(r"[a-z0-9']+|[^\sa-z0-9']", text.lower())
+    grams = list(zip(*(words[i:] for i in range(n))))
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def reader_reward(texts, vader=None):
+    """The reader's gold (docs/goodhart.md): VADER's sentiment discounted by repetition,
+    (1 + r*)(1 − rep-2) − 1 in [−1, 1]: a text without repeats keeps VADER's score; a text
+    whose word pairs repeat, as a pile of praise does, loses in proportion. vader: r* if
+    computed."""
+    vader = gold_reward(texts) if vader is None else vader
+    fluency = torch.tensor([1 - repetition(t) for t in texts], dtype=vader.dtype)
+    return (1 + vader) * fluency - 1
+
+
+GOLDS = {"vader": gold_reward, "reader": reader_reward}  # the gold functions, by name
+
+
+def labeler_scores(gold, tau, generator=None):
+    """How the labeler sees responses: r*/τ + Gumbel noise. Sorting them is a Plackett–Luce
+    ranking, so any two are ordered as Bradley–Terry says, P(y1 ≻ y2) = σ((r*1 − r*2)/τ);
+    τ = 0 is the noiseless labeler (r* itself)."""
+    gold = torch.as_tensor(gold, dtype=torch.float64).cpu()
+    if tau == 0:
+        return gold
+    u = torch.rand(gold.shape, generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+    return gold / tau - torch.log(-torch.log(u))
