@@ -33,8 +33,8 @@ SEEDS = (0, 1, 2)  # the ensemble's members: one labelled set, three seeds
 BETA, BIG_BETA = 0.005, 0.05
 STEPS = {True: 150, False: 300}  # RLOO iterations: --quick or not
 BON_N, BON_PROMPTS = 512, 128  # best-of-n: samples per prompt, held-out prompts
-MINUTES = 50  # the whole experiment (--quick), measured on a 2-core Intel Xeon with AMX, bf16:
-# labels and proxies 7.5, nine RL runs 31, best-of-n 11
+MINUTES = 48  # the whole experiment (--quick), measured on a 2-core Intel Xeon with AMX, bf16:
+# labels and proxies 7.5, nine RL runs 31, best-of-n 9
 
 
 def same_text(path, text):
