@@ -181,8 +181,8 @@ def peak_and_fall(points):
 # ---------------------------------------------------------------- best-of-n, collecting, drawing
 
 def proxies(out):
-    """(name, reward-model directory) of every proxy best-of-n ranks by: the four sizes and the
-    VADER-labelled r_φ (not the ensembles: three more passes over N·prompts samples each)."""
+    """(name, reward-model directory) of every proxy best-of-n ranks by: the four label counts
+    and the VADER-labelled r_φ (not the ensembles: three more passes over N·prompts samples)."""
     return ([(proxy_name(n), os.path.join(root(out, proxy_name(n)), "reward_model"))
              for n in PROXY_PROMPTS] + [("vader-rm-10000", os.path.join(out, "reward_model"))])
 
@@ -346,8 +346,8 @@ def draw_runs(ax, runs, labels, fit=False, key=True):
 def table(rows):
     """The Goodhart table (markdown lines): per run and gold, the start, peak and final gold, the
     rise and the fall in standard errors, and Gao's fit."""
-    lines = ["| run | proxy pairs | acc vs label gold | gold | π_SFT | peak (KL) | final (KL) |"
-             " rise | fall | Gao α, β |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | proxy pairs | proxy's pair accuracy | gold | π_SFT | peak (KL) |"
+             " final (KL) | rise | fall | fit a, b |", "|---|---|---|---|---|---|---|---|---|---|"]
     for fn in ("reader", "vader"):
         for label, pts in by_run(rows, fn).items():
             s = peak_and_fall(pts)
@@ -376,7 +376,7 @@ def bon_curves(bon):
 def bon_table(bon):
     """Per proxy and gold: gold at n = 1, at its best n, at the largest; Gao's fit and the KL
     where the fit peaks, (α/2β)² (beyond the largest n's bound: no fall measured)."""
-    lines = ["| proxy | gold | n = 1 | best (n) | n = max | Gao α, β | fit's peak at KL |",
+    lines = ["| proxy | gold | n = 1 | best (n) | n = max | fit a, b | fit's peak at KL |",
              "|---|---|---|---|---|---|---|"]
     for (fn, name), (pts, (a, b)) in bon_curves(bon).items():
         pk = max(pts, key=lambda r: r["gold"])
@@ -419,7 +419,7 @@ def draw(out):
                      color=plt.cm.viridis(i / max(len(have) - 1, 1) * 0.85), label=legend(pts))
     axes[0].set(ylabel="VADER's gold, held-out", title="scored by VADER (★: each run's peak)")
     axes[1].set(ylabel="the reader's gold, held-out",
-                title="the reader: ★ peak; dashes: Gao's d(α − β log d)")
+                title="the reader: ★ peak; dashes: Gao's fit d(a − b log d)")
     axes[2].set(xlabel="√KL(π‖π_ref)   [√nats]", title="proxy r_φ, normalised",
                 ylabel="change from KL 0, in its sd at KL 0")
     axes[2].grid(alpha=0.3)
