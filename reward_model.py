@@ -103,6 +103,9 @@ def read_comparisons(path, split, n, k):
     """The first n prompts' comparisons of split in an earlier run's preferences.jsonl, as
     comparisons() returns them: each prompt's k(k−1)/2 pairs were written in ranking order, so
     the first k−1 hold the best response as chosen and the others, in order, as rejected."""
+    if not os.path.isfile(path):
+        c.die(f"--preferences {path}: no such file; give a preferences.jsonl that"
+              " reward_model.py wrote")
     m, rows = k * (k - 1) // 2, [r for r in c.read_jsonl(path) if r.get("split") == split]
     groups = []
     for j in range(0, min(len(rows) // m, n) * m, m):  # (a cut-off last group: not counted)

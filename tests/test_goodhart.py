@@ -121,6 +121,8 @@ def test_read_comparisons_gives_back_the_written_groups(tmp_path):
         rmod.read_comparisons(path, "train", 3, 4)  # only 2 prompts there
     with pytest.raises(SystemExit):
         rmod.read_comparisons(path, "train", 2, 3)  # written with k = 4
+    with pytest.raises(SystemExit):
+        rmod.read_comparisons(path + ".missing", "train", 1, 4)
 
 
 def test_bad_gold_name_is_one_line(tmp_path):
