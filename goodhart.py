@@ -1,7 +1,7 @@
 """goodhart.py: Goodhart's law as Gao et al. (2022) measured it (frontier.py --experiment goodhart).
 
 The design, fixed before any run (docs/goodhart.md says why):
-- gold: the reader's, common.reader_reward: VADER's sentiment discounted by repetition,
+- gold: the reader's, golds.reader_reward: VADER's sentiment discounted by repetition,
   (1 + r*)(1 − rep-2) − 1. Every evaluation also reports VADER (common.evaluate), so each run is
   scored by both golds.
 - labels: the labeler (Bradley–Terry, τ = 0.1) ranks 4 π_SFT samples of each of 10,000 training
