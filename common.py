@@ -378,8 +378,7 @@ def evaluate(policy, ref, enc, prompt_ids, max_new_tokens, rm=None, batch_size=6
     rows = {k: torch.cat([r[k] for r, _ in scored]).float() for k in scored[0][0]
             if rm is not None or k != "proxy"}
     out = {k: v.mean().item() for k, v in rows.items()}
-    for k in ("gold", "gold_reader", "proxy", "kl"):  # standard errors of the means: what a
-        # difference needs
+    for k in ("gold", "gold_reader", "proxy", "kl"):  # standard errors of the means
         out[f"{k}_se"] = rows[k].std().item() / math.sqrt(len(rows[k])) if k in rows else None
     out["proxy"] = out.get("proxy")
     out["samples"] = [t for _, texts in scored for t in texts][:8]

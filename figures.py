@@ -4,8 +4,8 @@ frontier.png, overoptimisation.png and frontier.md from the β sweep's runs in <
 (those of `python frontier.py --quick` or of `python frontier.py`, whichever the file holds);
 goodhart.py's figures from <out>/goodhart.jsonl and best_of_n.jsonl; dpo_epochs.png,
 online_offline.png and seeds.png from the runs of those experiments in results.jsonl, each once
-its points are there. Every figure
-gives each method one colour and one marker (STYLE) and puts its legend off the data.
+its points are there. Every figure gives each method one colour and one marker (STYLE) and puts
+its legend off the data.
 """
 import importlib, math, os
 
@@ -329,7 +329,7 @@ def draw(out):
         draw_overoptimisation(sweep_rows, os.path.join(out, "overoptimisation.png"))
         best_gold_table(sweep_rows, md, source)
     sections = []
-    if goodhart:  # its figures, and goodhart_data.md (goodhart.py)
+    if goodhart:  # its figures and goodhart_data.md (imported here: goodhart imports figures)
         importlib.import_module("goodhart").draw(out)
     epochs = [r for r in rows if r["algo"] == "dpo" and "n_pairs" in r.get("settings", {})]
     if epochs:

@@ -87,8 +87,8 @@ def build_proxies(out):
             link(out, name, ["sft"])
             args = ["--out", root(out, name), "--n-prompts", n, "--gold", "reader"]
             rm_dir, mark = (os.path.join(root(out, name), f) for f in ("reward_model", "labels"))
-            labels_id = c.record_id(os.path.join(root(out, proxy_name(LABELS)), "reward_model"))
-            if n != LABELS:
+            if n != LABELS:  # (built after the labelled set: its record id names the labels)
+                labels_id = c.record_id(os.path.join(root(out, proxy_name(LABELS)), "reward_model"))
                 args += ["--preferences", labels, "--seed", seed]
                 if c.record_id(rm_dir) and not same_text(mark, labels_id):  # labels rebuilt
                     os.remove(os.path.join(rm_dir, "run.json"))
@@ -147,7 +147,7 @@ def bon_kl_bound(n):
 
 def fit_gao(d, R, form):
     """Least squares of Gao et al.'s forms on d = √KL and R = gold − gold at d = 0: 'rl',
-    R = d(α − β log d); 'bon', R = d(α − β d). Returns (α, β)."""
+    R = d(a − b log d); 'bon', R = d(a − b d). Returns (a, b) (b is not the KL coefficient)."""
     d, R = torch.as_tensor(d, dtype=torch.float64), torch.as_tensor(R, dtype=torch.float64)
     second = -d * torch.log(d.clamp(min=1e-12)) if form == "rl" else -d * d
     X = torch.stack([d, second], 1)
@@ -156,6 +156,7 @@ def fit_gao(d, R, form):
 
 
 def gao_curve(d, alpha, beta, form):
+    """R(d) of fit_gao's form with its fitted (a, b): the dashes drawn over the points."""
     d = torch.as_tensor(d, dtype=torch.float64)
     return d * (alpha - beta * (torch.log(d.clamp(min=1e-12)) if form == "rl" else d))
 
