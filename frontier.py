@@ -8,8 +8,10 @@ gold reward itself (PPO-GT; not an upper bound: see docs/results.md), DPO, Prefe
 measurement).
 The longer experiments, each behind its own --experiment (all: every one):
   goodhart        Gao et al. (2022) on a second gold, the reader's: proxies from 1.5k to 60k
-                  pairs, a long small-β RLOO run against each, ensembles, β, best-of-n
-                  (goodhart.py has the design)
+                  pairs, a long small-β RLOO run against each, best-of-n (goodhart.py has
+                  the design)
+  goodhart-mitigation  what delays the fall (ensembles, a larger β) and optimising the
+                  labeler's own function (VADER, and r_φ on its labels), on the reader's gold
   dpo-epochs      offline DPO at a small β for 16 epochs over 2048 pairs
   online-offline  offline DPO against online DPO judged by the same labeler, on as many labels
   seeds           the sweep's first run of PPO, RLOO, GRPO and DPO with seeds 0, 1, 2
@@ -20,7 +22,7 @@ others (the command ends by naming it). Then figures.py draws, from the results,
 experiment's figure, and frontier.md (best gold below KL 2, 5, 10, 20; Goodhart; the seeds).
 Every run writes its model to the same out/<method>/ directory: only the points are kept.
 Run: python frontier.py --quick      (≈ 19 min on a 2-core CPU once out/sft and the RM exist)
-     python frontier.py --quick --experiment all    (≈ 90 min more: the four experiments)
+     python frontier.py --quick --experiment all    (≈ 100 min more: the five experiments)
      python frontier.py --out docs --redraw    (the README's figures, from docs/*.jsonl)
 """
 import importlib, math, os, subprocess, sys, time
@@ -34,12 +36,13 @@ import goodhart
 from figures import draw
 
 
-EXPERIMENTS = ["frontier", "goodhart", "dpo-epochs", "online-offline", "seeds"]
+EXPERIMENTS = ["frontier", "goodhart", "goodhart-mitigation", "dpo-epochs", "online-offline",
+               "seeds"]
 CHOICES = {"experiment": [*EXPERIMENTS, "all"]}  # flags with a fixed set of values
 SWEEP_STEPS = {True: (50, 100, 300), False: (100, 200, 500)}  # --quick or not: the steps of
 # PPO; of RLOO and GRPO; of DPO and Preferred-FT
 # minutes of each experiment, from measured run times: 2-core AVX512-BF16 CPU, bf16 (fp32: ≈ 5×)
-MINUTES = {"frontier": 19, "frontier-full": 70, "goodhart": goodhart.MINUTES, "dpo-epochs": 4,
+MINUTES = {"frontier": 19, "frontier-full": 70, **goodhart.MINUTES, "dpo-epochs": 4,
            "online-offline": 24, "seeds": 20}
 DPO_EPOCHS = ["--beta", 0.03, "--n-pairs", 2048, "--steps", 1024, "--eval-every", 64]  # 16 epochs
 ONLINE_BETAS = (0.1, 0.03, 0.3)  # online vs offline DPO: the β sweep (seeds at the first)
@@ -88,8 +91,8 @@ def experiment_runs(name, quick, seeds, out):
     """(script, label, flags, root) of every run of an experiment; root None: --out itself."""
     if name == "frontier":
         return [(*run, None) for run in sweep(quick)]
-    if name == "goodhart":  # long RLOO runs, each in its proxy's own root (goodhart.py)
-        return goodhart.runs(out, quick)
+    if name.startswith("goodhart"):  # long RLOO runs, each in its proxy's root (goodhart.py)
+        return goodhart.runs(out, quick, name)
     if name == "dpo-epochs":
         return [("dpo.py", "dpo β=0.03, 16 epochs of 2048 pairs", DPO_EPOCHS, None)]
     if name == "online-offline":  # equal labels: steps · batch_size pairs, online or from file
@@ -163,10 +166,12 @@ def run_experiment(cfg, name, device):
     todo = [run for run in runs if key_of(run[0], run[2], run[3]) not in finished(run[3])]
     minutes = MINUTES["frontier-full" if name == "frontier" and not cfg.quick else name]
     minutes *= len(todo) / len(runs)
+    if name == "goodhart" and not goodhart.best_of_n_is_current(cfg.out):
+        minutes += goodhart.BON_MINUTES
     print(f"{name}: {len(todo)} of {len(runs)} runs to do, ≈ {minutes:.0f}"
           " min on a 2-core bf16 CPU (fp32: ≈ 5× more)", flush=True)
-    if name == "goodhart":
-        goodhart.build_proxies(cfg.out)
+    if name.startswith("goodhart"):
+        goodhart.build_proxies(cfg.out, name)
     t0, here, failed = time.time(), os.path.dirname(os.path.abspath(__file__)), []
     for script, label, flags, root in runs:
         if (script, label, flags, root) not in todo:
@@ -182,9 +187,9 @@ def run_experiment(cfg, name, device):
                 failed.append(f"{label} ({log})")
     if name == "frontier" and "best-of-n" not in finished(cfg.out):
         run_best_of_n(cfg, os.path.join(cfg.out, "results.jsonl"), device)
-    if name == "goodhart":
+    if name.startswith("goodhart"):  # (goodhart.jsonl: the runs of both experiments there are)
         goodhart.collect(cfg.out, cfg.quick, cfg.extra.split())
-        if not goodhart.best_of_n_is_current(cfg.out):  # (or its proxies were rebuilt since)
+        if name == "goodhart" and not goodhart.best_of_n_is_current(cfg.out):  # (or its proxies were rebuilt since)
             goodhart.run_best_of_n(cfg.out, device)
     print(f"{name}: done in {(time.time() - t0) / 60:.1f} min", flush=True)
     return failed
@@ -196,12 +201,13 @@ def main():
     if cfg.redraw:
         draw(cfg.out)
         return
+    names = EXPERIMENTS if cfg.experiment == "all" else [cfg.experiment]
     sft_dir = os.path.join(cfg.out, "sft")
     c.require(sft_dir, "sft.py", ["--out", cfg.out])
-    c.require(os.path.join(cfg.out, "reward_model"), "reward_model.py", ["--out", cfg.out],
-              built_from=[sft_dir])
-    failed = [run for name in (EXPERIMENTS if cfg.experiment == "all" else [cfg.experiment])
-              for run in run_experiment(cfg, name, device)]
+    if names != ["goodhart"]:  # (its proxies are its own)
+        c.require(os.path.join(cfg.out, "reward_model"), "reward_model.py", ["--out", cfg.out],
+                  built_from=[sft_dir])
+    failed = [run for name in names for run in run_experiment(cfg, name, device)]
     draw(cfg.out)
     print(f"wrote the figures and frontier.md in {cfg.out}")
     if failed:  # the others' points are kept

@@ -10,13 +10,15 @@ The design, fixed before any run (docs/goodhart.md says why):
   pairs), one epoch each, the SFT trunk (reward_model.py --preferences).
 - RL: one long RLOO run against each proxy, β = 0.005, 150 iterations (--quick; 300 without),
   evaluated every 10 (and at 1, 2, 4, 8) on the 256 held-out prompts.
-- what mitigates it, on the 6k-pair proxy: an ensemble of it and two more seeds of the same data
-  (their mean, their minimum: Coste et al. 2024), and a 10× larger β (0.05).
-- the labeler's own function: RLOO on VADER itself, and on the default VADER-labelled r_φ.
 - best-of-n from π_SFT: N = 512 samples of each of 128 held-out prompts, the unbiased estimator
-  (best_of_n_gold) for n = 1 … 512, for the four proxies and the VADER-labelled r_φ, both golds.
-Writes <out>/goodhart.jsonl (one row per evaluation and gold), <out>/best_of_n.jsonl, then
-goodhart.png, best_of_n.png, mitigation.png and goodhart_data.md (figures.draw calls draw()).
+  (best_of_n_gold) for n = 1 … 512, for the four proxies, both golds.
+Those are --experiment goodhart. --experiment goodhart-mitigation adds, on the 6k-pair proxy:
+- what mitigates it: an ensemble of it and two more seeds of the same data (their mean, their
+  minimum: Coste et al. 2024), and a 10× larger β (0.05);
+- the labeler's own function: RLOO on VADER itself, and on the default VADER-labelled r_φ.
+Both write <out>/goodhart.jsonl (one row per evaluation and gold, every Goodhart run there is),
+the core also <out>/best_of_n.jsonl; then goodhart.png, best_of_n.png, mitigation.png and
+goodhart_data.md (figures.draw calls draw()).
 """
 import json, math, os, time, uuid
 
@@ -33,8 +35,9 @@ SEEDS = (0, 1, 2)  # the ensemble's members: one labelled set, three seeds
 BETA, BIG_BETA = 0.005, 0.05
 STEPS = {True: 150, False: 300}  # RLOO iterations: --quick or not
 BON_N, BON_PROMPTS = 512, 128  # best-of-n: samples per prompt, held-out prompts
-MINUTES = 48  # the whole experiment (--quick), measured on a 2-core Intel Xeon with AMX, bf16:
-# labels and proxies 7.5, nine RL runs 31, best-of-n 9
+MINUTES = {"goodhart": 20, "goodhart-mitigation": 18}  # each experiment's proxies and runs, and
+BON_MINUTES = 7.5  # best-of-n (--quick), measured on a 2-core Intel Xeon with AMX, bf16 (the
+# core 27.8 min in all: labels and proxies 5.8, four runs 13.3, best-of-n 7.6; docs/goodhart.md)
 
 
 def same_text(path, text):
@@ -53,12 +56,14 @@ def proxy_name(n, seed=0):
     return f"reader-rm-{n}" + (f"-seed{seed}" if seed else "")
 
 
-def runs(out, quick):
-    """(script, label, flags, root) of every RL run."""
+def runs(out, quick, experiment=None):
+    """(script, label, flags, root) of every RL run of the experiment (None: of both)."""
     long = ["--steps", STEPS[quick], "--max-kl", 500]
-    return ([("rloo.py", f"rloo β={BETA} vs {proxy_name(n)}", ["--beta", BETA, *long],
-              root(out, proxy_name(n))) for n in PROXY_PROMPTS]
-            + [("rloo.py", f"rloo β={BETA} vs ensemble-{how}", ["--beta", BETA, *long],
+    core = [("rloo.py", f"rloo β={BETA} vs {proxy_name(n)}", ["--beta", BETA, *long],
+             root(out, proxy_name(n))) for n in PROXY_PROMPTS]
+    if experiment == "goodhart":
+        return core
+    mitigation = ([("rloo.py", f"rloo β={BETA} vs ensemble-{how}", ["--beta", BETA, *long],
                 root(out, f"reader-ensemble-{how}")) for how in ("mean", "min")]
             + [("rloo.py", f"rloo β={BIG_BETA} vs {proxy_name(MITIGATE)}",
                 ["--beta", BIG_BETA, *long], root(out, proxy_name(MITIGATE)))]
@@ -66,6 +71,7 @@ def runs(out, quick):
                 root(out, "vader")),
                ("rloo.py", f"rloo β={BETA} vs VADER itself", ["--beta", BETA, "--reward", "gold",
                                                               *long], root(out, "vader"))])
+    return mitigation if experiment == "goodhart-mitigation" else core + mitigation
 
 
 def link(out, name, stages):
@@ -77,12 +83,16 @@ def link(out, name, stages):
             os.symlink(os.path.relpath(os.path.join(out, stage), root(out, name)), path)
 
 
-def build_proxies(out):
-    """The labelled set and every proxy (built if missing, as any input stage), and the
-    ensembles: a directory with ensemble.json and a record, rewritten when a member changes."""
+def build_proxies(out, experiment):
+    """The labelled set and the experiment's proxies (built if missing, as any input stage);
+    goodhart-mitigation: the ensembles, a directory with ensemble.json and a record, rewritten
+    when a member changes."""
     labels = os.path.join(root(out, proxy_name(LABELS)), "preferences.jsonl")
+    mitigation = experiment == "goodhart-mitigation"
     for n in sorted(PROXY_PROMPTS, key=lambda n: n != LABELS):  # the labelled set first
-        for seed in (SEEDS if n == MITIGATE else (0,)):
+        if mitigation and n not in (LABELS, MITIGATE):
+            continue
+        for seed in (SEEDS if n == MITIGATE and mitigation else (0,)):
             name = proxy_name(n, seed)
             link(out, name, ["sft"])
             args = ["--out", root(out, name), "--n-prompts", n, "--gold", "reader"]
@@ -97,6 +107,8 @@ def build_proxies(out):
             if n != LABELS:
                 with open(mark, "w") as f:  # the labels it was trained on
                     f.write(labels_id)
+    if not mitigation:
+        return
     link(out, "vader", ["sft", "reward_model", "preferences.jsonl"])  # (the record lists it)
     members = [os.path.join(root(out, proxy_name(MITIGATE, s)), "reward_model") for s in SEEDS]
     ids = [c.record_id(m) for m in members]
@@ -183,9 +195,9 @@ def peak_and_fall(points):
 
 def proxies(out):
     """(name, reward-model directory) of every proxy best-of-n ranks by: the four label counts
-    and the VADER-labelled r_φ (not the ensembles: three more passes over N·prompts samples)."""
-    return ([(proxy_name(n), os.path.join(root(out, proxy_name(n)), "reward_model"))
-             for n in PROXY_PROMPTS] + [("vader-rm-10000", os.path.join(out, "reward_model"))])
+    (not the ensembles: three more passes over N·prompts samples)."""
+    return [(proxy_name(n), os.path.join(root(out, proxy_name(n)), "reward_model"))
+            for n in PROXY_PROMPTS]
 
 
 def proxy_info(rm_dir):
@@ -258,12 +270,14 @@ def collect(out, quick, extra=()):
     rows = []
     for script, label, flags, run_root in runs(out, quick):
         key = key_of(script, [*map(str, flags), *extra], run_root)
+        points = [r for r in c.read_results(os.path.join(run_root, "results.jsonl"))
+                  if r["run"] == key]
+        if not points:  # (not run yet: e.g. the other experiment's)
+            continue
         rm_dir = os.path.join(run_root, "reward_model")
         info = proxy_info(rm_dir) if "--reward" not in flags else {"proxy_pairs": None,
                                                                     "label_gold": "vader"}
-        for r in c.read_results(os.path.join(run_root, "results.jsonl")):
-            if r["run"] != key:
-                continue
+        for r in points:
             for fn, k in (("vader", "gold"), ("reader", "gold_reader")):
                 rows.append({**r, "gold": r[k], "gold_se": r[f"{k}_se"], "gold_fn": fn,
                              "run": label, "proxy_name": os.path.basename(run_root), **info})

@@ -1,6 +1,6 @@
 """goodhart.py and its formulas: the reader's gold, ensembles, the unbiased best-of-n estimator,
 Gao's fits, peaks and falls; reading an earlier run's comparisons; collecting and drawing."""
-import itertools, json, math, pathlib, sys
+import itertools, json, math, os, pathlib, sys
 
 import pytest
 import torch
@@ -135,7 +135,8 @@ def test_collect_and_draw_from_the_data_alone(tmp_path):
     """Every run's points come from its root, once per gold; the redraw draws the figures and
     the table from goodhart.jsonl and best_of_n.jsonl alone."""
     out = str(tmp_path)
-    for (name, rm_dir), n in zip(g.proxies(out), [*g.PROXY_PROMPTS, 10000]):
+    vader = ("vader-rm-10000", os.path.join(out, "reward_model"))
+    for (name, rm_dir), n in zip([*g.proxies(out), vader], [*g.PROXY_PROMPTS, 10000]):
         rm_dir = tmp_path / rm_dir
         rm_dir.mkdir(parents=True, exist_ok=True)
         (rm_dir / "report.json").write_text(json.dumps(
@@ -153,6 +154,8 @@ def test_collect_and_draw_from_the_data_alone(tmp_path):
                  "gold_se": 0.01, "gold_reader": [0.2, 0.5, 0.7, 0.4][s] + i / 100,
                  "gold_reader_se": 0.02, "proxy": float(s), "proxy_se": 0.1} for s in range(4)]
         c.replace_rows(f"{root}/results.jsonl", None, rows)
+        if i == len(g.PROXY_PROMPTS) - 1:  # the core's runs alone: the mitigation's not run yet
+            assert len(g.collect(out, True)) == 2 * 4 * len(g.PROXY_PROMPTS)
     rows = g.collect(out, True)
     assert len(rows) == 2 * 4 * len(g.runs(out, True))
     weakest = [r for r in rows if r["run"] == g.runs(out, True)[0][1]]
@@ -176,6 +179,31 @@ def test_collect_and_draw_from_the_data_alone(tmp_path):
     assert f"| {g.runs(out, True)[0][1]} | 0.517 | 0.600 | 0.640 | 0.490 |" in table
     # best-of-n: gold = 0.2 + d(0.3 − 0.05 d) exactly, so its fit gives α 0.3, β 0.05
     assert "| b | reader | 0.200 | 0.515 (16) | 0.515 | 0.300, 0.050 | 9.0 |" in table, table
+
+
+def test_the_two_experiments_split_the_runs_and_the_proxies(tmp_path, monkeypatch):
+    """goodhart: the labelled set, the four proxies and their runs, and none of out/reward_model;
+    goodhart-mitigation: the 6k proxy's three seeds, the ensembles, the β and VADER runs."""
+    out = str(tmp_path)
+    core, mit = (g.runs(out, True, e) for e in ("goodhart", "goodhart-mitigation"))
+    assert core + mit == g.runs(out, True) and len(core) == len(g.PROXY_PROMPTS)
+    assert [r[3] for r in core] == [g.root(out, g.proxy_name(n)) for n in g.PROXY_PROMPTS]
+    built = []
+    monkeypatch.setattr(g.c, "require", lambda d, script, args, built_from: built.append(
+        os.path.relpath(d, out)))
+    monkeypatch.setattr(g.c, "record_id", lambda d: "id" if "rm-10000" in d else None)
+    g.build_proxies(out, "goodhart")
+    assert built == [f"goodhart/{g.proxy_name(n)}/reward_model"
+                     for n in (10000, 250, 1000, 3000)]
+    assert not os.path.lexists(f"{out}/goodhart/vader")
+    built.clear()
+    g.build_proxies(out, "goodhart-mitigation")
+    assert built == [f"goodhart/{g.proxy_name(n, s)}/reward_model"
+                     for n, s in ((10000, 0), (1000, 0), (1000, 1), (1000, 2))]
+    assert os.path.islink(f"{out}/goodhart/vader/reward_model")
+    spec = json.loads((tmp_path / "goodhart/reader-ensemble-min/reward_model/ensemble.json")
+                      .read_text())
+    assert spec["combine"] == "min" and len(spec["members"]) == 3
 
 
 def test_pair_agreement_by_hand():
