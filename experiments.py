@@ -20,7 +20,7 @@ alignment tax, ppo.py's measurement) goes into <out>/tax.jsonl. Runs shared by t
                clip 0.2) with seeds 0 and 1; RLOO (50 steps) at lr 3e-5, 1e-4 and 3e-4
 Then <out>/measured.jsonl (the experiments' rows and sft.py's point), the figures
 loss_family.png, tax.png and iterative.png, and measured.md (every table) are written.
-Run: python experiments.py --experiment all   (≈ 53 min on a 2-core AVX512-BF16 CPU, bf16, once
+Run: python experiments.py --experiment all   (≈ 53 min on a 2-core AMX-BF16 Xeon, bf16, once
                                               out/sft and out/reward_model exist)
      python experiments.py --out docs --redraw  (the figures and tables from docs/*.jsonl)
 """

@@ -35,7 +35,7 @@ SEEDS = (0, 1, 2)  # the ensemble's members: one labelled set, three seeds
 BETA, BIG_BETA = 0.005, 0.05
 STEPS = {True: 150, False: 300}  # RLOO iterations: --quick or not
 BON_N, BON_PROMPTS = 512, 128  # best-of-n: samples per prompt, held-out prompts
-MINUTES = {"goodhart": 20, "goodhart-mitigation": 18}  # each experiment's proxies and runs, and
+MINUTES = {"goodhart": 20, "goodhart-mitigation": 19}  # each experiment's proxies and runs, and
 BON_MINUTES = 7.5  # best-of-n (--quick), measured on a 2-core Intel Xeon with AMX, bf16 (the
 # core 27.8 min in all: labels and proxies 5.8, four runs 13.3, best-of-n 7.6; docs/goodhart.md)
 
