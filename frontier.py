@@ -189,8 +189,8 @@ def run_experiment(cfg, name, device):
         run_best_of_n(cfg, os.path.join(cfg.out, "results.jsonl"), device)
     if name.startswith("goodhart"):  # (goodhart.jsonl: the runs of both experiments there are)
         goodhart.collect(cfg.out, cfg.quick, cfg.extra.split())
-        if name == "goodhart" and not goodhart.best_of_n_is_current(cfg.out):  # (or its proxies were rebuilt since)
-            goodhart.run_best_of_n(cfg.out, device)
+        if name == "goodhart" and not goodhart.best_of_n_is_current(cfg.out):  # (or proxies
+            goodhart.run_best_of_n(cfg.out, device)  # rebuilt since)
     print(f"{name}: done in {(time.time() - t0) / 60:.1f} min", flush=True)
     return failed
 

@@ -35,9 +35,11 @@ SEEDS = (0, 1, 2)  # the ensemble's members: one labelled set, three seeds
 BETA, BIG_BETA = 0.005, 0.05
 STEPS = {True: 150, False: 300}  # RLOO iterations: --quick or not
 BON_N, BON_PROMPTS = 512, 128  # best-of-n: samples per prompt, held-out prompts
-MINUTES = {"goodhart": 20, "goodhart-mitigation": 19}  # each experiment's proxies and runs, and
-BON_MINUTES = 7.5  # best-of-n (--quick), measured on a 2-core Intel Xeon with AMX, bf16 (the
-# core 27.8 min in all: labels and proxies 5.8, four runs 13.3, best-of-n 7.6; docs/goodhart.md)
+# minutes (--quick) on a 2-core Intel Xeon with AMX, bf16: each experiment's proxies and runs, and
+# the core's best-of-n (measured: the core 27.8 min, labels and proxies 5.8, four runs 13.3,
+# best-of-n 7.6; the mitigation's from the first run's parts: docs/goodhart.md#time)
+MINUTES = {"goodhart": 20, "goodhart-mitigation": 19}
+BON_MINUTES = 7.5
 
 
 def same_text(path, text):
@@ -64,13 +66,13 @@ def runs(out, quick, experiment=None):
     if experiment == "goodhart":
         return core
     mitigation = ([("rloo.py", f"rloo β={BETA} vs ensemble-{how}", ["--beta", BETA, *long],
-                root(out, f"reader-ensemble-{how}")) for how in ("mean", "min")]
-            + [("rloo.py", f"rloo β={BIG_BETA} vs {proxy_name(MITIGATE)}",
-                ["--beta", BIG_BETA, *long], root(out, proxy_name(MITIGATE)))]
-            + [("rloo.py", f"rloo β={BETA} vs vader-rm-10000", ["--beta", BETA, *long],
-                root(out, "vader")),
-               ("rloo.py", f"rloo β={BETA} vs VADER itself", ["--beta", BETA, "--reward", "gold",
-                                                              *long], root(out, "vader"))])
+                    root(out, f"reader-ensemble-{how}")) for how in ("mean", "min")]
+                  + [("rloo.py", f"rloo β={BIG_BETA} vs {proxy_name(MITIGATE)}",
+                      ["--beta", BIG_BETA, *long], root(out, proxy_name(MITIGATE)))]
+                  + [("rloo.py", f"rloo β={BETA} vs vader-rm-10000", ["--beta", BETA, *long],
+                      root(out, "vader")),
+                     ("rloo.py", f"rloo β={BETA} vs VADER itself",
+                      ["--beta", BETA, "--reward", "gold", *long], root(out, "vader"))])
     return mitigation if experiment == "goodhart-mitigation" else core + mitigation
 
 
