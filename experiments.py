@@ -8,10 +8,10 @@ alignment tax, ppo.py's measurement) goes into <out>/tax.jsonl. Runs shared by t
 (same flags) run once. All RL runs at β = 0.1 unless said; quick settings only.
   variance     bench/grad_variance.py (the gradient's variance of REINFORCE without a baseline,
                with the batch mean, leave-one-out, and PPO's critic/GAE, at π_SFT), then gold
-               per sample: rloo.py --baseline none|mean|loo for 50 steps and PPO for 50 steps
-               (3200 responses each)
-  loss-family  dpo.py --loss sigmoid|ipo|hinge at β 0.1 and 0.03 (300 steps, 9600 pairs), each
-               at β 0.03 for 8 epochs over 512 pairs (over-optimisation with epochs)
+               per sample: rloo.py --baseline none|mean|loo for 50 steps and PPO for 20 steps,
+               compared at 1280 responses (RLOO's 20th step)
+  loss-family  dpo.py --loss sigmoid|ipo|hinge at β 0.1 and 0.03 (150 steps, 4800 pairs), each
+               at β 0.03 for 8 epochs over 256 pairs (over-optimisation with epochs)
   tax          RLOO at β 0.02 and GRPO at β 0.1 and 0.02 (50 steps) beside every run above, and
                PPO-ptx (--ptx-coef 1, 20 steps) beside PPO without it
   iterative    DPO at equal labels (4800, the same labeler, τ 0.1): offline from the file,
@@ -20,7 +20,7 @@ alignment tax, ppo.py's measurement) goes into <out>/tax.jsonl. Runs shared by t
                clip 0.2) with seeds 0 and 1; RLOO (50 steps) at lr 3e-5, 1e-4 and 3e-4
 Then <out>/measured.jsonl (the experiments' rows and sft.py's point), the figures
 loss_family.png, tax.png and iterative.png, and measured.md (every table) are written.
-Run: python experiments.py --experiment all   (≈ 53 min on a 2-core AMX-BF16 Xeon, bf16, once
+Run: python experiments.py --experiment all   (≈ 38 min on a 2-core AMX-BF16 Xeon, bf16, once
                                               out/sft and out/reward_model exist)
      python experiments.py --out docs --redraw  (the figures and tables from docs/*.jsonl)
 """
@@ -35,7 +35,7 @@ EXPERIMENTS = ["variance", "loss-family", "tax", "iterative", "sensitivity"]
 CHOICES = {"experiment": [*EXPERIMENTS, "all"]}
 # minutes of each experiment's runs (and variance's measurement), measured from out/sft and
 # out/reward_model on a 2-core Intel Xeon with AMX-BF16, bf16 (docs/lecture_measured.md)
-MINUTES = {"variance": 8, "loss-family": 21, "tax": 7, "iterative": 6, "sensitivity": 10}
+MINUTES = {"variance": 7, "loss-family": 11, "tax": 6, "iterative": 5, "sensitivity": 10}
 PPO = ["--beta", 0.1, "--eval-every", 5]  # PPO passes KL 10 within its first 10 iterations
 LABELER = ["--judge", "labeler"]  # the labeler that labelled the preference file
 
@@ -54,13 +54,13 @@ def experiment_runs(name):
     if name == "variance":
         return [("rloo.py", f"REINFORCE, baseline {b}", ["--beta", 0.1, "--steps", 50]
                  + (["--baseline", b] if b != "loo" else [])) for b in ("none", "mean", "loo")] \
-            + [("ppo.py", "PPO, 50 iterations", ["--steps", 50, *PPO])]
+            + [("ppo.py", "PPO, 20 iterations", ["--steps", 20, *PPO])]
     if name == "loss-family":
-        return [("dpo.py", f"{loss} β={b}", ["--loss", loss, "--beta", b, "--steps", 300])
+        return [("dpo.py", f"{loss} β={b}", ["--loss", loss, "--beta", b, "--steps", 150])
                 for loss in ("sigmoid", "ipo", "hinge") for b in (0.1, 0.03)] \
-            + [("dpo.py", f"{loss} β=0.03, 8 epochs of 512 pairs",
-                ["--loss", loss, "--beta", 0.03, "--n-pairs", 512, "--steps", 128,
-                 "--eval-every", 16]) for loss in ("sigmoid", "ipo", "hinge")]
+            + [("dpo.py", f"{loss} β=0.03, 8 epochs of 256 pairs",
+                ["--loss", loss, "--beta", 0.03, "--n-pairs", 256, "--steps", 64,
+                 "--eval-every", 8]) for loss in ("sigmoid", "ipo", "hinge")]
     if name == "tax":
         return [("rloo.py", "RLOO β=0.02", ["--beta", 0.02, "--steps", 50])] \
             + [("grpo.py", f"GRPO β={b}", ["--beta", b, "--steps", 50]) for b in (0.1, 0.02)] \

@@ -35,17 +35,20 @@ def paths(rows):
     return out
 
 
-def runs_table(runs, names, failed, kls=(2, 5)):
+def runs_table(runs, names, failed, kls=(2, 5), step=None):
     """Markdown lines: per run (key, label) its final gold ± se and KL, and its gold where its
-    KL first reaches each of kls (interpolated; – if it never does); a run that stopped: why."""
+    KL first reaches each of kls (interpolated; – if it never does); a run that stopped: why.
+    step: the same at that step (its points up to it), to compare runs at equal samples."""
     head = " | ".join(f"gold at KL {k}" for k in kls)
-    lines = [f"| run | key in measured.jsonl | final gold | final KL | {head} |",
+    at_what = "final" if step is None else f"step {step}:"
+    lines = [f"| run | key in measured.jsonl | {at_what} gold | {at_what} KL | {head} |",
              "|---|---|---|---|" + "---|" * len(kls)]
     for run, label in names:
         if run in failed:
             lines.append(f"| {label} | {run} | stopped: {failed[run]} |" + " |" * (1 + len(kls)))
         elif run in runs:
-            pts, last = runs[run], runs[run][-1]
+            pts = [p for p in runs[run] if step is None or p["step"] <= step]
+            last = pts[-1]
             at = [gold_at_kl([(p["kl"], p["gold"]) for p in pts], k) for k in kls]
             lines.append(f"| {label} | {run} | {last['gold']:.3f} ± {last['gold_se']:.3f} |"
                          f" {last['kl']:.2f} | " + " | ".join("–" if g is None else f"{g:.3f}"
@@ -54,10 +57,10 @@ def runs_table(runs, names, failed, kls=(2, 5)):
 
 
 def draw_loss_family(runs, names, png):
-    """Left: gold against KL of DPO, IPO and SLiC at each β (300 steps of fresh pairs); right:
-    gold against epochs over 512 pairs, the same three at β 0.03."""
+    """Left: gold against KL of DPO, IPO and SLiC at each β (150 steps of fresh pairs); right:
+    gold against epochs over 256 pairs, the same three at β 0.03."""
     fig, (ax, ep) = plt.subplots(1, 2, figsize=(11, 4.5))
-    handles = []
+    handles, epoch_pairs = [], 0
     for run, label in names:
         if run not in runs:
             continue
@@ -66,6 +69,7 @@ def draw_loss_family(runs, names, png):
         colour, marker = style(m)
         n_pairs = pts[0]["settings"].get("n_pairs")
         if n_pairs:
+            epoch_pairs = n_pairs
             epochs = [p["step"] * 32 / n_pairs for p in pts]
             ep.errorbar(epochs, [p["gold"] for p in pts], [p["gold_se"] for p in pts],
                         marker=marker, ms=4, color=colour, capsize=2)
@@ -76,7 +80,7 @@ def draw_loss_family(runs, names, png):
         handles.append(key(m, ls=ls, ms=4, label=f"{LOSS_NAMES[pts[0]['variant']]}"
                            f" β={pts[0]['beta']}"))
     ax.set(xlabel=KL_LABEL, ylabel=GOLD_LABEL, title="the loss family f(βh) on one plane")
-    ep.set(xlabel="epochs over 512 pairs (β = 0.03)", ylabel=GOLD_LABEL + " ± se",
+    ep.set(xlabel=f"epochs over {epoch_pairs} pairs (β = 0.03)", ylabel=GOLD_LABEL + " ± se",
            title="over-optimisation with epochs")
     for a in (ax, ep):
         a.grid(alpha=0.3)
@@ -139,11 +143,13 @@ def draw(out, names):
           "(`python experiments.py --out docs --redraw`).", ""]
     if variance:
         md += ["## Variance of the policy gradient at π_SFT", "", *variance_table(variance), ""]
-    for name, title in (("variance", "Gold per sample (3200 responses each)"),
-                        ("loss-family", "The loss family"), ("iterative", "Iterative DPO"),
-                        ("sensitivity", "PPO's and RLOO's sensitivity"), ("tax", "The tax runs")):
+    for name, title, step in (
+            ("variance", "Gold per sample: 1280 responses each (PPO's 20 iterations of 64,"
+             " RLOO's first 20 of 16 × 4)", 20), ("loss-family", "The loss family", None),
+            ("iterative", "Iterative DPO", None),
+            ("sensitivity", "PPO's and RLOO's sensitivity", None), ("tax", "The tax runs", None)):
         if any(k in runs or k in failed for k, _ in names.get(name, [])):
-            md += [f"## {title}", "", *runs_table(runs, names[name], failed), ""]
+            md += [f"## {title}", "", *runs_table(runs, names[name], failed, step=step), ""]
     if tax:
         md += ["## The alignment tax: LM loss of each final policy", "",
                "| run | KL | gold | LM loss [nats/token] |", "|---|---|---|---|"]

@@ -53,6 +53,10 @@ def test_runs_table_interpolates_and_names_failures():
     # KL 2 lies halfway between the evaluations at KL 1 and 3: gold 0.6; KL 5 is never reached
     assert lines[2] == "| A | a | 0.800 ± 0.010 | 3.00 | 0.600 | – |"
     assert lines[3].startswith("| B | b | stopped: KL exploded |")
+    # at step 1 (equal samples): the point at step 1, and KL 2 is never reached up to it
+    lines = measured.runs_table(measured.paths(rows), [("a", "A")], {}, step=1)
+    assert lines[0].startswith("| run | key in measured.jsonl | step 1: gold | step 1: KL |")
+    assert lines[2] == "| A | a | 0.400 ± 0.010 | 1.00 | – | – |"
 
 
 def test_experiment_runs_are_well_formed():
@@ -63,8 +67,13 @@ def test_experiment_runs_are_well_formed():
     keys = {n: [k for k, _ in v] for n, v in experiments.labels("out").items()}
     # equal labels in the iterative experiment: 150 steps of 32 pairs each
     assert all("steps=150" in k for k in keys["iterative"])
-    # shared runs run once: variance's leave-one-out run is the RLOO lr grid's default
-    assert set(keys["variance"]) & set(keys["sensitivity"]) == {"rloo-rm beta=0.1 steps=50"}
+    # shared runs run once: variance's leave-one-out run is the RLOO lr grid's default, its PPO
+    # run the PPO grid's default and the tax's; DPO at β 0.1 is the iterative experiment's
+    # offline run
+    ppo = "ppo-rm beta=0.1 steps=20"
+    assert set(keys["variance"]) & set(keys["sensitivity"]) == {"rloo-rm beta=0.1 steps=50", ppo}
+    assert set(keys["variance"]) & set(keys["tax"]) == {ppo}
+    assert set(keys["loss-family"]) & set(keys["iterative"]) == {"dpo-sigmoid steps=150"}
 
 
 def test_rounds_label_their_own_pairs(pipeline, tmp_path, monkeypatch):
