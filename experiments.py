@@ -20,7 +20,7 @@ alignment tax, ppo.py's measurement) goes into <out>/tax.jsonl. Runs shared by t
                clip 0.2) with seeds 0 and 1; RLOO (50 steps) at lr 3e-5, 1e-4 and 3e-4
 Then <out>/measured.jsonl (the experiments' rows and sft.py's point), the figures
 loss_family.png, tax.png and iterative.png, and measured.md (every table) are written.
-Run: python experiments.py --experiment all   (≈ 38 min on a 2-core AMX-BF16 Xeon, bf16, once
+Run: python experiments.py --experiment all   (36.5 min on a 2-core AMX-BF16 Xeon, bf16, once
                                               out/sft and out/reward_model exist)
      python experiments.py --out docs --redraw  (the figures and tables from docs/*.jsonl)
 """
@@ -33,9 +33,10 @@ import measured
 
 EXPERIMENTS = ["variance", "loss-family", "tax", "iterative", "sensitivity"]
 CHOICES = {"experiment": [*EXPERIMENTS, "all"]}
-# minutes of each experiment's runs (and variance's measurement), measured from out/sft and
-# out/reward_model on a 2-core Intel Xeon with AMX-BF16, bf16 (docs/lecture_measured.md)
-MINUTES = {"variance": 7, "loss-family": 11, "tax": 6, "iterative": 5, "sensitivity": 10}
+# minutes of each experiment's own runs (those no earlier experiment has; variance: with its
+# measurement) in `--experiment all`, from out/sft and out/reward_model on a 2-core Intel Xeon
+# with AMX-BF16, bf16: 36.5 min in all (docs/lecture_measured.md)
+MINUTES = {"variance": 5.8, "loss-family": 12.5, "tax": 5.3, "iterative": 4.1, "sensitivity": 8.7}
 PPO = ["--beta", 0.1, "--eval-every", 5]  # PPO passes KL 10 within its first 10 iterations
 LABELER = ["--judge", "labeler"]  # the labeler that labelled the preference file
 
@@ -115,7 +116,8 @@ def run_experiment(cfg, name, device):
     diverged = {r["run"] for r in c.read_jsonl(os.path.join(cfg.out, "failed.jsonl"))
                 if "exploded" in r["error"] or "non-finite" in r["error"]}  # results, not retried
     todo = [r for r in runs if keys[r[1]] not in frontier.finished(cfg.out) | diverged]
-    minutes = MINUTES[name] * len(todo) / len(runs)
+    earlier = {k for e in EXPERIMENTS[:EXPERIMENTS.index(name)] for k, _ in labels(cfg.out)[e]}
+    minutes = MINUTES[name] * len(todo) / len(set(keys.values()) - earlier)  # per own run
     print(f"{name}: {len(todo)} of {len(runs)} runs to do, ≈ {minutes:.0f} min on a 2-core bf16"
           " CPU (fp32: ≈ 5× more)", flush=True)
     here, failed, t0 = os.path.dirname(os.path.abspath(__file__)), [], time.time()
