@@ -9,11 +9,12 @@ torch.utils.flop_counter (matrix products and attention, forward and backward, a
 padding included), then multiplied by how many times the defaults run it. Printed per part: its
 count, GFLOP and milliseconds per call, minutes in all, its share of the pipeline, and GFLOP/s
 as a share of the matmul peak (the precision in use; --precision fp32 for a CPU without native
-bf16). What this leaves out (process starts, data loading, checkpoints, plots) is the gap
-between its total and a real run's time. The model is out/sft when it exists (responses end
-where π_SFT ends them), else a fresh one (responses run to the cap: an upper bound).
-Run: python bench/budget.py                     (about 2 min on a 2-core AMX-BF16 Xeon, bf16)
-     python bench/budget.py --precision fp32    (about 3 min there)
+bf16). Left out: process starts, data loading, writing preferences.jsonl, checkpoints, plots,
+and per step gradient clipping and decoding; the last chunk of sampled responses of each split
+counts as a full one. The model is out/sft when it exists (responses end where π_SFT ends them),
+else a fresh one (responses run to the cap: an upper bound).
+Run: python bench/budget.py                     (1.5 min on a 2-core AMX-BF16 Xeon, bf16)
+     python bench/budget.py --precision fp32    (2 min there)
 """
 import copy, math, os, sys, time
 from dataclasses import dataclass
@@ -49,18 +50,23 @@ def measure(fn, repeats, sync):
     return (time.perf_counter() - t0) / repeats, counter.get_total_flops()
 
 
-def counts(s, r, p):
-    """{part: calls in the default pipeline}, from the three scripts' default Configs."""
-    sample_chunk = 128  # reward_model.comparisons samples and labels in chunks of 128 on a CPU
-    n_responses = (r.n_prompts + r.n_val_prompts) * r.k
+def chunk_of(device):
+    """Responses reward_model.comparisons samples and labels at once."""
+    return 1024 if device.type == "cuda" else 128
+
+
+def counts(s, r, p, chunk=128):
+    """{part: calls in the default pipeline}, from the three scripts' default Configs; chunk:
+    chunk_of(device)."""
+    chunks = sum(math.ceil(n * r.k / chunk) for n in (r.n_prompts, r.n_val_prompts))  # per split
     rm_steps = r.epochs * (r.n_prompts // r.batch_size)
     return {
         ("sft", "train step"): s.steps,
         ("sft", "held-out loss"): sum(st % s.eval_every == 0 or st == s.steps
                                       for st in range(1, s.steps + 1)),
         ("sft", "evaluation"): 1,
-        ("reward model", "sample 128 responses"): math.ceil(n_responses / sample_chunk),
-        ("reward model", "label 128 (VADER)"): math.ceil(n_responses / sample_chunk),
+        ("reward model", f"sample {chunk} responses"): chunks,
+        ("reward model", f"label {chunk} (VADER)"): chunks,
         ("reward model", "train step"): rm_steps,
         # the held-out comparisons' rewards: at each validation, for the shift to mean 0 and
         # for the report
@@ -76,7 +82,9 @@ def counts(s, r, p):
 
 
 def parts(s, r, p, policy, enc, device):
-    """{part: a function that runs it once}, on the defaults' shapes and the scripts' code."""
+    """{part: a function that runs it once}, on the defaults' shapes and the scripts' code (the
+    keys of counts(s, r, p, chunk_of(device)))."""
+    chunk = chunk_of(device)
     ref = policy
     config = copy.deepcopy(policy.config)
     config.num_labels = 1
@@ -84,7 +92,9 @@ def parts(s, r, p, policy, enc, device):
     head.load_state_dict(policy.state_dict(), strict=False)  # trunk of π_SFT, a fresh head
     rm, critic = head.eval(), head
     x, y, _ = sft.batch(sft.openings("valid", enc, s.max_len), enc, s.max_len)
-    xb, yb = x[:s.batch_size].to(device), y[:s.batch_size].to(device)
+    idx = torch.randperm(len(x))[:s.batch_size]  # a batch cut to its longest row, as sft.py's
+    n = int((x[idx] != enc.eot_token + 1).sum(1).max())
+    xb, yb = x[idx, :n].to(device), y[idx, :n].to(device)
     val = [t.to(device) for t in (x, y)]  # sft.py's held-out set
     prompts = c.prompts("train", enc)
     eval_prompts = c.prompts("eval", enc, p.n_eval_prompts)
@@ -106,8 +116,14 @@ def parts(s, r, p, policy, enc, device):
         policy.eval()
         sft.heldout_loss(policy, *val, 1, device)
 
-    def evaluation():
-        c.evaluate(policy, ref, enc, eval_prompts, p.max_new_tokens, rm)
+    def evaluation(judge=rm):  # ppo.py's, and sft.py's without r_φ
+        c.evaluate(policy, ref, enc, eval_prompts, p.max_new_tokens, judge)
+
+    def correlation():  # reward_model.py's report: fresh samples, r_φ and VADER on each
+        with torch.no_grad(), c.autocast(device):
+            for tokens, _ in c.sample_batched(policy.eval(), eval_prompts, r.max_new_tokens, 64):
+                c.reward(rm, tokens)
+                c.GOLDS["vader"]([c.decode(enc, t) for t in tokens.tolist()])
 
     def sample(n, store=None):
         with torch.no_grad(), c.autocast(device):
@@ -118,7 +134,7 @@ def parts(s, r, p, policy, enc, device):
         return tokens
 
     # the responses the steps below train and score on
-    texts = [c.decode(enc, t) for t in sample(128, store="comparisons").tolist()]
+    texts = [c.decode(enc, t) for t in sample(chunk, store="comparisons").tolist()]
     sample(p.batch_size, store="tokens")
 
     def rm_step():  # k responses to each of batch_size prompts, each forwarded once
@@ -131,11 +147,11 @@ def parts(s, r, p, policy, enc, device):
         loss.backward()
         rm_opt.step()
 
-    def rm_validation():  # the held-out comparisons' responses, 32 prompts' (128) at a time
-        tokens, n = rollout["comparisons"], r.n_val_prompts * r.k
+    def rm_validation():  # the held-out comparisons' responses, 32 prompts' at a time
+        size, n = 32 * r.k, r.n_val_prompts * r.k  # reward_model.all_rewards' batches
         with torch.no_grad(), c.autocast(device):
-            for j in range(0, n, len(tokens)):
-                c.reward(rm.eval(), tokens[:min(len(tokens), n - j)])
+            for j in range(0, n, size):
+                c.reward(rm.eval(), rollout["comparisons"][:min(size, n - j)])
 
     def score():
         tokens, P = rollout["tokens"], rollout["P"]
@@ -168,12 +184,12 @@ def parts(s, r, p, policy, enc, device):
     return {
         ("sft", "train step"): sft_step,
         ("sft", "held-out loss"): heldout,
-        ("sft", "evaluation"): evaluation,
-        ("reward model", "sample 128 responses"): lambda: sample(128),
-        ("reward model", "label 128 (VADER)"): lambda: c.GOLDS["vader"](texts),
+        ("sft", "evaluation"): lambda: evaluation(None),
+        ("reward model", f"sample {chunk} responses"): lambda: sample(chunk),
+        ("reward model", f"label {chunk} (VADER)"): lambda: c.GOLDS["vader"](texts),
         ("reward model", "train step"): rm_step,
         ("reward model", "validation"): rm_validation,
-        ("reward model", "evaluation"): evaluation,
+        ("reward model", "evaluation"): correlation,
         ("ppo", "rollout: sample"): lambda: sample(p.batch_size, store="tokens"),
         ("ppo", "rollout: score (r_φ, π_old, π_ref, critic)"): score,
         ("ppo", "update (4 epochs × 4 minibatches)"): update,
@@ -222,7 +238,7 @@ def main():
     print(f"{torch.get_num_threads()} threads | {name} | matmul peak {peak / 1e9:.0f} GFLOP/s |"
           f" π_SFT: {origin}", flush=True)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    n, fns, rows = counts(s, r, p), parts(s, r, p, policy, enc, device), []
+    n, fns, rows = counts(s, r, p, chunk_of(device)), parts(s, r, p, policy, enc, device), []
     for (stage, part), fn in fns.items():
         sec, flops = measure(fn, cfg.repeats, sync)
         rows.append((stage, part, n[(stage, part)], sec, flops))

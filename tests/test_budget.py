@@ -14,19 +14,26 @@ import budget  # noqa: E402
 
 
 def test_counts_follow_the_defaults():
-    n = budget.counts(sft.Config(steps=1000, eval_every=250), reward_model.Config(
-        n_prompts=640, n_val_prompts=32, k=4, batch_size=16, eval_every=10),
+    n = budget.counts(sft.Config(steps=1010, eval_every=250), reward_model.Config(
+        n_prompts=650, n_val_prompts=33, k=4, batch_size=16, eval_every=15, epochs=2),
         ppo.Config(steps=30, eval_every=10))
-    assert n[("sft", "train step")] == 1000
-    assert n[("sft", "held-out loss")] == 4  # steps 250, 500, 750, 1000
-    # (640 + 32) prompts × 4 responses = 2688 = 21 chunks of 128
-    assert n[("reward model", "sample 128 responses")] == 21
-    assert n[("reward model", "train step")] == 40  # 640 / 16
-    # validation at steps 10, 20, 30, 40, then twice more (the shift to mean 0, the report)
-    assert n[("reward model", "validation")] == 6
-    assert n[("ppo", "update (4 epochs × 4 minibatches)")] == 30
+    assert n[("sft", "train step")] == 1010
+    assert n[("sft", "held-out loss")] == 5  # steps 250, 500, 750, 1000 and the last, 1010
+    # each split in chunks of 128: 650 × 4 = 2600 → 21 chunks, 33 × 4 = 132 → 2
+    assert n[("reward model", "sample 128 responses")] == 23
+    assert n[("reward model", "label 128 (VADER)")] == 23
+    assert n[("reward model", "train step")] == 80  # 2 epochs of 650 // 16 = 40
+    # validation at steps 15, 30, …, 75 and the last, 80; then twice more (the shift to mean 0,
+    # the report)
+    assert n[("reward model", "validation")] == 8
+    assert n[("ppo", "rollout: sample")] == n[("ppo", "update (4 epochs × 4 minibatches)")] == 30
     # evaluations at step 0, 1, 2, 4, 8, 10, 20, 30
     assert n[("ppo", "evaluation")] == 8
+    # at the defaults, the counts docs/machines.md prints
+    n = budget.counts(sft.Config(), reward_model.Config(), ppo.Config())
+    assert [n[k] for k in (("sft", "held-out loss"), ("reward model", "sample 128 responses"),
+                           ("reward model", "validation"), ("ppo", "evaluation"))] == [7, 323,
+                                                                                       15, 15]
 
 
 def test_budget_table_by_hand():
@@ -48,8 +55,16 @@ def test_every_part_runs_and_counts_its_flops():
     r = reward_model.Config(batch_size=2, k=2, n_val_prompts=4)
     p = ppo.Config(batch_size=4, minibatch_size=2, n_eval_prompts=4, max_new_tokens=4)
     device = torch.device("cpu")
-    for (stage, part), fn in budget.parts(s, r, p, policy, enc, device).items():
-        sec, flops = budget.measure(fn, 1, lambda: None)
+    fns = budget.parts(s, r, p, policy, enc, device)
+    assert fns.keys() == budget.counts(s, r, p, budget.chunk_of(device)).keys()
+    flops = {}
+    for (stage, part), fn in fns.items():
+        sec, flops[part] = budget.measure(fn, 1, lambda: None)
         assert sec > 0
         # VADER is no matrix product; every other part is
-        assert (flops == 0) == (part == "label 128 (VADER)"), (stage, part, flops)
+        assert (flops[part] == 0) == (part == "label 128 (VADER)"), (stage, part, flops[part])
+    # the update: 4 epochs of policy and critic forward + backward (3 passes each); the scoring:
+    # π_old and π_ref (the policy's shape) and r_φ and the critic (the critic's) once each
+    ratio = flops["update (4 epochs × 4 minibatches)"] / flops[
+        "rollout: score (r_φ, π_old, π_ref, critic)"]
+    assert abs(ratio - 6) < 0.1, ratio
