@@ -26,7 +26,7 @@ from transformers import GPT2ForSequenceClassification
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common as c  # noqa: E402
 import ppo, reward_model as rmod, sft  # noqa: E402  (what is measured)
-from throughput import matmul_peak  # noqa: E402
+from throughput import peak_in_use  # noqa: E402
 
 
 @dataclass
@@ -231,10 +231,7 @@ def main():
         origin = "a fresh model (responses run to the cap)"
     policy.to(device)
     enc = c.tokenizer(policy.config.bpe_ranks)
-    with c.autocast(device):
-        dtype, name = (torch.bfloat16, "bf16") if torch.is_autocast_enabled(device.type) \
-            else (torch.float32, "fp32")
-    peak = matmul_peak(dtype, device)
+    name, peak = peak_in_use(device)
     print(f"{torch.get_num_threads()} threads | {name} | matmul peak {peak / 1e9:.0f} GFLOP/s |"
           f" π_SFT: {origin}", flush=True)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

@@ -46,6 +46,14 @@ def matmul_peak(dtype, device, n=2048, repeats=10):
     return 2 * n ** 3 / timed(mm, repeats)
 
 
+def peak_in_use(device):
+    """(name, matmul FLOP/s) of the precision setup() chose: the one training runs in."""
+    with c.autocast(device):
+        dtype, name = (torch.bfloat16, "bf16") if torch.is_autocast_enabled(device.type) \
+            else (torch.float32, "fp32")
+    return name, matmul_peak(dtype, device)
+
+
 def main():
     cfg = c.parse_config(Config, __doc__)
     device = c.setup(cfg.seed, cfg.precision)
@@ -53,10 +61,7 @@ def main():
     model = c.build_model(s.n_ranks, s.n_layer, s.n_head, s.n_embd, s.max_len + 64).to(device)
     enc = c.tokenizer(s.n_ranks)
     n_params = sum(p.numel() for p in model.parameters())
-    with c.autocast(device):  # the precision setup() chose: the one training runs in
-        dtype, name = (torch.bfloat16, "bf16") if torch.is_autocast_enabled(device.type) \
-            else (torch.float32, "fp32")
-    peak = matmul_peak(dtype, device)
+    name, peak = peak_in_use(device)
     print(f"{torch.get_num_threads()} threads | {name} matmul peak {peak / 1e9:.0f} GFLOP/s")
 
     # training: the sft.py step (forward, masked loss, backward, AdamW)
