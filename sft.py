@@ -32,6 +32,8 @@ class Config:
     steps: int = 1600  # optimiser steps
     batch_size: int = 64  # openings per step
     lr: float = 3e-3  # peak learning rate (AdamW), after linear warmup, cosine decay to lr/10
+    optimizer: str = "adamw"  # adamw; or muon: Muon for the blocks' matrices, AdamW for the rest
+    muon_lr: float = 0.02  # --optimizer muon: Muon's peak learning rate (same schedule)
     warmup: int = 100  # warmup steps
     weight_decay: float = 0.1  # AdamW weight decay on matrices
     eval_every: int = 250  # steps between held-out loss evaluations and checkpoints
@@ -94,6 +96,34 @@ def length_batches(lengths, batch_size, group=16):
     return [batches[i] for i in torch.randperm(len(batches)).tolist()]
 
 
+def optimizers(model, cfg, fused=False):
+    """AdamW, weight decay on matrices only; --optimizer muon: Muon (momentum, then each update
+    orthogonalised by Newton–Schulz iterations) for the transformer blocks' weight matrices,
+    AdamW for the rest (embeddings, also the tied LM head; norms; biases). Each group's "scale"
+    is its peak learning rate over --lr, so that one schedule (set_lr) drives them all."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    muon = cfg.optimizer == "muon"
+    hidden = [p for n, p in named if muon and p.dim() == 2 and ".h." in n]
+    rest = [p for n, p in named if not any(p is h for h in hidden)]
+    adamw = torch.optim.AdamW(
+        [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+         {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95), fused=fused)
+    for group in adamw.param_groups:
+        group["scale"] = 1.0
+    if not muon:
+        return [adamw]
+    return [adamw, torch.optim.Muon([{"params": hidden, "scale": cfg.muon_lr / cfg.lr}],
+                                    lr=cfg.muon_lr, weight_decay=0.0)]
+
+
+def set_lr(opts, lr):
+    """Every group's learning rate: lr (the schedule's, at --lr's scale) × the group's scale."""
+    for opt in opts:
+        for group in opt.param_groups:
+            group["lr"] = lr * group["scale"]
+
+
 def sft_loss(model, x, y):
     """Mean −log π(y_t | x, y_<t) over response tokens (nats/token); -100 masks the rest."""
     logits = model(x).logits  # (B, T, V); right padding: real tokens never attend to it
@@ -114,7 +144,7 @@ def heldout_loss(model, x, y, n_bytes, device, batch_size=128):
 
 
 def main():
-    cfg = c.parse_config(Config, __doc__)
+    cfg = c.parse_config(Config, __doc__, {"optimizer": ["adamw", "muon"]})
     device = c.setup(cfg.seed, cfg.precision)
     out_dir = os.path.join(cfg.out, "preferred_ft" if cfg.preferred else "sft")
     pref_path = os.path.join(cfg.out, "preferences.jsonl")
@@ -143,11 +173,8 @@ def main():
     x, y, _ = batch(data("train"), enc, cfg.max_len)
     val_x, val_y, val_bytes = batch(data("valid"), enc, cfg.max_len)
 
-    # AdamW, weight decay on matrices only; linear warmup then cosine decay to lr/10
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+    # AdamW (--optimizer muon: Muon for the blocks' matrices); warmup, cosine decay to lr/10
+    opts = optimizers(model, cfg, fused=device.type == "cuda")
 
     logger = c.Logger(out_dir, cfg.steps,
                       evaluates=lambda s: s % cfg.eval_every == 0 or s == cfg.steps)
@@ -166,20 +193,21 @@ def main():
         xb, yb = x[idx, :n].to(device), y[idx, :n].to(device)
         # 2. loss on response tokens, 3. update
         lr = c.lr_at(step - 1, cfg.lr, cfg.warmup, cfg.steps)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        set_lr(opts, lr)
         with c.autocast(device):
             loss = sft_loss(model, xb, yb)
         if not torch.isfinite(loss):
             kept = f"the last good checkpoint (step {saved}) is in {run_dir}" if saved else \
                 "this run saved nothing"
             c.die(f"non-finite loss at step {step}; {kept}; try a lower --lr")
-        opt.zero_grad(set_to_none=True)
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
         loss.backward()
         n_tokens = (yb != -100).sum()  # the loss is a mean over them: ranks weigh by them
         c.average_gradients(model.parameters(), weight=n_tokens)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.GRAD_CLIP)
-        opt.step()
+        for opt in opts:
+            opt.step()
         # 4. log; every eval_every steps also the held-out loss and a checkpoint
         metrics = {"loss": c.all_mean(loss.item(), n_tokens), "grad_norm": grad_norm.item(),
                    "lr": lr}

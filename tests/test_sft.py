@@ -1,6 +1,7 @@
 """sft.py: the masked loss by hand, and the script run end to end as a user runs it."""
 import json, os, signal, subprocess, sys, time
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -61,6 +62,32 @@ def test_sft_loss_counts_response_tokens_only():
     y2 = y.clone()
     y2[:, 0] = -100  # moving nothing that is already masked
     torch.testing.assert_close(sft.sft_loss(model, x, y2), loss)
+
+
+def test_muon_takes_the_blocks_matrices_and_one_schedule_drives_both():
+    torch.manual_seed(0)
+    model = c.build_model(64, n_layer=2, n_head=2, n_embd=32, n_positions=16)
+    cfg = sft.Config(optimizer="muon", lr=3e-3, muon_lr=0.02)
+    adamw, muon = sft.optimizers(model, cfg)
+    names = {id(p): n for n, p in model.named_parameters()}
+    hidden = [names[id(p)] for g in muon.param_groups for p in g["params"]]
+    # 2 blocks × (attention in, attention out, MLP in, MLP out): matrices only
+    assert sorted(hidden) == sorted(f"transformer.h.{i}.{m}.weight" for i in range(2)
+                                    for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc",
+                                              "mlp.c_proj"))
+    rest = [names[id(p)] for g in adamw.param_groups for p in g["params"]]
+    assert "transformer.wte.weight" in rest and "transformer.h.0.ln_1.weight" in rest
+    assert len(hidden) + len(rest) == len(names)  # every parameter in exactly one group
+    sft.set_lr([adamw, muon], 1.5e-3)  # half the peak: each group at half its own peak
+    assert [g["lr"] for g in adamw.param_groups] == [1.5e-3, 1.5e-3]
+    assert muon.param_groups[0]["lr"] == pytest.approx(0.01)
+    w = model.transformer.h[0].mlp.c_fc.weight  # a Muon step from rest: an orthogonalised
+    before, w.grad = w.detach().clone(), torch.randn_like(w)  # update, singular values near 1
+    muon.step()
+    s = torch.linalg.svdvals((before - w.detach()) / 0.01)
+    assert 0.5 < s.min() and s.max() < 1.3
+    assert sft.optimizers(model, sft.Config())[0].param_groups[0]["weight_decay"] == 0.1
+    assert len(sft.optimizers(model, sft.Config())) == 1  # the default: AdamW alone
 
 
 def test_sft_end_to_end(tmp_path):
