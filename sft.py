@@ -106,11 +106,10 @@ def optimizers(model, cfg, fused=False):
     hidden = [p for n, p in named if muon and p.dim() == 2 and ".h." in n]
     rest = [p for n, p in named if not any(p is h for h in hidden)]
     adamw = torch.optim.AdamW(
-        [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-         {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}],
+        [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay,
+          "scale": 1.0},
+         {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "scale": 1.0}],
         lr=cfg.lr, betas=(0.9, 0.95), fused=fused)
-    for group in adamw.param_groups:
-        group["scale"] = 1.0
     if not muon:
         return [adamw]
     return [adamw, torch.optim.Muon([{"params": hidden, "scale": cfg.muon_lr / cfg.lr}],
@@ -200,8 +199,7 @@ def main():
             kept = f"the last good checkpoint (step {saved}) is in {run_dir}" if saved else \
                 "this run saved nothing"
             c.die(f"non-finite loss at step {step}; {kept}; try a lower --lr")
-        for opt in opts:
-            opt.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
         loss.backward()
         n_tokens = (yb != -100).sum()  # the loss is a mean over them: ranks weigh by them
         c.average_gradients(model.parameters(), weight=n_tokens)
