@@ -33,7 +33,7 @@ def test_counts_follow_the_defaults():
     n = budget.counts(sft.Config(), reward_model.Config(), ppo.Config())
     assert [n[k] for k in (("sft", "held-out loss"), ("reward model", "sample 128 responses"),
                            ("reward model", "validation"), ("ppo", "evaluation"))] == [7, 323,
-                                                                                       15, 15]
+                                                                                       15, 9]
 
 
 def test_budget_table_by_hand():
