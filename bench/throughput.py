@@ -3,7 +3,8 @@
 Prints: the matmul peak of the precision in use (bf16 where the device has it natively, else
 fp32: an emulated precision is never timed, it would take minutes and mean nothing); SFT training
 tokens/s and its model FLOPs utilisation (6·N FLOPs per token, N = parameters, plus attention)
-against that peak; sampling tokens/s of common.sample() and of transformers' generate() on the
+against that peak, and the same step with `sft.py --optimizer muon` (torch's Muon orthogonalises
+in bf16 whatever the precision: emulated, and slow, on a CPU without native bf16); sampling tokens/s of common.sample() and of transformers' generate() on the
 same model and batch. 9 s on a 2-core AVX512-BF16 CPU (12 s in fp32 there); about half a
 minute estimated on a 2-core AVX2 CPU in fp32.
 Run: python bench/throughput.py        (defaults: the sft.py model, a batch of 64, 48 new tokens)
@@ -15,7 +16,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common as c  # noqa: E402
-from sft import Config as SFTConfig, batch, openings, sft_loss  # noqa: E402  (what is measured)
+from sft import Config as SFTConfig, batch, openings, optimizers, sft_loss  # noqa: E402
 
 
 @dataclass
@@ -64,26 +65,30 @@ def main():
     name, peak = peak_in_use(device)
     print(f"{torch.get_num_threads()} threads | {name} matmul peak {peak / 1e9:.0f} GFLOP/s")
 
-    # training: the sft.py step (forward, masked loss, backward, AdamW)
+    # training: the sft.py step (forward, masked loss, backward, AdamW; then --optimizer muon)
     x, y, _ = batch(openings("valid", enc, s.max_len), enc, s.max_len)
     xb, yb = x[:cfg.batch_size].to(device), y[:cfg.batch_size].to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-    def train_step():
+    def train_step(opts):
         with c.autocast(device):
             loss = sft_loss(model, xb, yb)
-        opt.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        for opt in opts:
+            opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-    dt = timed(train_step, cfg.repeats)
+    adamw = optimizers(model, s)
+    dt = timed(lambda: train_step(adamw), cfg.repeats)
+    opts = optimizers(model, SFTConfig(optimizer="muon"))  # Newton–Schulz in bf16, always
+    dt_muon = timed(lambda: train_step(opts), cfg.repeats)
     tokens = xb.numel()  # every position is computed, padding included
     L, D, T = s.n_layer, s.n_embd, s.max_len
     flops = 6 * n_params * tokens + 12 * L * D * T * tokens  # weights + attention (fwd + bwd)
     print(f"train: {n_params / 1e6:.2f}M parameters, {dt * 1000:.0f} ms/step,"
           f" {tokens / dt:,.0f} tokens/s, {flops / dt / 1e9:.0f} GFLOP/s ="
-          f" {100 * flops / dt / peak:.0f}% of the {name} matmul peak (MFU)")
+          f" {100 * flops / dt / peak:.0f}% of the {name} matmul peak (MFU);"
+          f" with --optimizer muon {dt_muon * 1000:.0f} ms/step")
 
     # sampling: common.sample() against generate(), same model, prompts and length
     model.eval()

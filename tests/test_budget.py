@@ -29,7 +29,7 @@ def test_counts_follow_the_defaults():
     assert n[("ppo", "rollout: sample")] == n[("ppo", "update (4 epochs × 4 minibatches)")] == 30
     # evaluations at step 0, 1, 2, 4, 8, 10, 20, 30
     assert n[("ppo", "evaluation")] == 8
-    # at the defaults (docs/machines.md's tables: 15 PPO evaluations, measured at 100 iterations)
+    # at the defaults: 9 PPO evaluations at 40 iterations (machines.md's tables, at 100, show 15)
     n = budget.counts(sft.Config(), reward_model.Config(), ppo.Config())
     assert [n[k] for k in (("sft", "held-out loss"), ("reward model", "sample 128 responses"),
                            ("reward model", "validation"), ("ppo", "evaluation"))] == [7, 323,
