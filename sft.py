@@ -102,15 +102,14 @@ def optimizers(model, cfg, fused=False):
     AdamW for the rest (embeddings, also the tied LM head; norms; biases). Each group's "scale"
     is its peak learning rate over --lr, so that one schedule (set_lr) drives them all."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    muon = cfg.optimizer == "muon"
-    hidden = [p for n, p in named if muon and p.dim() == 2 and ".h." in n]
-    rest = [p for n, p in named if not any(p is h for h in hidden)]
+    hidden = [p for n, p in named if cfg.optimizer == "muon" and p.dim() == 2 and ".h." in n]
+    rest = [p for n, p in named if all(p is not h for h in hidden)]
     adamw = torch.optim.AdamW(
         [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay,
           "scale": 1.0},
          {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "scale": 1.0}],
         lr=cfg.lr, betas=(0.9, 0.95), fused=fused)
-    if not muon:
+    if cfg.optimizer != "muon":
         return [adamw]
     return [adamw, torch.optim.Muon([{"params": hidden, "scale": cfg.muon_lr / cfg.lr}],
                                     lr=cfg.muon_lr, weight_decay=0.0)]

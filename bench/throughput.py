@@ -4,9 +4,10 @@ Prints: the matmul peak of the precision in use (bf16 where the device has it na
 fp32: an emulated precision is never timed, it would take minutes and mean nothing); SFT training
 tokens/s and its model FLOPs utilisation (6·N FLOPs per token, N = parameters, plus attention)
 against that peak, and the same step with `sft.py --optimizer muon` (torch's Muon orthogonalises
-in bf16 whatever the precision: emulated, and slow, on a CPU without native bf16); sampling tokens/s of common.sample() and of transformers' generate() on the
-same model and batch. 9 s on a 2-core AVX512-BF16 CPU (12 s in fp32 there); about half a
-minute estimated on a 2-core AVX2 CPU in fp32.
+in bf16 whatever the precision: emulated, and slow, on a CPU without native bf16); sampling
+tokens/s of common.sample() and of transformers' generate() on the same model and batch. 9 s on
+a 2-core AVX512-BF16 CPU (12 s in fp32 there); about half a minute estimated on a 2-core AVX2
+CPU in fp32.
 Run: python bench/throughput.py        (defaults: the sft.py model, a batch of 64, 48 new tokens)
 """
 import os, sys, time
