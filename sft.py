@@ -96,11 +96,41 @@ def length_batches(lengths, batch_size, group=16):
     return [batches[i] for i in torch.randperm(len(batches)).tolist()]
 
 
+def newton_schulz(g, steps=5):
+    """≈ U Vᵀ of g = U S Vᵀ (every singular value pushed toward 1, the vectors kept): scale g to
+    spectral norm ≤ 1, then x ← a x + (b x xᵀ + c (x xᵀ)²) x, which maps each singular value s to
+    a s + b s³ + c s⁵ (Jordan et al.'s coefficients: fast, not exact)."""
+    a, b, c_ = 3.4445, -4.7750, 2.0315
+    x = g / (g.norm() + 1e-7)  # Frobenius norm 1 ≥ spectral norm
+    x = x.T if g.shape[0] > g.shape[1] else x  # x xᵀ: the smaller Gram matrix
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c_ * gram @ gram) @ x
+    return (x.T if g.shape[0] > g.shape[1] else x).to(g.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for 2-D weights: Nesterov momentum, then the update orthogonalised (newton_schulz)
+    and scaled by √max(1, rows/cols), as torch.optim.Muon (no weight decay) but with its matmuls
+    in the run's precision (c.autocast): torch's casts to bf16, 25× slower on a CPU without it."""
+    def __init__(self, params, lr, momentum=0.95):
+        super().__init__(params, {"lr": lr, "momentum": momentum})
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in [p for p in group["params"] if p.grad is not None]:
+                buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                with c.autocast(p.device):
+                    update = newton_schulz(p.grad.lerp(buf, group["momentum"]))
+                p.add_(update, alpha=-group["lr"] * max(1, p.shape[0] / p.shape[1]) ** 0.5)
+
+
 def optimizers(model, cfg, fused=False):
-    """AdamW, weight decay on matrices only; --optimizer muon: Muon (momentum, then each update
-    orthogonalised by Newton–Schulz iterations) for the transformer blocks' weight matrices,
-    AdamW for the rest (embeddings, also the tied LM head; norms; biases). Each group's "scale"
-    is its peak learning rate over --lr, so that one schedule (set_lr) drives them all."""
+    """AdamW, weight decay on matrices only; --optimizer muon: Muon for the transformer blocks'
+    weight matrices, AdamW for the rest (embeddings, also the tied LM head; norms; biases). Each
+    group's "scale" is its peak learning rate over --lr: one schedule (set_lr) drives them all."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     hidden = [p for n, p in named if cfg.optimizer == "muon" and p.dim() == 2 and ".h." in n]
     rest = [p for n, p in named if all(p is not h for h in hidden)]
@@ -111,8 +141,7 @@ def optimizers(model, cfg, fused=False):
         lr=cfg.lr, betas=(0.9, 0.95), fused=fused)
     if cfg.optimizer != "muon":
         return [adamw]
-    return [adamw, torch.optim.Muon([{"params": hidden, "scale": cfg.muon_lr / cfg.lr}],
-                                    lr=cfg.muon_lr, weight_decay=0.0)]
+    return [adamw, Muon([{"params": hidden, "scale": cfg.muon_lr / cfg.lr}], lr=cfg.muon_lr)]
 
 
 def set_lr(opts, lr):

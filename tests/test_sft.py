@@ -64,6 +64,42 @@ def test_sft_loss_counts_response_tokens_only():
     torch.testing.assert_close(sft.sft_loss(model, x, y2), loss)
 
 
+def test_newton_schulz_maps_each_singular_value_through_the_quintic():
+    # diag(3, 4) has singular values 3 and 4; normalised by its Frobenius norm 5: 0.6 and 0.8;
+    # one step maps each s to 3.4445 s − 4.7750 s³ + 2.0315 s⁵ (worked by hand below)
+    g = torch.tensor([[3.0, 0.0], [0.0, 4.0]])
+    one = sft.newton_schulz(g, steps=1)
+    f = lambda s: 3.4445 * s - 4.7750 * s ** 3 + 2.0315 * s ** 5
+    assert f(0.6) == pytest.approx(1.19327, abs=1e-5) and f(0.8) == pytest.approx(0.97648, abs=1e-5)
+    torch.testing.assert_close(one, torch.diag(torch.tensor([f(0.6), f(0.8)])))
+    torch.manual_seed(0)
+    for shape in [(8, 32), (32, 8)]:  # wide, and tall (orthogonalised through its transpose)
+        u = torch.randn(shape)
+        o = sft.newton_schulz(u)  # five steps: singular values all near 1, same singular vectors
+        assert o.shape == u.shape
+        s = torch.linalg.svdvals(o)
+        assert 0.6 < s.min() and s.max() < 1.3
+        u_, _, vh = torch.linalg.svd(u, full_matrices=False)  # o = U diag(·) Vᵀ: u's vectors
+        torch.testing.assert_close(o, u_ @ torch.diag((u_.T @ o @ vh.T).diagonal()) @ vh,
+                                   atol=1e-4, rtol=0)
+
+
+def test_muon_step_by_hand():
+    # Nesterov momentum β = 0.95 from rest: buffer = 0.05 g, update = g.lerp(buffer, 0.95)
+    # = 0.05 g + 0.95 × 0.05 g = 0.0975 g; Newton–Schulz normalises away the scale, so the step
+    # is −lr × √max(1, rows/cols) × newton_schulz(g)
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(12, 4))
+    g = torch.randn(12, 4)
+    before, w.grad = w.detach().clone(), g.clone()
+    opt = sft.Muon([w], lr=0.1)
+    opt.step()
+    with c.autocast(w.device):  # the run's precision, as in the step
+        expected = before - 0.1 * 3 ** 0.5 * sft.newton_schulz(0.0975 * g)
+    torch.testing.assert_close(w.detach(), expected)
+    torch.testing.assert_close(opt.state[w]["momentum"], 0.05 * g)
+
+
 def test_muon_takes_the_blocks_matrices_and_one_schedule_drives_both():
     torch.manual_seed(0)
     model = c.build_model(64, n_layer=2, n_head=2, n_embd=32, n_positions=16)
