@@ -112,7 +112,8 @@ def newton_schulz(g, steps=5):
 class Muon(torch.optim.Optimizer):
     """Muon for 2-D weights: Nesterov momentum, then the update orthogonalised (newton_schulz)
     and scaled by √max(1, rows/cols), as torch.optim.Muon (no weight decay) but with its matmuls
-    in the run's precision (c.autocast): torch's casts to bf16, 25× slower on a CPU without it."""
+    in the run's precision (c.autocast): torch's casts to bf16, which made an SFT step 5.4× slower
+    on a CPU without native bf16 (docs/machines.md)."""
     def __init__(self, params, lr, momentum=0.95):
         super().__init__(params, {"lr": lr, "momentum": momentum})
 

@@ -4,8 +4,9 @@ Prints: the matmul peak of the precision in use (bf16 where the device has it na
 fp32: an emulated precision is never timed, it would take minutes and mean nothing); SFT training
 tokens/s and its model FLOPs utilisation (6·N FLOPs per token, N = parameters, plus attention)
 against that peak, and the same step with `sft.py --optimizer muon` (its Newton–Schulz runs in
-the precision in use: torch.optim.Muon's bf16 was 5.4× AdamW's step on an AVX2 CPU); sampling
-tokens/s of common.sample() and of transformers' generate() on the same model and batch. 9 s on
+the precision in use: torch.optim.Muon's bf16 made the step 5.4× AdamW's with oneDNN limited to
+AVX2); sampling tokens/s of common.sample() and of transformers' generate() on the same model
+and batch (--batch-size sets both batches). 9 s on
 a 2-core AVX512-BF16 CPU (12 s in fp32 there); about half a minute estimated on a 2-core AVX2
 CPU in fp32.
 Run: python bench/throughput.py        (defaults: the sft.py model, a batch of 64, 48 new tokens)

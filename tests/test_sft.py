@@ -98,6 +98,15 @@ def test_muon_step_by_hand():
         expected = before - 0.1 * 3 ** 0.5 * sft.newton_schulz(0.0975 * g)
     torch.testing.assert_close(w.detach(), expected)
     torch.testing.assert_close(opt.state[w]["momentum"], 0.05 * g)
+    # a second step, gradient g2: buffer = 0.95 × 0.05 g + 0.05 g2 = 0.0475 g + 0.05 g2; update
+    # = g2.lerp(buffer, 0.95) = 0.05 g2 + 0.95 buffer = 0.045125 g + 0.0975 g2
+    g2, before = torch.randn(12, 4), w.detach().clone()
+    w.grad = g2.clone()
+    opt.step()
+    torch.testing.assert_close(opt.state[w]["momentum"], 0.0475 * g + 0.05 * g2)
+    with c.autocast(w.device):
+        expected = before - 0.1 * 3 ** 0.5 * sft.newton_schulz(0.045125 * g + 0.0975 * g2)
+    torch.testing.assert_close(w.detach(), expected)
 
 
 def test_muon_takes_the_blocks_matrices_and_one_schedule_drives_both():
