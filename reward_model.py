@@ -99,32 +99,6 @@ def comparisons(policy, enc, split, n, cfg, device, gen):
             for i in range(len(gold))]
 
 
-def read_comparisons(path, split, n, k):
-    """The first n prompts' comparisons of split in an earlier run's preferences.jsonl, as
-    comparisons() returns them: each prompt's k(k−1)/2 pairs were written in ranking order, so
-    the first k−1 hold the best response as chosen and the others, in order, as rejected."""
-    if not os.path.isfile(path):
-        c.die(f"--preferences {path}: no such file; give a preferences.jsonl that"
-              " reward_model.py wrote")
-    m, rows = k * (k - 1) // 2, [r for r in c.read_jsonl(path) if r.get("split") == split]
-    groups = []
-    for j in range(0, min(len(rows) // m, n) * m, m):  # (a cut-off last group: not counted)
-        first, pairs = rows[j:j + k - 1], rows[j:j + m]
-        responses = [first[0]["chosen_ids"]] + [r["rejected_ids"] for r in first]
-        if [(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]) for r in pairs] != [
-                (first[0]["prompt_ids"], responses[w], responses[l])
-                for w, l in ranking_pairs(range(k))]:
-            c.die(f"--preferences {path}: its pairs are not {m} per prompt in ranking order; give"
-                  f" the --k it was written with (or a file written by reward_model.py)")
-        groups.append({"prompt_ids": first[0]["prompt_ids"], "ranking": list(range(k)),
-                       "responses": responses,
-                       "gold": [first[0]["chosen_gold"]] + [r["rejected_gold"] for r in first]})
-    if len(groups) < n:
-        c.die(f"--preferences {path} has {len(groups)} {split} prompts, fewer than the {n} asked;"
-              " give fewer (--n-prompts, --n-val-prompts) or a larger file")
-    return groups
-
-
 def last_token(rm, tokens, mask):
     """The default readout: r_φ read at the last real token (c.reward)."""
     return c.reward(rm, tokens)
@@ -179,20 +153,12 @@ def shift_rewards(rm, m):
         rm.transformer.ln_f.bias -= m * w / w.dot(w)
 
 
-def write_preferences(path, enc, splits):
-    """(prompt, chosen, rejected) text records, the format preference libraries read, plus token
-    ids (exact for dpo.py), gold rewards and split. Written to a temporary name, then renamed."""
-    with open(path + ".tmp", "w") as f:
-        for split, groups in splits.items():
-            for g in groups:
-                for w, l in ranking_pairs(g["ranking"]):
-                    p, yw, yl = g["prompt_ids"], g["responses"][w], g["responses"][l]
-                    f.write(json.dumps({
-                        "prompt": c.decode(enc, p), "chosen": c.decode(enc, yw),
-                        "rejected": c.decode(enc, yl), "chosen_gold": g["gold"][w],
-                        "rejected_gold": g["gold"][l], "split": split, "prompt_ids": p,
-                        "chosen_ids": yw, "rejected_ids": yl}) + "\n")
-    os.replace(path + ".tmp", path)
+def preference_records(splits):
+    """Every ranking's pairs (ranking_pairs' order, which c.read_comparisons reads back), as
+    c.write_preferences takes them: (split, prompt, chosen, rejected, their gold rewards)."""
+    return [(split, g["prompt_ids"], g["responses"][w], g["responses"][l], g["gold"][w],
+             g["gold"][l]) for split, groups in splits.items() for g in groups
+            for w, l in ranking_pairs(g["ranking"])]
 
 
 def new_reward_model(sft_dir, cfg):
@@ -289,13 +255,14 @@ def main():
     c.check_positions(policy, cfg)
     enc = c.tokenizer(policy.config.bpe_ranks)
     if cfg.preferences:  # an earlier run's labels (same SFT samples, same labeler)
-        train = read_comparisons(cfg.preferences, "train", cfg.n_prompts, cfg.k)
-        val = read_comparisons(cfg.preferences, "valid", cfg.n_val_prompts, cfg.k)
+        order = ranking_pairs(range(cfg.k))  # the pairs of one prompt, as they were written
+        train = c.read_comparisons(cfg.preferences, "train", cfg.n_prompts, cfg.k, order)
+        val = c.read_comparisons(cfg.preferences, "valid", cfg.n_val_prompts, cfg.k, order)
     else:
         train = comparisons(policy, enc, "train", cfg.n_prompts, cfg, device, gen)
         val = comparisons(policy, enc, "valid", cfg.n_val_prompts, cfg, device, gen)
     if c.rank() == 0:  # (under torchrun every rank has them all, and rank 0 writes)
-        write_preferences(pref_path, enc, {"train": train, "valid": val})
+        c.write_preferences(pref_path, enc, preference_records({"train": train, "valid": val}))
     print(f"{len(train) * cfg.k * (cfg.k - 1) // 2} training pairs, labeler τ = {cfg.tau}")
 
     # 3. the reward model: SFT trunk + a scalar head (HF's sequence classifier with one label)

@@ -61,11 +61,6 @@ def openings(split, enc, max_len, n=None):
     return examples
 
 
-def preferred(path, split, enc):
-    """Preferred-FT's data: (prompt, chosen response) of every pair of preferences.jsonl."""
-    return [(prompt, chosen) for prompt, chosen, _ in c.read_preferences(path, enc)[split]]
-
-
 def batch(examples, enc, max_len):
     """Rows of max_len tokens (right-padded) and next-token targets with the prompt and padding
     set to -100, cross_entropy's ignore_index: the loss is −log π(y|x) over response tokens only.
@@ -96,38 +91,6 @@ def length_batches(lengths, batch_size, group=16):
     return [batches[i] for i in torch.randperm(len(batches)).tolist()]
 
 
-def newton_schulz(g, steps=5):
-    """≈ U Vᵀ of g = U S Vᵀ (every singular value pushed toward 1, the vectors kept): scale g to
-    spectral norm ≤ 1, then x ← a x + (b x xᵀ + c (x xᵀ)²) x, which maps each singular value s to
-    a s + b s³ + c s⁵ (Jordan et al.'s coefficients: fast, not exact)."""
-    a, b, c_ = 3.4445, -4.7750, 2.0315
-    x = g / (g.norm() + 1e-7)  # Frobenius norm 1 ≥ spectral norm
-    x = x.T if g.shape[0] > g.shape[1] else x  # x xᵀ: the smaller Gram matrix
-    for _ in range(steps):
-        gram = x @ x.T
-        x = a * x + (b * gram + c_ * gram @ gram) @ x
-    return (x.T if g.shape[0] > g.shape[1] else x).to(g.dtype)
-
-
-class Muon(torch.optim.Optimizer):
-    """Muon for 2-D weights: Nesterov momentum, then the update orthogonalised (newton_schulz)
-    and scaled by √max(1, rows/cols), as torch.optim.Muon (no weight decay) but with its matmuls
-    in the run's precision (c.autocast): torch's casts to bf16, which made an SFT step 5.4× slower
-    on a CPU without native bf16 (docs/machines.md)."""
-    def __init__(self, params, lr, momentum=0.95):
-        super().__init__(params, {"lr": lr, "momentum": momentum})
-
-    @torch.no_grad()
-    def step(self):
-        for group in self.param_groups:
-            for p in [p for p in group["params"] if p.grad is not None]:
-                buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
-                buf.lerp_(p.grad, 1 - group["momentum"])
-                with c.autocast(p.device):
-                    update = newton_schulz(p.grad.lerp(buf, group["momentum"]))
-                p.add_(update, alpha=-group["lr"] * max(1, p.shape[0] / p.shape[1]) ** 0.5)
-
-
 def optimizers(model, cfg, fused=False):
     """AdamW, weight decay on matrices only; --optimizer muon: Muon for the transformer blocks'
     weight matrices, AdamW for the rest (embeddings, also the tied LM head; norms; biases). Each
@@ -142,7 +105,7 @@ def optimizers(model, cfg, fused=False):
         lr=cfg.lr, betas=(0.9, 0.95), fused=fused)
     if cfg.optimizer != "muon":
         return [adamw]
-    return [adamw, Muon([{"params": hidden, "scale": cfg.muon_lr / cfg.lr}], lr=cfg.muon_lr)]
+    return [adamw, c.Muon([{"params": hidden, "scale": cfg.muon_lr / cfg.lr}], lr=cfg.muon_lr)]
 
 
 def set_lr(opts, lr):
@@ -195,8 +158,10 @@ def main():
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters,"
           f" vocabulary {model.config.vocab_size}")
 
-    # data: review openings of the train and validation splits (Preferred-FT: chosen responses)
-    data = (lambda split: preferred(pref_path, split, enc)) if cfg.preferred else \
+    # data: review openings of the train and validation splits (Preferred-FT: the (prompt,
+    # chosen response) of every pair of preferences.jsonl)
+    pairs = c.read_preferences(pref_path, enc) if cfg.preferred else None
+    data = (lambda split: [(p, chosen) for p, chosen, _ in pairs[split]]) if cfg.preferred else \
         (lambda split: openings(split, enc, cfg.max_len))
     x, y, _ = batch(data("train"), enc, cfg.max_len)
     val_x, val_y, val_bytes = batch(data("valid"), enc, cfg.max_len)

@@ -109,20 +109,24 @@ def test_read_comparisons_gives_back_the_written_groups(tmp_path):
               {"prompt_ids": [13], "responses": [[14], [15], [16], [17]],
                "gold": [0.0, 0.2, 0.4, 0.6], "ranking": [3, 2, 1, 0]}]
     path = str(tmp_path / "p.jsonl")
-    rmod.write_preferences(path, enc, {"train": groups, "valid": groups[:1]})
-    back = rmod.read_comparisons(path, "train", 2, 4)
+    c.write_preferences(path, enc, rmod.preference_records({"train": groups,
+                                                            "valid": groups[:1]}))
+    read = lambda split, n, k: c.read_comparisons(path, split, n, k,  # noqa: E731
+                                                  rmod.ranking_pairs(range(k)))
+    back = read("train", 2, 4)
     for a, b in zip(groups, back):  # the same pairs, responses now in ranking order
         pairs = lambda grp: [(grp["responses"][w], grp["responses"][l])  # noqa: E731
                              for w, l in rmod.ranking_pairs(grp["ranking"])]
         assert pairs(a) == pairs(b) and b["prompt_ids"] == a["prompt_ids"]
         assert b["gold"] == [a["gold"][i] for i in a["ranking"]]
-    assert len(rmod.read_comparisons(path, "valid", 1, 4)) == 1
+    assert len(read("valid", 1, 4)) == 1
     with pytest.raises(SystemExit):
-        rmod.read_comparisons(path, "train", 3, 4)  # only 2 prompts there
+        read("train", 3, 4)  # only 2 prompts there
     with pytest.raises(SystemExit):
-        rmod.read_comparisons(path, "train", 2, 3)  # written with k = 4
+        read("train", 2, 3)  # written with k = 4
+    path += ".missing"
     with pytest.raises(SystemExit):
-        rmod.read_comparisons(path + ".missing", "train", 1, 4)
+        read("train", 1, 4)
 
 
 def test_bad_gold_name_is_one_line(tmp_path):

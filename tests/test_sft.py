@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import common as c
+from muon import Muon, newton_schulz
 import sft
 from conftest import ROOT, TINY_SFT, run_script
 
@@ -68,14 +69,14 @@ def test_newton_schulz_maps_each_singular_value_through_the_quintic():
     # diag(3, 4) has singular values 3 and 4; normalised by its Frobenius norm 5: 0.6 and 0.8;
     # one step maps each s to 3.4445 s − 4.7750 s³ + 2.0315 s⁵ (worked by hand below)
     g = torch.tensor([[3.0, 0.0], [0.0, 4.0]])
-    one = sft.newton_schulz(g, steps=1)
+    one = newton_schulz(g, steps=1)
     f = lambda s: 3.4445 * s - 4.7750 * s ** 3 + 2.0315 * s ** 5
     assert f(0.6) == pytest.approx(1.19327, abs=1e-5) and f(0.8) == pytest.approx(0.97648, abs=1e-5)
     torch.testing.assert_close(one, torch.diag(torch.tensor([f(0.6), f(0.8)])))
     torch.manual_seed(0)
     for shape in [(8, 32), (32, 8)]:  # wide, and tall (orthogonalised through its transpose)
         u = torch.randn(shape)
-        o = sft.newton_schulz(u)  # five steps: singular values all near 1, same singular vectors
+        o = newton_schulz(u)  # five steps: singular values all near 1, same singular vectors
         assert o.shape == u.shape
         s = torch.linalg.svdvals(o)
         assert 0.6 < s.min() and s.max() < 1.3
@@ -92,10 +93,10 @@ def test_muon_step_by_hand():
     w = torch.nn.Parameter(torch.randn(12, 4))
     g = torch.randn(12, 4)
     before, w.grad = w.detach().clone(), g.clone()
-    opt = sft.Muon([w], lr=0.1)
+    opt = Muon([w], lr=0.1)
     opt.step()
     with c.autocast(w.device):  # the run's precision, as in the step
-        expected = before - 0.1 * 3 ** 0.5 * sft.newton_schulz(0.0975 * g)
+        expected = before - 0.1 * 3 ** 0.5 * newton_schulz(0.0975 * g)
     torch.testing.assert_close(w.detach(), expected)
     torch.testing.assert_close(opt.state[w]["momentum"], 0.05 * g)
     # a second step, gradient g2: buffer = 0.95 × 0.05 g + 0.05 g2 = 0.0475 g + 0.05 g2; update
@@ -105,7 +106,7 @@ def test_muon_step_by_hand():
     opt.step()
     torch.testing.assert_close(opt.state[w]["momentum"], 0.0475 * g + 0.05 * g2)
     with c.autocast(w.device):
-        expected = before - 0.1 * 3 ** 0.5 * sft.newton_schulz(0.045125 * g + 0.0975 * g2)
+        expected = before - 0.1 * 3 ** 0.5 * newton_schulz(0.045125 * g + 0.0975 * g2)
     torch.testing.assert_close(w.detach(), expected)
 
 
