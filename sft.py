@@ -61,6 +61,11 @@ def openings(split, enc, max_len, n=None):
     return examples
 
 
+def preferred(path, split, enc):
+    """Preferred-FT's data: (prompt, chosen response) of every pair of preferences.jsonl."""
+    return [(prompt, chosen) for prompt, chosen, _ in c.read_preferences(path, enc)[split]]
+
+
 def batch(examples, enc, max_len):
     """Rows of max_len tokens (right-padded) and next-token targets with the prompt and padding
     set to -100, cross_entropy's ignore_index: the loss is −log π(y|x) over response tokens only.
@@ -98,11 +103,10 @@ def optimizers(model, cfg, fused=False):
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     hidden = [p for n, p in named if cfg.optimizer == "muon" and p.dim() == 2 and ".h." in n]
     rest = [p for n, p in named if all(p is not h for h in hidden)]
-    adamw = torch.optim.AdamW(
-        [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay,
-          "scale": 1.0},
-         {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "scale": 1.0}],
-        lr=cfg.lr, betas=(0.9, 0.95), fused=fused)
+    decay = [p for p in rest if p.dim() >= 2]  # matrices and embeddings
+    adamw = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay, "scale": 1.0},
+                               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0,
+                                "scale": 1.0}], lr=cfg.lr, betas=(0.9, 0.95), fused=fused)
     if cfg.optimizer != "muon":
         return [adamw]
     return [adamw, c.Muon([{"params": hidden, "scale": cfg.muon_lr / cfg.lr}], lr=cfg.muon_lr)]
@@ -158,10 +162,8 @@ def main():
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters,"
           f" vocabulary {model.config.vocab_size}")
 
-    # data: review openings of the train and validation splits (Preferred-FT: the (prompt,
-    # chosen response) of every pair of preferences.jsonl)
-    pairs = c.read_preferences(pref_path, enc) if cfg.preferred else None
-    data = (lambda split: [(p, chosen) for p, chosen, _ in pairs[split]]) if cfg.preferred else \
+    # data: review openings of the train and validation splits (Preferred-FT: chosen responses)
+    data = (lambda split: preferred(pref_path, split, enc)) if cfg.preferred else \
         (lambda split: openings(split, enc, cfg.max_len))
     x, y, _ = batch(data("train"), enc, cfg.max_len)
     val_x, val_y, val_bytes = batch(data("valid"), enc, cfg.max_len)
@@ -227,8 +229,7 @@ def main():
     if old:  # a new π_ref: the earlier points are not comparable with the new ones
         print(f"new SFT model: earlier results moved to {old}")
     name = "preferred-ft" if cfg.preferred else "sft"
-    fields = c.run_key(name, cfg, Config())
-    points = c.Results(results, out_dir, fields)
+    points = c.Results(results, out_dir, c.run_key(name, cfg, Config()))
     points.add(ev, cfg.steps, final=True)
     points.finish()
     with open(os.path.join(run_dir, "samples.txt"), "w") as f:
