@@ -23,8 +23,8 @@ from runs import (PRECISION_ENV, Logger, Results, append_row, archive_results,  
                   plot_scatter, read_jsonl, read_results, record_id, replace_rows, require, run,
                   run_child, run_key, save_figure, setup, stage_file, start_stage, write_card,
                   write_samples)
-from data import (EOT_TEXT, MAX_PROMPT, check_positions, decode, hf_tokenizer, imdb,  # noqa
-                  prompts, read_comparisons, read_preferences, tokenizer, write_preferences)
+from data import (EOT_TEXT, check_positions, decode, hf_tokenizer, imdb, prompts,  # noqa: F401
+                  read_comparisons, read_preferences, tokenizer, write_preferences)
 from muon import Muon, newton_schulz  # noqa: F401 (sft.py --optimizer muon)
 from sampler import _cached_step, sample, sample_batched  # noqa: F401 (scripts import common only)
 from golds import GOLDS, gold_reward, labeler_scores, reader_reward, repetition  # noqa: F401

@@ -124,9 +124,8 @@ def test_read_comparisons_gives_back_the_written_groups(tmp_path):
         read("train", 3, 4)  # only 2 prompts there
     with pytest.raises(SystemExit):
         read("train", 2, 3)  # written with k = 4
-    path += ".missing"
     with pytest.raises(SystemExit):
-        read("train", 1, 4)
+        c.read_comparisons(path + ".missing", "train", 1, 4, rmod.ranking_pairs(range(4)))
 
 
 def test_bad_gold_name_is_one_line(tmp_path):
