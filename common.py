@@ -1,13 +1,13 @@
 """common.py: the shared plumbing of the RLHF scripts. No algorithm lives here.
 
 Model build/load/save, log-probs and KL estimators, reward models (one, or an ensemble), the
-shared evaluation (README: "The task, the model, the evaluation"), and the steps every RL script
-shares. It re-exports the data and tokenizer (data.py), the KV-cache sampler (sampler.py), the
-gold rewards and the labeler (golds.py), a run's bookkeeping (runs.py: flags, device, logs,
-results, plots, stage records) and sft.py's Muon (muon.py), so that the scripts import only
-common. Every batch uses one layout: tokens (B, P+T) = prompt left-padded to P, then the
-response right-padded to T; mask (B, T) is True on the response tokens the policy generated
-(end-of-text included, padding excluded).
+shared evaluation (docs/metrics.md), and the steps every RL script shares. The plumbing
+(flags and precision, the process, stage records, the results file, the log, plots, data and
+tokenizer, the sampler, the golds, data parallelism, Muon) lives in lib/, one concern a file;
+the lines below the imports re-export it, so that a script imports common alone.
+Every batch uses one layout: tokens (B, P+T) = prompt left-padded to P, then the response
+right-padded to T; mask (B, T) is True on the response tokens the policy generated (end-of-text
+included, padding excluded).
 """
 import json, math, os, shutil
 
@@ -15,19 +15,24 @@ import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
-import parallel, runs
-from parallel import all_mean, average_gradients, gather, rank, share, split_map, world  # noqa
-from runs import (PRECISION_ENV, Logger, Results, append_row, archive_results,  # noqa: F401
-                  autocast, bad_value, before_after, check_space, die, finish_rl, finish_stage,
-                  mean_stats, native_bf16, parse_config, plot_frontier, plot_metrics,
-                  plot_scatter, read_jsonl, read_results, record_id, replace_rows, require, run,
-                  run_child, run_key, save_figure, setup, stage_file, start_stage, write_card,
-                  write_samples)
-from data import (EOT_TEXT, check_positions, decode, hf_tokenizer, imdb, prompts,  # noqa: F401
-                  read_comparisons, read_preferences, tokenizer, write_preferences)
-from muon import Muon, newton_schulz  # noqa: F401 (sft.py --optimizer muon)
-from sampler import _cached_step, sample, sample_batched  # noqa: F401 (scripts import common only)
-from golds import GOLDS, gold_reward, labeler_scores, reader_reward, repetition  # noqa: F401
+from lib import parallel, stages
+# The plumbing in lib/, one concern a file, re-exported here so that a script imports common alone
+# (`c.name`); each line names the file that defines what it brings.
+from lib.config import PRECISION_ENV, autocast, native_bf16, parse_config, setup  # noqa: F401
+from lib.process import die, run, run_child  # noqa: F401
+from lib.stages import (finish_stage, read_record, record_id, require, stage_file,  # noqa: F401
+                        start_stage)
+from lib.results import (Results, append_row, archive_results, check_space,  # noqa: F401
+                         read_jsonl, read_results, replace_rows, run_key)
+from lib.logger import Logger, finish_rl, mean_stats, write_card  # noqa: F401
+from lib.plots import plot_metrics, plot_scatter, save_figure  # noqa: F401
+from lib.data import (check_positions, decode, hf_tokenizer, imdb, prompts,  # noqa: F401
+                      read_comparisons, read_preferences, tokenizer, write_preferences)
+from lib.sampler import _cached_step, sample, sample_batched  # noqa: F401
+from lib.golds import GOLDS, gold_reward, labeler_scores, reader_reward, repetition  # noqa: F401
+from lib.parallel import (all_mean, average_gradients, gather, rank, share,  # noqa: F401
+                          split_map, world)
+from lib.muon import Muon  # noqa: F401 (sft.py --optimizer muon)
 
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
@@ -56,7 +61,7 @@ def load_model(name_or_dir, cls=GPT2LMHeadModel, **overrides):
     looks_local = os.sep in name_or_dir or name_or_dir.startswith(".")
     # deleting a stage's directory rebuilds it (require); nothing rebuilds any other directory
     fix = "delete the directory so that it is rebuilt" if os.path.abspath(name_or_dir) in \
-        runs._ids else "give a directory that holds a Hugging Face checkpoint"
+        stages._ids else "give a directory that holds a Hugging Face checkpoint"
     if looks_local and not os.path.isdir(name_or_dir):
         die(f"no checkpoint in {name_or_dir}: there is no such directory; check the path")
     if looks_local and not os.path.isfile(os.path.join(name_or_dir, "config.json")):
@@ -74,7 +79,7 @@ def load_model(name_or_dir, cls=GPT2LMHeadModel, **overrides):
             " online once so the hub copy gets cached")
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         die(f"the checkpoint in {name_or_dir} has non-finite weights (corrupt); {fix}")
-    runs.still_as_required(name_or_dir)  # not rebuilt since this run checked it
+    stages.still_as_required(name_or_dir)  # not rebuilt since this run checked it
     config = model.config
     if os.path.isdir(name_or_dir) and not os.path.isfile(os.path.join(name_or_dir,
                                                                        "tokenizer.json")):
@@ -243,7 +248,7 @@ def load_reward_model(rm_dir, policy):
     return rm
 
 
-def kl_penalised_reward(score, kl, beta):
+def sequence_reward(score, kl, beta):
     """R_i = r_φ(x, y_i) − β·KL_i: the RLHF objective's reward of a whole response (bandit)."""
     return score - beta * kl
 
@@ -277,11 +282,11 @@ def update_stats(logprobs, old_logprobs, mask, clip):
 
 class Checkpoint:
     """The policy saved after each finite evaluation (into the stage, or beside the finished one
-    until the run finishes: runs.start_stage); says where the last good one is. Given the model,
+    until the run finishes: stages.start_stage); says where the last good one is. Given the model,
     it checks at once that the disk can take a checkpoint of it."""
 
     def __init__(self, out_dir, model=None):
-        self.dir, self.step = runs.writing_dir(out_dir), None
+        self.dir, self.step = stages.writing_dir(out_dir), None
         if model is not None:
             check_space(out_dir, model)
 

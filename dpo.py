@@ -62,11 +62,6 @@ def degenerate(cfg):
             " target 1/(2β) is infinite)"
 
 
-def sequence_logprobs(model, tokens, mask, n_prompt):
-    """Σ_t log π(y_t | x, y_<t) over the real response tokens: (B,)."""
-    return c.response_logprobs(c.token_logprobs(model, tokens, n_prompt)[0], mask)
-
-
 def preference_loss(logps_chosen, logps_rejected, ref_chosen, ref_rejected, beta, kind):
     """Per-pair losses, and the implicit rewards β·log π/π_ref of chosen and rejected (detached:
     for logging and accuracy, never for the gradient)."""
@@ -130,7 +125,8 @@ def batch_logps(model, pairs, device):
     tokens, mask = c.collate(prompts, [y for _, y, _ in pairs] + [y for _, _, y in pairs],
                              model.config.pad_token_id)
     P = tokens.shape[1] - mask.shape[1]
-    logps = sequence_logprobs(model, tokens.to(device), mask.to(device), P)
+    logprobs, _ = c.token_logprobs(model, tokens.to(device), P)  # (2n, T)
+    logps = c.response_logprobs(logprobs, mask.to(device))  # Σ_t log π(y_t | x, y_<t): (2n,)
     return logps[:len(pairs)], logps[len(pairs):]
 
 

@@ -27,8 +27,8 @@ from transformers import GPT2ForSequenceClassification
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common as c  # noqa: E402
-from measured import variance_table  # noqa: E402
-from ppo import critic_values, gae, kl_penalised_rewards  # noqa: E402  (what is measured)
+from experiments.lecture import variance_table  # noqa: E402
+from ppo import critic_values, gae, token_rewards  # noqa: E402  (what is measured)
 from rloo import rloo_advantages  # noqa: E402
 
 ESTIMATORS = ["reinforce", "mean", "loo", "ppo-gae"]
@@ -101,7 +101,7 @@ def main():
             logprobs, _ = c.token_logprobs(policy, tokens, P)
         logprobs = logprobs.float()
         # at π = π_ref the per-token KL penalty is 0: the score on the last token only
-        rewards = kl_penalised_rewards(score, logprobs.detach(), logprobs.detach(), mask, 0.0)
+        rewards = token_rewards(score, logprobs.detach(), logprobs.detach(), mask, 0.0)
         advantages, _ = gae(rewards, values, mask, 1.0, cfg.lam)
         losses = estimator_losses(score, c.response_logprobs(logprobs, mask), logprobs,
                                   advantages, mask, cfg.k)

@@ -19,7 +19,7 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 import common as c  # noqa: E402
-import parallel, runs, sampler  # noqa: E402
+from lib import parallel, process, sampler  # noqa: E402
 
 
 def digest(params):
@@ -83,7 +83,7 @@ def main():
         c.sample = fixed_sampler()
 
     sys.argv = [os.path.join(ROOT, script), *args]
-    runs.run(importlib.import_module(script[:-3]).main)
+    process.run(importlib.import_module(script[:-3]).main)
     if "params" not in seen:
         c.die("harness: the script never averaged its gradients")
     if len(set(parallel.gather([digest(seen["params"])]))) > 1:

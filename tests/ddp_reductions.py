@@ -8,7 +8,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import common as c  # noqa: E402
-import parallel  # noqa: E402
+from lib import parallel  # noqa: E402
 
 parallel.init(seed=0)
 r, n = parallel.rank(), parallel.world()

@@ -6,8 +6,7 @@ import torch
 from transformers import GPT2ForSequenceClassification
 
 import common as c
-import dpo
-import runs
+from lib import config
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +109,7 @@ def test_logprobs_against_hand_computation(model):
     torch.testing.assert_close(logprobs[0].detach(), torch.tensor(hand), atol=1e-4, rtol=0)
     hand_entropy = -(probs[2] * probs[2].log()).sum()
     torch.testing.assert_close(entropy[0, 0].detach(), hand_entropy, atol=1e-4, rtol=0)
-    seq = dpo.sequence_logprobs(model, tokens, mask, 3)  # dpo.py's Σ_t, its only user
+    seq = c.response_logprobs(logprobs, mask)  # Σ_t, as dpo.py's batch_logps sums it
     torch.testing.assert_close(seq[0].detach(), torch.tensor(sum(hand)), atol=1e-4, rtol=0)
     # the second row's padding adds nothing
     torch.testing.assert_close(seq[1], logprobs[1, 0])
@@ -250,9 +249,9 @@ def test_flags_are_range_checked(flags, message, capsys):
 
 def test_precision_is_bf16_only_where_native(monkeypatch, capsys):
     monkeypatch.setenv(c.PRECISION_ENV, "auto")  # restored after the test, as is _bf16
-    monkeypatch.setattr(runs, "_bf16", {})
+    monkeypatch.setattr(config, "_bf16", {})
     cpu = torch.device("cpu")
-    monkeypatch.setattr(runs, "native_bf16", lambda device: (False, "no native bf16"))
+    monkeypatch.setattr(config, "native_bf16", lambda device: (False, "no native bf16"))
     c.setup(0)
     with c.autocast(cpu):
         assert not torch.is_autocast_enabled("cpu")
@@ -261,7 +260,7 @@ def test_precision_is_bf16_only_where_native(monkeypatch, capsys):
         c.setup(0, "bf16")
     err = capsys.readouterr().err.strip()
     assert "--precision bf16" in err and "no native bf16" in err and "\n" not in err
-    monkeypatch.setattr(runs, "native_bf16", lambda device: (True, "AVX512-BF16"))
+    monkeypatch.setattr(config, "native_bf16", lambda device: (True, "AVX512-BF16"))
     monkeypatch.setenv(c.PRECISION_ENV, "auto")
     c.setup(0)
     with c.autocast(cpu):

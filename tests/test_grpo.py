@@ -78,7 +78,7 @@ def test_zero_variance_group_gives_only_the_kl_gradient():
 
 
 def test_kl_in_the_reward_by_hand():
-    rewards = c.kl_penalised_reward(torch.tensor([1.0, 2.0]), torch.tensor([3.0, -1.0]), 0.1)
+    rewards = c.sequence_reward(torch.tensor([1.0, 2.0]), torch.tensor([3.0, -1.0]), 0.1)
     torch.testing.assert_close(rewards, torch.tensor([0.7, 2.1]))  # r − β·KL
 
 

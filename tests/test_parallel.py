@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import common as c
-import parallel
+from lib import parallel
 from conftest import ROOT, linked_out, run_main
 from ddp_harness import fixed_sampler
 

@@ -65,7 +65,7 @@ def test_kl_penalty_lands_on_response_tokens_and_score_on_the_last():
     logprobs = torch.tensor([[-1.0, -2.0, -3.0, 0.0], [-1.0, -1.0, 0.0, 0.0]])
     ref_logprobs = torch.tensor([[-1.5, -1.0, -3.0, -9.0], [-2.0, -1.0, -9.0, -9.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
-    rewards = ppo.kl_penalised_rewards(torch.tensor([10.0, 20.0]), logprobs, ref_logprobs, mask,
+    rewards = ppo.token_rewards(torch.tensor([10.0, 20.0]), logprobs, ref_logprobs, mask,
                                        beta=0.1)
     expected = torch.tensor([[-0.05, 0.1, 10.0, 0.0], [-0.1, 20.0, 0.0, 0.0]])
     torch.testing.assert_close(rewards, expected)

@@ -47,8 +47,8 @@ def test_clipped_sequence_ratio():
     assert (logp.grad == 0).all()  # both clipped
 
 
-def test_kl_penalised_reward_and_response_logprob_by_hand():
-    rewards = c.kl_penalised_reward(torch.tensor([1.0, 2.0]), torch.tensor([3.0, -1.0]), 0.1)
+def test_sequence_reward_and_response_logprob_by_hand():
+    rewards = c.sequence_reward(torch.tensor([1.0, 2.0]), torch.tensor([3.0, -1.0]), 0.1)
     torch.testing.assert_close(rewards, torch.tensor([0.7, 2.1]))  # r − β·KL
     logprobs = torch.tensor([[-1.0, -2.0, -5.0], [-0.5, -0.5, -0.5]])
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])  # padding at [0, 2]

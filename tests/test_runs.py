@@ -1,4 +1,4 @@
-"""runs.py and the failure behaviour: nothing lost, nothing silent (results replaced only at the
+"""lib/ (process, stages, results, logger) and the failure behaviour: nothing lost, nothing silent (results replaced only at the
 end, atomic concurrent updates, one writer per directory, stage records, signals, bad flags)."""
 import collections, dataclasses, errno, json, multiprocessing, os, signal, subprocess, sys
 import threading, time
@@ -8,7 +8,7 @@ import torch
 from transformers import GPT2ForSequenceClassification
 
 import common as c
-import runs
+from lib import logger, plots, process, results, stages
 from conftest import ROOT, run_script
 
 
@@ -44,12 +44,12 @@ def test_run_key_covers_every_setting_that_changes_the_result():
         seed: int = 0
         precision: str = "auto"
 
-    default = runs.run_key("ppo", Cfg(), Cfg())
+    default = results.run_key("ppo", Cfg(), Cfg())
     assert default["run"] == "ppo-rm" and default["variant"] == "rm" and default["beta"] == 0.05
-    other = runs.run_key("ppo", Cfg(lr=3e-4, steps=60, out="elsewhere"), Cfg())
+    other = results.run_key("ppo", Cfg(lr=3e-4, steps=60, out="elsewhere"), Cfg())
     assert other["run"] == "ppo-rm lr=0.0003 steps=60"  # --out and --precision do not count
     assert other["settings"] == {"lr": 3e-4, "steps": 60}
-    assert runs.run_key("ppo", Cfg(reward="gold"), Cfg())["variant"] == "gt"
+    assert results.run_key("ppo", Cfg(reward="gold"), Cfg())["variant"] == "gt"
 
 
 def _replace(args):
@@ -66,8 +66,8 @@ def test_concurrent_updates_lose_no_row(tmp_path):
 
 
 def test_a_second_writer_stops_with_one_line(tmp_path):
-    runs.lock(str(tmp_path / "ppo"))
-    code = f"import runs; runs.lock({str(tmp_path / 'ppo')!r}); print('got it')"
+    stages.lock(str(tmp_path / "ppo"))
+    code = f"from lib import stages; stages.lock({str(tmp_path / 'ppo')!r}); print('got it')"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 1 and "another run is writing to" in proc.stderr
     assert f"pid {os.getpid()}" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
@@ -166,8 +166,8 @@ def test_a_corrupt_results_line_is_skipped_with_a_warning(tmp_path, capsys):
 
 def test_the_time_estimate_leaves_evaluations_out(tmp_path, monkeypatch, capsys):
     clock = iter([0.0, 1.0, 11.0, 12.0, 22.0, 23.0, 24.0, 25.0, 26.0, 27.0])  # evals take 10 s
-    monkeypatch.setattr(runs.time, "time", lambda: next(clock))
-    logger = runs.Logger(tmp_path, 100)
+    monkeypatch.setattr(logger.time, "time", lambda: next(clock))
+    logger = logger.Logger(tmp_path, 100)
     for step in range(1, 9):
         logger.log(step, **({"eval_gold": 0.5} if step in (1, 2, 4) else {"loss": 1.0}))
     said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("≈")]
@@ -189,7 +189,7 @@ def write_record(stage, run_id, inputs=None):
 
 
 def release(stage):
-    runs._locks.pop(str(stage)).close()  # as if the run that claimed it had ended
+    stages._locks.pop(str(stage)).close()  # as if the run that claimed it had ended
 
 
 def test_an_input_is_recorded_as_it_was_when_loaded(tmp_path, capsys):
@@ -201,8 +201,8 @@ def test_an_input_is_recorded_as_it_was_when_loaded(tmp_path, capsys):
     c.require(sft, "sft.py", [])
     c.load_model(sft)
     write_record(sft, "sft-2")  # sft.py finished again while this run trained
-    runs.start_stage(rm)
-    runs.finish_stage(rm, _Cfg(), [sft])
+    stages.start_stage(rm)
+    stages.finish_stage(rm, _Cfg(), [sft])
     with open(os.path.join(rm, "run.json")) as f:
         assert json.load(f)["inputs"] == {"sft": "sft-1"}
     with pytest.raises(SystemExit):
@@ -220,22 +220,22 @@ def test_a_failed_rerun_keeps_the_finished_stage(tmp_path):
     old.save_pretrained(stage)
     write_record(stage, "sft-1")
     (stage / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n')
-    ckpt_dir = runs.start_stage(str(stage))
-    runs.Logger(str(stage), 1).log(1, loss=9.0)  # the rerun's log
+    ckpt_dir = stages.start_stage(str(stage))
+    logger.Logger(str(stage), 1).log(1, loss=9.0)  # the rerun's log
     c.save_model(new, ckpt_dir)  # and a checkpoint; then it fails
     release(stage)
-    assert runs.record_id(stage) == "sft-1"
+    assert stages.record_id(stage) == "sft-1"
     assert rows_of(stage / "metrics.jsonl") == [{"step": 1, "loss": 3.0}]
     torch.testing.assert_close(c.load_model(str(stage)).lm_head.weight, old.lm_head.weight)
-    ckpt_dir = runs.start_stage(str(stage))  # the next rerun starts afresh, and finishes
+    ckpt_dir = stages.start_stage(str(stage))  # the next rerun starts afresh, and finishes
     assert ckpt_dir == str(stage / ".next") and not os.listdir(ckpt_dir)  # the failed one's: gone
-    runs.Logger(str(stage), 1).log(1, loss=2.0)
+    logger.Logger(str(stage), 1).log(1, loss=2.0)
     c.save_model(new, ckpt_dir)
-    runs.finish_stage(str(stage), _Cfg())
+    stages.finish_stage(str(stage), _Cfg())
     release(stage)
     assert rows_of(stage / "metrics.jsonl")[0]["loss"] == 2.0
-    assert runs.writing_dir(str(stage)) == str(stage)  # the run is over: plots read the stage
-    assert runs.record_id(stage) not in (None, "sft-1") and not os.path.exists(ckpt_dir)
+    assert stages.writing_dir(str(stage)) == str(stage)  # the run is over: plots read the stage
+    assert stages.record_id(stage) not in (None, "sft-1") and not os.path.exists(ckpt_dir)
     torch.testing.assert_close(c.load_model(str(stage)).lm_head.weight, new.lm_head.weight)
 
 
@@ -245,19 +245,19 @@ def test_a_stage_missing_its_file_or_inputs_is_rebuilt(tmp_path, monkeypatch):
     is a stage whose record lacks its inputs."""
     rm, prefs = str(tmp_path / "reward_model"), tmp_path / "preferences.jsonl"
     prefs.write_text("the finished run's pairs\n")
-    runs.start_stage(rm)
-    with open(runs.stage_file(rm, str(prefs)), "w") as f:
+    stages.start_stage(rm)
+    with open(stages.stage_file(rm, str(prefs)), "w") as f:
         f.write("the new run's pairs\n")
     assert prefs.read_text() == "the finished run's pairs\n"  # until the run has finished
-    runs.finish_stage(rm, _Cfg())
+    stages.finish_stage(rm, _Cfg())
     release(rm)
-    assert prefs.read_text() == "the new run's pairs\n" and runs.record_id(rm)
+    assert prefs.read_text() == "the new run's pairs\n" and stages.record_id(rm)
     built = []
     monkeypatch.setattr(runs, "run_child", lambda cmd, **kw: built.append(cmd) or 1)
     for broken in (lambda: prefs.unlink(), lambda: (tmp_path / "reward_model" / "run.json")
                    .write_text('{"id": "rm-1"}')):
         broken()
-        assert runs.record_id(rm) is None
+        assert stages.record_id(rm) is None
         with pytest.raises(SystemExit):  # the fake build fails; the real one would rebuild it
             c.require(rm, "reward_model.py", [])
     assert len(built) == 2
@@ -282,7 +282,7 @@ def test_degenerate_settings_are_refused_before_anything_runs(tmp_path, monkeypa
         __import__(script).main()
     err = capsys.readouterr().err.strip()
     assert stop.value.code == 2 and says in err and "\n" not in err, err
-    assert runs.record_id(tmp_path / "sft") == "sft-1"
+    assert stages.record_id(tmp_path / "sft") == "sft-1"
 
 
 def test_preferences_without_a_split_or_with_negative_ids_stop(tmp_path, capsys):
@@ -313,7 +313,7 @@ def test_a_bad_results_row_is_skipped_with_a_warning(tmp_path, capsys):
     assert "line 2 is not JSON" in err and "line 3 is not a results row (no kl)" in err
     assert "line 4 is not a results row (no run key)" in err and "line 5" in err
     c.replace_rows(path, "c", [{"run": "c", "step": 0, "kl": 0.0, "gold": 0.2}])
-    runs.plot_frontier(path, tmp_path / "frontier.png")  # what finish_rl does after training
+    plots.plot_frontier(c.read_results(path), tmp_path / "frontier.png")  # what finish_rl does after training
     assert [r["run"] for r in c.read_results(path)] == ["a", "c"]
 
 
@@ -327,7 +327,7 @@ def test_late_failures_are_found_early_and_said_in_one_line(tmp_path, monkeypatc
     with pytest.raises(SystemExit) as stop:  # --max-new-tokens beyond the model's positions
         c.check_positions(model, _Positions(max_new_tokens=60))
     assert "give at most 56" in one_line(2)
-    monkeypatch.setattr(runs.shutil, "disk_usage", lambda d: shutil_usage(free=1 << 20))
+    monkeypatch.setattr(results.shutil, "disk_usage", lambda d: shutil_usage(free=1 << 20))
     with pytest.raises(SystemExit) as stop:  # a disk too full for a checkpoint
         c.check_space(str(tmp_path), model)
     assert "1 MiB free" in one_line()
@@ -335,20 +335,20 @@ def test_late_failures_are_found_early_and_said_in_one_line(tmp_path, monkeypatc
     def full_disk():
         raise OSError(errno.ENOSPC, "No space left on device", "out/ppo/metrics.jsonl")
     with pytest.raises(SystemExit) as stop:  # any write that the disk refuses
-        runs.run(full_disk)
+        process.run(full_disk)
     assert "out/ppo/metrics.jsonl: No space left on device; free some disk space" in one_line()
     os.symlink("loop", tmp_path / "loop")  # a stage directory that points at itself
-    for claim in (runs.lock, lambda d: c.require(d, "sft.py", [])):
+    for claim in (stages.lock, lambda d: c.require(d, "sft.py", [])):
         with pytest.raises(SystemExit) as stop:
             claim(str(tmp_path / "loop"))
         assert "leads nowhere (or to itself)" in one_line()
     os.makedirs(tmp_path / "ppo" / ".lock")  # a lock file that cannot be opened for writing
     with pytest.raises(SystemExit) as stop:
-        runs.lock(str(tmp_path / "ppo"))
+        stages.lock(str(tmp_path / "ppo"))
     assert "cannot open the lock file" in one_line()
-    monkeypatch.setattr(runs.os, "access", lambda path, mode: False)  # a read-only directory
+    monkeypatch.setattr(stages.os, "access", lambda path, mode: False)  # a read-only directory
     with pytest.raises(SystemExit) as stop:
-        runs.lock(str(tmp_path / "dpo"))
+        stages.lock(str(tmp_path / "dpo"))
     assert "is not writable" in one_line()
 
 
@@ -384,7 +384,7 @@ def test_messages_say_what_is_true_for_the_case(tmp_path, capsys):
         c.load_model(str(tmp_path / "corrupt"))
     assert "non-finite weights" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # NaN before any update: the input's fault, not the lr's
-        runs.finite_row({"step": 0, "gold": float("nan"), "kl": 0.0})
+        results.finite_row({"step": 0, "gold": float("nan"), "kl": 0.0})
     err = capsys.readouterr().err
     assert "before training" in err and "lower --lr" not in err
 
@@ -393,8 +393,8 @@ def test_old_results_move_aside_under_the_lock_and_a_wait_names_its_holder(tmp_p
     path = tmp_path / "results.jsonl"
     path.write_text('{"run": "ppo-rm", "step": 0, "kl": 0.0, "gold": 0.1}\n')
     moved = []
-    with runs._FileLock(path):  # another run is updating the results
-        mover = threading.Thread(target=lambda: moved.append(runs.archive_results(path, "-old")))
+    with stages.FileLock(path):  # another run is updating the results
+        mover = threading.Thread(target=lambda: moved.append(results.archive_results(path, "-old")))
         mover.start()
         mover.join(1.0)
         assert mover.is_alive() and path.exists()  # sft.py waits for it before moving the file
@@ -406,7 +406,7 @@ def test_old_results_move_aside_under_the_lock_and_a_wait_names_its_holder(tmp_p
 def test_a_child_build_dies_with_its_parent(tmp_path):
     """SIGKILL to a script that is building its input: the child build gets SIGTERM."""
     child = "import os, time; print(os.getpid(), flush=True); time.sleep(60)"
-    code = f"import runs, sys; runs.run_child([sys.executable, '-c', {child!r}])"
+    code = f"import sys; from lib import process; process.run_child([sys.executable, '-c', {child!r}])"
     parent = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
                               text=True)
     pid = int(parent.stdout.readline())

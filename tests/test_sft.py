@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import common as c
-from muon import Muon, newton_schulz
+from lib.muon import Muon, newton_schulz
 import sft
 from conftest import ROOT, TINY_SFT, run_script
 

@@ -65,7 +65,7 @@ def assert_grouped_by_prompt(tokens, n_prompt, k):
 def test_grpo_wiring(pipeline, tmp_path, monkeypatch, flags):
     sampled = spy(monkeypatch, c, "sample")
     scored = spy(monkeypatch, c, "score_responses")
-    penalised = spy(monkeypatch, c, "kl_penalised_reward")
+    penalised = spy(monkeypatch, c, "sequence_reward")
     advantaged = spy(monkeypatch, grpo, "grpo_advantages")
     losses = spy(monkeypatch, grpo, "grpo_loss")
     args = ["--out", linked_out(tmp_path, pipeline), *TINY, "--beta", 0.1, "--batch-size", 4,
@@ -114,7 +114,7 @@ def test_grpo_wiring(pipeline, tmp_path, monkeypatch, flags):
 def test_rloo_wiring(pipeline, tmp_path, monkeypatch, baseline):
     sampled = spy(monkeypatch, c, "sample")
     scored = spy(monkeypatch, c, "score_responses")
-    penalised = spy(monkeypatch, c, "kl_penalised_reward")
+    penalised = spy(monkeypatch, c, "sequence_reward")
     seq = spy(monkeypatch, c, "response_logprobs")
     losses = spy(monkeypatch, rloo, "rloo_loss")
     args = ["--out", linked_out(tmp_path, pipeline), *TINY, "--beta", 0.1, "--batch-size", 4,
@@ -163,7 +163,7 @@ def test_ppo_wiring(pipeline, tmp_path, monkeypatch, flags):
     sampled = spy(monkeypatch, c, "sample")
     scored = spy(monkeypatch, c, "score_responses")
     stepped = spy(monkeypatch, c, "optimizer_step")
-    penalised = spy(monkeypatch, ppo, "kl_penalised_rewards")
+    penalised = spy(monkeypatch, ppo, "token_rewards")
     gaes = spy(monkeypatch, ppo, "gae")
     pg = spy(monkeypatch, ppo, "ppo_policy_loss")
     vf = spy(monkeypatch, ppo, "value_loss")

@@ -1,4 +1,4 @@
-"""parallel.py: data parallelism under torchrun for every training script (common.py re-exports it).
+"""lib/parallel.py: data parallelism under torchrun for every training script (common.py re-exports it).
 
 `python X.py` is one process, and nothing here changes what it computes. `torchrun
 --nproc_per_node N X.py` starts N ranks: each holds the whole model (replicated, not sharded)
@@ -12,7 +12,7 @@ gradients are averaged in the one optimiser step, so the weights stay identical 
   numbers as one process.
 - Rank 0 alone prints (the others' stdout is closed) and writes: logs, checkpoints, results,
   plots, the stage record. A missing input stage is built by rank 0, as one process, first
-  (runs.require), while the others wait for its record. Several machines need one shared --out.
+  (stages.require), while the others wait for its record. Several machines need one shared --out.
 - Backend: nccl on CUDA (a rank's GPU from LOCAL_RANK), gloo on CPU; RLHF_BACKEND overrides.
 A rank that fails ends with its one line; torchrun then ends the others on its machine at once
 (SIGTERM), and a collective that loses a rank on another machine stops with one line (gloo) or
@@ -23,7 +23,7 @@ import atexit, functools, os, signal, sys
 import torch
 import torch.distributed as dist
 
-import sampler
+from lib import sampler
 
 BACKEND_ENV = "RLHF_BACKEND"  # gloo or nccl, in place of the automatic choice
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",

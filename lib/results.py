@@ -1,0 +1,156 @@
+"""lib/results.py: the shared results file of every run's evaluation points (common.py re-exports it).
+
+Rows that say what they are (run_key), checked when read, replaced only when a run has finished
+(Results), every update atomic and under a lock, so concurrent runs lose nothing.
+"""
+import dataclasses, json, math, os, shutil, sys, time
+
+from lib import parallel
+from lib.process import die
+from lib.stages import FileLock, writing_dir
+
+def read_jsonl(path, check=None):
+    """The rows (JSON objects) of a JSONL file; a line that is not UTF-8 JSON, or a row that
+    check(row) finds a problem with, is skipped with one warning naming it."""
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                row = json.loads(line.decode("utf-8")) if line.strip() else None
+            except ValueError:  # UnicodeDecodeError is one
+                row = None
+                print(f"warning: {path} line {n} is not JSON; skipped", file=sys.stderr)
+            problem = check(row) if isinstance(row, dict) and check else None
+            if problem:
+                print(f"warning: {path} line {n} is not a results row ({problem}); skipped",
+                      file=sys.stderr)
+            elif isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+def _not_a_point(row):
+    """What keeps a row from being an evaluation point of the results file, or None."""
+    if not isinstance(row.get("run"), str):
+        return "no run key"
+    number = (int, float)
+    for key, kinds in (("step", int), ("kl", number), ("gold", number)):
+        if isinstance(row.get(key), bool) or not isinstance(row.get(key), kinds):
+            return f"no {key}" if key not in row else f"{key} is not a number"
+    return None
+
+
+def read_results(path):
+    """The evaluation points of a results file (run, step, kl, gold present); a row that is not
+    one is skipped with a warning, so a bad line never stops a run after its training."""
+    return read_jsonl(path, _not_a_point)
+
+
+def finite_row(row):
+    """The row, or one line and exit if a value is not finite (a bare NaN is not JSON). Before
+    any update (step 0) that is the input models' fault, not the run's."""
+    bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad and row.get("step") == 0:
+        die(f"the evaluation before training is not finite ({', '.join(bad)}): the models this"
+            " run starts from give non-finite values (corrupt weights?); rebuild them")
+    if bad:
+        die(f"the evaluation at step {row.get('step')} is not finite ({', '.join(bad)}): the run"
+            " diverged, nothing of this step was recorded or saved; try a lower --lr")
+    return row
+
+
+def write_jsonl(path, rows):
+    """All rows at once: a temporary file, then renamed (an interruption leaves the old file)."""
+    with open(str(path) + ".tmp", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    os.replace(str(path) + ".tmp", path)
+
+
+def replace_rows(path, run_key, rows):
+    """Put a run's rows into the shared results file in place of its earlier ones, atomically
+    and under a lock, so concurrent runs lose nothing."""
+    with FileLock(path):
+        kept = [r for r in read_jsonl(path) if r.get("run") != run_key]  # rows of any kind
+        write_jsonl(path, kept + rows)
+
+
+def archive_results(path, suffix):
+    """Move the shared results file aside (under its lock: no concurrent update brings old rows
+    back into the new file). Returns the new name, or None if there was no file."""
+    with FileLock(path):
+        if not os.path.exists(path):
+            return None
+        old = str(path).replace(".jsonl", time.strftime(suffix + ".jsonl"))
+        os.replace(path, old)
+        return old
+
+
+def check_space(directory, model):
+    """Stop before training if the disk cannot take this model's checkpoint (fp32 safetensors,
+    written beside the old one) and the run's logs: a full disk found at the end loses a run.
+    Rank 0's check (it alone writes under torchrun)."""
+    if parallel.rank() > 0:
+        return
+    need = sum(p.numel() for p in model.parameters()) * 4 + (64 << 20)
+    free = shutil.disk_usage(directory).free
+    if free < need:
+        die(f"{directory}: {free >> 20} MiB free on its disk, a checkpoint of this model and the"
+            f" logs need about {need >> 20} MiB; free some space, or give another --out")
+
+def append_row(path, row):
+    """Add one finite row to a JSONL file of results, under its lock."""
+    with FileLock(path):
+        with open(path, "a") as f:
+            f.write(json.dumps(finite_row(row)) + "\n")
+
+
+def run_key(algo, cfg, defaults, ignore=("out", "precision", "eval_every", "preferred")):
+    """What a run is, as fields (method, variant, β, seed, every setting that differs from the
+    script's defaults), and its key "run", made of all of them: a rerun with another --lr or
+    --steps is another run, not a replacement. The variant: what an RL run maximises (rm: the
+    reward model, gt: the gold reward), or DPO's loss."""
+    variant = {"model": "rm", "gold": "gt"}.get(getattr(cfg, "reward", None), "")
+    if hasattr(cfg, "online"):
+        variant = cfg.loss + ("-online" if cfg.online else "")
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items()
+                if k not in ignore and v != getattr(defaults, k)}
+    key = " ".join([algo + (f"-{variant}" if variant else ""),
+                    *(f"{k}={v}" for k, v in sorted(settings.items()))])
+    return {"run": key, "algo": algo, "variant": variant, "beta": getattr(cfg, "beta", None),
+            "seed": cfg.seed, "steps": getattr(cfg, "steps", None), "settings": settings}
+
+
+class Results:
+    """A run's evaluation points: appended to <run_dir>/points.jsonl as they come (and their
+    first four samples to eval_samples.jsonl), and put into the shared results file in place of
+    the run's earlier points only by finish(), so an interrupted rerun leaves the finished points
+    intact. Rank 0 alone writes them."""
+
+    def __init__(self, path, run_dir, fields):
+        self.path, self.fields, self.rows = path, fields, []
+        run_dir = writing_dir(run_dir)
+        self.side = os.path.join(run_dir, "points.jsonl") if parallel.rank() == 0 else None
+        if self.side:
+            os.makedirs(run_dir, exist_ok=True)
+            for name in (self.side, self._samples()):
+                open(name, "w").close()
+
+    def _samples(self):
+        return os.path.join(os.path.dirname(self.side), "eval_samples.jsonl")
+
+    def add(self, point, step, final=False, **extra):
+        row = finite_row({**self.fields, **extra, "step": step, "final": final,
+                          **{k: v for k, v in point.items() if k != "samples"}})
+        self.rows.append(row)
+        if self.side:
+            with open(self.side, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            with open(self._samples(), "a") as f:
+                f.write(json.dumps({"step": step, "samples": point.get("samples", [])[:4]}) + "\n")
+        return point
+
+    def finish(self):
+        if self.side:
+            replace_rows(self.path, self.fields["run"], self.rows)
