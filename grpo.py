@@ -137,7 +137,7 @@ def main():
         # 3. the KL: per token in the loss (step 5), or in the reward = score − β·sequence KL
         kl = c.sequence_kl(old_logprobs, ref_logprobs, mask)  # (B·k,)
         c.check_kl(kl, cfg.max_kl, step, ckpt)
-        rewards = c.kl_penalised_reward(score, kl, cfg.beta if cfg.kl_in == "reward" else 0.0)
+        rewards = c.sequence_reward(score, kl, cfg.beta if cfg.kl_in == "reward" else 0.0)
         # 4. group-relative advantages
         advantages, zero_std = grpo_advantages(rewards, cfg.k, cfg.scale_std)
         loss_beta = cfg.beta if cfg.kl_in == "loss" else 0.0

@@ -75,7 +75,7 @@ def whiten(x, mask):
     return (x - mean) * torch.rsqrt(var + 1e-8) * mask
 
 
-def kl_penalised_rewards(score, logprobs, ref_logprobs, mask, beta):
+def token_rewards(score, logprobs, ref_logprobs, mask, beta):
     """r_t = −β(log π(y_t) − log π_ref(y_t)) on each response token; + r_φ(x, y) on the last
     one."""
     rewards = -beta * (logprobs - ref_logprobs) * mask  # (B, T)
@@ -237,7 +237,7 @@ def main():
         # 3. per-token reward: −β·(log π − log π_ref) on each token, the score on the last
         kl = c.sequence_kl(old_logprobs, ref_logprobs, mask)  # (B,)
         c.check_kl(kl, cfg.max_kl, step, ckpt)
-        rewards = kl_penalised_rewards(score, old_logprobs, ref_logprobs, mask, beta)
+        rewards = token_rewards(score, old_logprobs, ref_logprobs, mask, beta)
         # 4. GAE advantages (whitened) and returns
         advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
         advantages = whiten(advantages, mask)

@@ -130,7 +130,7 @@ def main():
         # 3. reward = score − β·sequence KL
         kl = c.sequence_kl(old_logprobs, ref_logprobs, mask)  # (B·k,)
         c.check_kl(kl, cfg.max_kl, step, ckpt)
-        rewards = c.kl_penalised_reward(score, kl, cfg.beta)
+        rewards = c.sequence_reward(score, kl, cfg.beta)
         # 4. leave-one-out advantages (--baseline: the batch mean, or none)
         advantages, baseline = baselined_advantages(rewards, cfg.k, cfg.baseline)
         old_seq_logprobs = c.response_logprobs(old_logprobs, mask)
