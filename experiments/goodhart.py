@@ -12,7 +12,8 @@ The design, fixed before any run (docs/goodhart.md says why):
   evaluated every 10 (and at 1, 2, 4, 8) on the 256 held-out prompts.
 - best-of-n from π_SFT: N = 512 samples of each of 128 held-out prompts, the unbiased estimator
   (best_of_n_gold) for n = 1 … 512, for the four proxies, both golds.
-Those are `python -m experiments --quick --experiment goodhart`. goodhart-mitigation adds, on the 6k-pair proxy:
+Those are `python -m experiments --quick --experiment goodhart`. goodhart-mitigation adds, on
+the 6k-pair proxy:
 - what mitigates it: an ensemble of it and two more seeds of the same data (their mean, their
   minimum: Coste et al. 2024), and a 10× larger β (0.05);
 - the labeler's own function: RLOO on VADER itself, and on the default VADER-labelled r_φ.
@@ -305,7 +306,8 @@ def write_peak_samples(out, runs_and_files):
     lines = ["# Samples at the start, the peak and the end", "",
              "The first four held-out prompts at three evaluations of the runs against the weakest"
              " and the largest proxy (temperature 1; the evaluation's own sampling noise, the same"
-             " at every step). Written by `python -m experiments --quick --experiment goodhart`.", ""]
+             " at every step). Written by `python -m experiments --quick --experiment goodhart`.",
+             ""]
     for points, samples_file in runs_and_files:
         if not points or not os.path.exists(samples_file):
             continue

@@ -67,7 +67,7 @@ def _unwritable(out):
     return None
 
 
-MAY_BE_ZERO = {"seed", "warmup", "n_pairs", "rounds"}  # integer flags that may be 0; other counts ≥ 1
+MAY_BE_ZERO = {"seed", "warmup", "n_pairs", "rounds"}  # integer flags that may be 0 (others ≥ 1)
 MUST_BE_POSITIVE = {"lr", "temperature", "clip", "vf_clip", "max_kl"}  # floats that must be > 0
 HELD_OUT = 1000  # reviews in each of data.py's held-out splits ('valid', 'eval')
 RANGES = {  # flags whose value has bounds of its own: (lowest, highest, why)

@@ -1,4 +1,5 @@
-"""lib/parallel.py: data parallelism under torchrun for every training script (common.py re-exports it).
+"""lib/parallel.py: data parallelism under torchrun for every training script (common.py
+re-exports it).
 
 `python X.py` is one process, and nothing here changes what it computes. `torchrun
 --nproc_per_node N X.py` starts N ranks: each holds the whole model (replicated, not sharded)

@@ -1,4 +1,5 @@
-"""lib/results.py: the shared results file of every run's evaluation points (common.py re-exports it).
+"""lib/results.py: the shared results file of every run's evaluation points (common.py
+re-exports it).
 
 Rows that say what they are (run_key), checked when read, replaced only when a run has finished
 (Results), every update atomic and under a lock, so concurrent runs lose nothing.

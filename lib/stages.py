@@ -1,4 +1,5 @@
-"""lib/stages.py: one writer per directory, and each stage directory's record (common.py re-exports it).
+"""lib/stages.py: one writer per directory, and each stage directory's record (common.py
+re-exports it).
 
 A stage (out/sft, out/reward_model, …) is finished when its record, run.json, is there: written
 last, it names the config and the ids of the stages the run was built from. A rerun writes into

@@ -40,6 +40,15 @@ def run_script(script, *args, check=True):
     return proc
 
 
+def run_experiments(*args, check=True):
+    """Run `python -m experiments args` from the repo root, as a user would."""
+    proc = subprocess.run([sys.executable, "-m", "experiments", *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"experiments failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory):
     """out/ with a tiny SFT model (300 steps: English-ish but weak, ~15 s) and a tiny reward model

@@ -5,9 +5,8 @@ import glob, json, os, re, sys
 
 import pytest
 
-import figures
-import goodhart
 from conftest import ROOT
+from experiments import frontier, goodhart
 
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import reward_ladder  # noqa: E402
@@ -52,22 +51,23 @@ def test_pages_are_short_and_the_first_figure_is_on_the_first_screen():
         assert len(read(page).splitlines()) <= 400, page
 
 
-@pytest.mark.parametrize("out", ["docs", "docs/full"])
-def test_best_gold_table_is_the_sweeps_own(out, tmp_path):
-    """frontier.md's table equals the one figures.py computes from that folder's results.jsonl
-    (the sweep's runs alone), and docs/results.md quotes it."""
-    data = [r for r in figures.c.read_jsonl(os.path.join(ROOT, out, "results.jsonl"))
+@pytest.mark.parametrize("out, md", [("docs", "frontier.md"), ("docs/full", "frontier_full.md")])
+def test_best_gold_table_is_the_sweeps_own(out, md, tmp_path):
+    """frontier.md's table equals the one experiments/frontier.py computes from that folder's
+    results.jsonl (the sweep's runs alone), and docs/results.md quotes it."""
+    data = [r for r in frontier.c.read_jsonl(os.path.join(ROOT, out, "results.jsonl"))
             if {"algo", "kl", "gold"} <= r.keys()]
-    sweep, source = figures.sweep_runs(data, os.path.join(ROOT, out))
-    figures.best_gold_table(sweep, tmp_path / "frontier.md", source)
-    lines = [line for line in read(tmp_path / "frontier.md").splitlines() if line.startswith("|")]
-    assert lines[2:] and set(lines) <= table_lines(read(os.path.join(ROOT, out, "frontier.md")))
+    sweep, full, source = frontier.sweep_runs(data, os.path.join(ROOT, out))
+    assert full == (out == "docs/full")
+    frontier.best_gold_table(sweep, tmp_path / md, source)
+    lines = [line for line in read(tmp_path / md).splitlines() if line.startswith("|")]
+    assert lines[2:] and set(lines) <= table_lines(read(os.path.join(ROOT, out, md)))
     assert_quoted(lines, os.path.join(DOCS, "results.md"))
 
 
 def test_seeds_and_goodhart_tables_match_their_files():
-    groups = figures.seed_groups([r for r in rows("results.jsonl") if "kl" in r])
-    assert_quoted(figures.seeds_table(groups), os.path.join(DOCS, "results.md"))
+    groups = frontier.seed_groups([r for r in rows("results.jsonl") if "kl" in r])
+    assert_quoted(frontier.seeds_table(groups), os.path.join(DOCS, "results.md"))
     page = os.path.join(DOCS, "goodhart.md")
     for table in (goodhart.table(rows("goodhart.jsonl")), goodhart.at_kl_table(
             rows("goodhart.jsonl")), goodhart.bon_table(rows("best_of_n.jsonl"))):
@@ -91,3 +91,24 @@ def test_readme_defaults_table_matches_the_default_runs():
         lines.append(f"| `python {script}.py` | `{run}` | {f['gold']:.3f} ± {f['gold_se']:.3f} |"
                      f" {f['proxy']:.3f} | {f['kl']:.1f} |")
     assert_quoted(lines, PAGES[0])
+
+
+def test_every_command_the_pages_give_runs_a_file_that_exists_with_flags_it_takes():
+    """`python X.py …` names a file of the repo; `python -m experiments …` passes flags its Config
+    takes (the layout moved the experiments: an old command fails here, not on a reader)."""
+    import experiments.__main__ as entry
+    from experiments.loop import Config
+    from lib.config import parse_config
+    seen = 0
+    for page in PAGES:
+        text = read(page)
+        for path in re.findall(r"python3? ((?:[\w]+/)*\w+\.py)\b", text):
+            assert os.path.exists(os.path.join(ROOT, path)), f"{os.path.basename(page)}: {path}"
+        flat = re.sub(r"\s*\n\s*", " ", text)  # a command may wrap in prose
+        for args in re.findall(r"python -m experiments([^`#)]*)", flat):
+            args = args.split()
+            if "…" in args or "NAME" in args or any("." in a and "/" not in a for a in args):
+                continue  # an elided or prose command
+            parse_config(Config, "", entry.CHOICES, argv=args)  # a bad flag exits: the test fails
+            seen += 1
+    assert seen >= 10

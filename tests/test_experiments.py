@@ -1,4 +1,4 @@
-"""experiments.py, measured.py, bench/grad_variance.py and the flags they use (dpo.py --rounds,
+"""experiments/lecture.py, bench/grad_variance.py and the flags they use (dpo.py --rounds,
 rloo.py --baseline): the variance formula and the estimators by hand, the rounds' labels, a tiny
 experiment that resumes, records a failure and measures the tax."""
 import json, os, sys
@@ -7,8 +7,12 @@ import pytest
 import torch
 
 import common as c
-import dpo, experiments, measured
+import dpo
+import experiments.__main__ as entry
 from conftest import ROOT, linked_out, run_main, run_script, spy
+from experiments import lecture, loop
+from experiments.loop import Config, key_of
+from experiments.points import paths
 
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import grad_variance  # noqa: E402
@@ -48,23 +52,23 @@ def test_estimators_by_hand():
 def test_runs_table_interpolates_and_names_failures():
     rows = [{"run": "a", "step": s, "kl": kl, "gold": g, "gold_se": 0.01}
             for s, kl, g in ((0, 0.0, 0.2), (1, 1.0, 0.4), (2, 3.0, 0.8))]
-    lines = measured.runs_table(measured.paths(rows), [("a", "A"), ("b", "B")],
+    lines = lecture.runs_table(paths(rows), [("a", "A"), ("b", "B")],
                                 {"b": "KL exploded"})
     # KL 2 lies halfway between the evaluations at KL 1 and 3: gold 0.6; KL 5 is never reached
     assert lines[2] == "| A | a | 0.800 ± 0.010 | 3.00 | 0.600 | – |"
     assert lines[3].startswith("| B | b | stopped: KL exploded |")
     # at step 1 (equal samples): the point at step 1, and KL 2 is never reached up to it
-    lines = measured.runs_table(measured.paths(rows), [("a", "A")], {}, step=1)
+    lines = lecture.runs_table(paths(rows), [("a", "A")], {}, step=1)
     assert lines[0].startswith("| run | key in measured.jsonl | step 1: gold | step 1: KL |")
     assert lines[2] == "| A | a | 0.400 ± 0.010 | 1.00 | – | – |"
 
 
 def test_experiment_runs_are_well_formed():
-    for name in experiments.EXPERIMENTS:
-        for script, label, flags in experiments.experiment_runs(name):
-            cfg = experiments.frontier.key_of(script, [*map(str, flags)], "out")
+    for name in lecture.NAMES:
+        for script, label, flags in lecture.experiment_runs(name):
+            cfg = key_of(script, [*map(str, flags)], "out")
             assert cfg and script in ("ppo.py", "rloo.py", "grpo.py", "dpo.py")
-    keys = {n: [k for k, _ in v] for n, v in experiments.labels("out").items()}
+    keys = {n: [k for k, _ in v] for n, v in lecture.labels("out").items()}
     # equal labels in the iterative experiment: 150 steps of 32 pairs each
     assert all("steps=150" in k for k in keys["iterative"])
     # shared runs run once: variance's leave-one-out run is the RLOO lr grid's default, its PPO
@@ -107,24 +111,39 @@ def test_a_tiny_experiment_resumes_records_failures_and_measures_the_tax(
     small = [*TINY, "--batch-size", 2, "--minibatch-size", 8]
     tiny = [("rloo.py", "tiny", ["--steps", 2, "--eval-every", 2, *small]),
             ("rloo.py", "diverges", ["--steps", 3, *small, "--lr", 1e-2, "--max-kl", 1e-9])]
-    monkeypatch.setattr(experiments, "experiment_runs", lambda name: tiny)
-    monkeypatch.setattr(experiments, "EXPERIMENTS", ["tax"])
-    cfg = experiments.Config(out=str(out))
+    monkeypatch.setattr(lecture, "experiment_runs", lambda name: tiny)
+    monkeypatch.setattr(lecture, "NAMES", ["tax"])
+    cfg = Config(out=str(out))
     device = torch.device("cpu")
-    experiments.measure_tax(str(out), "sft.py", None, device)
-    failed = experiments.run_experiment(cfg, "tax", device)
+    lecture.prepare(cfg, "tax", device)  # π_SFT's tax
+    run_tax = lambda: loop.run_experiment(  # noqa: E731
+        "tax", lecture.runs(cfg, "tax"), 1.0, cfg.out, lecture.after_run(cfg, device))
+    failed = run_tax()
     assert len(failed) == 1 and "diverges" in failed[0]
     errors = c.read_jsonl(out / "failed.jsonl")
     assert len(errors) == 1 and "exploded" in errors[0]["error"]
     tax = {r["run"]: r for r in c.read_jsonl(out / "tax.jsonl")}
-    key = experiments.frontier.key_of("rloo.py", [*map(str, tiny[0][2])], str(out))
+    key = key_of("rloo.py", [*map(str, tiny[0][2])], str(out))
     sft = next(r for r in tax.values() if r["algo"] == "sft")
     assert len(tax) == 2 and sft["kl"] == 0 and tax[key]["lm_loss"] > 0
     # a second call finds both runs done (one finished, one diverged) and trains nothing
-    monkeypatch.setattr(experiments.c, "run_child", lambda *a, **k: pytest.fail("reran"))
-    assert experiments.run_experiment(cfg, "tax", device) == []
-    experiments.collect(str(out))
+    monkeypatch.setattr(loop.c, "run_child", lambda *a, **k: pytest.fail("reran"))
+    assert run_tax() == []
+    lecture.collect(str(out))
     rows = [json.loads(line) for line in open(out / "measured.jsonl")]
     assert {r["run"] for r in rows} == {sft["run"], key}
-    measured.draw(str(out), experiments.labels(str(out)))
+    assert lecture.draw(str(out))
     assert "| tiny |" in (out / "measured.md").read_text() and (out / "tax.png").exists()
+
+
+def test_one_table_of_experiments_counts_shared_runs_once():
+    """python -m experiments' table names each experiment of the three files once, every one
+    has runs, and an experiment's minutes are for the runs no earlier one shares."""
+    cfg = Config(out="out", quick=True)
+    names = [n for m in (entry.frontier, entry.goodhart, lecture) for n in m.NAMES]
+    assert sorted(entry.EXPERIMENTS) == sorted(names) and len(set(names)) == len(names)
+    for name, (module, _, _) in entry.EXPERIMENTS.items():
+        assert name in module.NAMES and module.runs(cfg, name), name
+    # the tax's PPO at 20 iterations is variance's: measured there
+    assert len(entry.own_runs(cfg, "tax")) == len(lecture.runs(cfg, "tax")) - 1
+    assert entry.GROUPS["lecture"] == lecture.NAMES

@@ -1,5 +1,6 @@
-"""goodhart.py and its formulas: the reader's gold, ensembles, the unbiased best-of-n estimator,
-Gao's fits, peaks and falls; reading an earlier run's comparisons; collecting and drawing."""
+"""experiments/goodhart.py and its formulas: the reader's gold, ensembles, the unbiased best-of-n
+estimator, Gao's fits, peaks and falls; reading an earlier run's comparisons; collecting and
+drawing."""
 import itertools, json, math, os, pathlib, sys
 
 import pytest
@@ -7,10 +8,11 @@ import torch
 from transformers import GPT2ForSequenceClassification
 
 import common as c
-import frontier
-import goodhart as g
+import experiments.goodhart as g
 import reward_model as rmod
-from conftest import run_script
+from conftest import run_experiments, run_script
+from experiments.loop import Config, key_of
+from lib.results import write_jsonl
 
 
 def test_repetition_by_hand():
@@ -150,18 +152,19 @@ def test_collect_and_draw_from_the_data_alone(tmp_path):
         (tmp_path / f"goodhart/reader-ensemble-{how}/reward_model").mkdir(parents=True)
         (tmp_path / f"goodhart/reader-ensemble-{how}/reward_model/ensemble.json").write_text(
             json.dumps({"members": ["../../reader-rm-1000/reward_model"] * 3, "combine": how}))
-    for i, (script, label, flags, root) in enumerate(g.runs(out, True)):
-        key = frontier.key_of(script, list(map(str, flags)), root)
+    cfg = Config(out=out, quick=True)
+    for i, (script, label, flags, root) in enumerate(g.runs(cfg)):
+        key = key_of(script, flags, root)
         rows = [{"run": key, "algo": "rloo", "variant": "rm", "beta": 0.005, "step": s,
                  "final": s == 3, "kl": [0, 4, 16, 36][s], "gold": [0.2, 0.6, 0.9, 0.95][s],
                  "gold_se": 0.01, "gold_reader": [0.2, 0.5, 0.7, 0.4][s] + i / 100,
                  "gold_reader_se": 0.02, "proxy": float(s), "proxy_se": 0.1} for s in range(4)]
         c.replace_rows(f"{root}/results.jsonl", None, rows)
         if i == len(g.PROXY_PROMPTS) - 1:  # the core's runs alone: the mitigation's not run yet
-            assert len(g.collect(out, True)) == 2 * 4 * len(g.PROXY_PROMPTS)
-    rows = g.collect(out, True)
-    assert len(rows) == 2 * 4 * len(g.runs(out, True))
-    weakest = [r for r in rows if r["run"] == g.runs(out, True)[0][1]]
+            assert len(g.collect(cfg)) == 2 * 4 * len(g.PROXY_PROMPTS)
+    rows = g.collect(cfg)
+    assert len(rows) == 2 * 4 * len(g.runs(cfg))
+    weakest = [r for r in rows if r["run"] == g.runs(cfg)[0].label]
     assert [r["gold"] for r in weakest if r["gold_fn"] == "reader"] == [0.2, 0.5, 0.7, 0.4]
     assert {r["proxy_pairs"] for r in weakest} == {1500}
     ensemble = [r for r in rows if r["proxy_name"] == "reader-ensemble-min"]
@@ -171,15 +174,15 @@ def test_collect_and_draw_from_the_data_alone(tmp_path):
     bon = [{"n": n, "kl_bound": g.bon_kl_bound(n), "gold": 0.2 + d(n) * (0.3 - 0.05 * d(n)),
             "gold_se": 0.01, "gold_fn": fn, "proxy": 0.0, "proxy_name": p}
            for n in (1, 2, 4, 8, 16) for fn in ("vader", "reader") for p in ("a", "b")]
-    g.write_jsonl(f"{out}/best_of_n.jsonl", bon)
-    proc = run_script("frontier.py", "--out", tmp_path, "--redraw")
+    write_jsonl(f"{out}/best_of_n.jsonl", bon)
+    proc = run_experiments("--out", tmp_path, "--redraw")
     for name in ("goodhart.png", "mitigation.png", "best_of_n.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG", name
     table = (tmp_path / "goodhart_data.md").read_text()
     # the weakest proxy's reader gold: 0.2 → peak 0.7 at KL 16 → 0.4; rise 0.5/√(2·0.02²)
-    assert (f"| {g.runs(out, True)[0][1]} | 1500 | 0.502 | reader | 0.200 | 0.700 (16.0) |"
+    assert (f"| {g.runs(cfg)[0].label} | 1500 | 0.502 | reader | 0.200 | 0.700 (16.0) |"
             " 0.400 (36.0) | 17.7 SE | 10.6 SE |") in table, proc.stdout
-    assert f"| {g.runs(out, True)[0][1]} | 0.517 | 0.600 | 0.640 | 0.490 |" in table
+    assert f"| {g.runs(cfg)[0].label} | 0.517 | 0.600 | 0.640 | 0.490 |" in table
     # best-of-n: gold = 0.2 + d(0.3 − 0.05 d) exactly, so its fit gives α 0.3, β 0.05
     assert "| b | reader | 0.200 | 0.515 (16) | 0.515 | 0.300, 0.050 | 9.0 |" in table, table
 
@@ -188,9 +191,10 @@ def test_the_two_experiments_split_the_runs_and_the_proxies(tmp_path, monkeypatc
     """goodhart: the labelled set, the four proxies and their runs, and none of out/reward_model;
     goodhart-mitigation: the 6k proxy's three seeds, the ensembles, the β and VADER runs."""
     out = str(tmp_path)
-    core, mit = (g.runs(out, True, e) for e in ("goodhart", "goodhart-mitigation"))
-    assert core + mit == g.runs(out, True) and len(core) == len(g.PROXY_PROMPTS)
-    assert [r[3] for r in core] == [g.root(out, g.proxy_name(n)) for n in g.PROXY_PROMPTS]
+    cfg = Config(out=out, quick=True)
+    core, mit = (g.runs(cfg, e) for e in ("goodhart", "goodhart-mitigation"))
+    assert core + mit == g.runs(cfg) and len(core) == len(g.PROXY_PROMPTS)
+    assert [r.root for r in core] == [g.root(out, g.proxy_name(n)) for n in g.PROXY_PROMPTS]
     built = []
     monkeypatch.setattr(g.c, "require", lambda d, script, args, built_from: built.append(
         os.path.relpath(d, out)))

@@ -1,5 +1,6 @@
-"""lib/ (process, stages, results, logger) and the failure behaviour: nothing lost, nothing silent (results replaced only at the
-end, atomic concurrent updates, one writer per directory, stage records, signals, bad flags)."""
+"""lib/ (process, stages, results, logger) and the failure behaviour: nothing lost, nothing
+silent (results replaced only at the end, atomic concurrent updates, one writer per directory,
+stage records, signals, bad flags)."""
 import collections, dataclasses, errno, json, multiprocessing, os, signal, subprocess, sys
 import threading, time
 
@@ -91,7 +92,7 @@ def test_unfinished_input_is_rebuilt_and_a_stale_one_refused(tmp_path, monkeypat
         os.replace(os.path.join(rm + "-new", "run.json"), os.path.join(rm, "run.json"))
         return 0
 
-    monkeypatch.setattr(runs, "run_child", fake_build)
+    monkeypatch.setattr(stages, "run_child", fake_build)
     c.require(rm, "reward_model.py", ["--out", str(tmp_path)], built_from=[sft])
     assert built == ["reward_model.py"] and "unfinished" in capsys.readouterr().out
     c.require(rm, "reward_model.py", ["--out", str(tmp_path)], built_from=[sft])
@@ -167,9 +168,9 @@ def test_a_corrupt_results_line_is_skipped_with_a_warning(tmp_path, capsys):
 def test_the_time_estimate_leaves_evaluations_out(tmp_path, monkeypatch, capsys):
     clock = iter([0.0, 1.0, 11.0, 12.0, 22.0, 23.0, 24.0, 25.0, 26.0, 27.0])  # evals take 10 s
     monkeypatch.setattr(logger.time, "time", lambda: next(clock))
-    logger = logger.Logger(tmp_path, 100)
+    log = logger.Logger(tmp_path, 100)
     for step in range(1, 9):
-        logger.log(step, **({"eval_gold": 0.5} if step in (1, 2, 4) else {"loss": 1.0}))
+        log.log(step, **({"eval_gold": 0.5} if step in (1, 2, 4) else {"loss": 1.0}))
     said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("≈")]
     assert said == ["≈ 2.0 min for 100 steps on this machine (1.00 s/step, evaluations not"
                     " counted); --steps N runs fewer"]  # 26 s so far + 92 steps of 1 s
@@ -253,7 +254,7 @@ def test_a_stage_missing_its_file_or_inputs_is_rebuilt(tmp_path, monkeypatch):
     release(rm)
     assert prefs.read_text() == "the new run's pairs\n" and stages.record_id(rm)
     built = []
-    monkeypatch.setattr(runs, "run_child", lambda cmd, **kw: built.append(cmd) or 1)
+    monkeypatch.setattr(stages, "run_child", lambda cmd, **kw: built.append(cmd) or 1)
     for broken in (lambda: prefs.unlink(), lambda: (tmp_path / "reward_model" / "run.json")
                    .write_text('{"id": "rm-1"}')):
         broken()
@@ -313,7 +314,7 @@ def test_a_bad_results_row_is_skipped_with_a_warning(tmp_path, capsys):
     assert "line 2 is not JSON" in err and "line 3 is not a results row (no kl)" in err
     assert "line 4 is not a results row (no run key)" in err and "line 5" in err
     c.replace_rows(path, "c", [{"run": "c", "step": 0, "kl": 0.0, "gold": 0.2}])
-    plots.plot_frontier(c.read_results(path), tmp_path / "frontier.png")  # what finish_rl does after training
+    plots.plot_frontier(c.read_results(path), tmp_path / "frontier.png")  # as finish_rl does
     assert [r["run"] for r in c.read_results(path)] == ["a", "c"]
 
 
@@ -406,7 +407,8 @@ def test_old_results_move_aside_under_the_lock_and_a_wait_names_its_holder(tmp_p
 def test_a_child_build_dies_with_its_parent(tmp_path):
     """SIGKILL to a script that is building its input: the child build gets SIGTERM."""
     child = "import os, time; print(os.getpid(), flush=True); time.sleep(60)"
-    code = f"import sys; from lib import process; process.run_child([sys.executable, '-c', {child!r}])"
+    code = ("import sys; from lib import process;"
+            f" process.run_child([sys.executable, '-c', {child!r}])")
     parent = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
                               text=True)
     pid = int(parent.stdout.readline())
