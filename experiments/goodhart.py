@@ -350,9 +350,14 @@ COLOURS = {  # each proxy's colour in every figure: the label counts from dark t
     "vader": "tab:orange", "VADER itself": "tab:brown"}
 
 
+def colour_of(proxy):
+    """A proxy's colour: COLOURS', or one of tab10's, the same for the same name."""
+    return COLOURS.get(proxy) or plt.cm.tab10(sum(map(ord, proxy)) % 10)
+
+
 def run_style(p):
     """A run's colour (its proxy's) and line style (dashed: the larger β), from its first row."""
-    colour = COLOURS["VADER itself" if p["run"].endswith("VADER itself") else p["proxy_name"]]
+    colour = colour_of("VADER itself" if p["run"].endswith("VADER itself") else p["proxy_name"])
     return colour, "--" if p.get("beta") == BIG_BETA else "-"
 
 
@@ -480,7 +485,7 @@ def draw(out):
     if bon:
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharex=True)
         for (fn, name), (pts, (a, b)) in bon_curves(bon).items():
-            ax, colour = axes[int(fn == "reader")], COLOURS[name]
+            ax, colour = axes[int(fn == "reader")], colour_of(name)
             d = [math.sqrt(r["kl_bound"]) for r in pts]
             ax.errorbar(d, [r["gold"] for r in pts], [r["gold_se"] for r in pts], fmt="o-",
                         ms=4, mfc="none", color=colour, lw=1, label=name)  # hollow: KL a bound

@@ -305,6 +305,13 @@ def test_dpo_rounds_wiring(pipeline, tmp_path, monkeypatch):
             torch.testing.assert_close(call["ref_chosen"], ref_chosen[rows])
             torch.testing.assert_close(call["ref_rejected"], ref_rejected[rows])
     assert rounds[0]["out"] != rounds[1]["out"]
+    # each round samples from the policy it starts from, not from π_ref: the second round's
+    # sampler holds the weights trained in the first (it is the trained policy, not the SFT's)
+    policy = rounds[1]["policy"]
+    assert policy is rounds[0]["policy"]
+    sft_weights = c.load_model(str(pipeline / "sft")).state_dict()
+    assert any(not torch.equal(w.detach().cpu(), sft_weights[k])
+               for k, w in policy.state_dict().items() if k in sft_weights)
 
 
 # ---------------------------------------------------------------- SFT and the reward model
