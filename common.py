@@ -9,7 +9,7 @@ Every batch uses one layout: tokens (B, P+T) = prompt left-padded to P, then the
 right-padded to T; mask (B, T) is True on the response tokens the policy generated (end-of-text
 included, padding excluded).
 """
-import json, math, os, shutil
+import math, os, shutil
 
 import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
@@ -22,16 +22,15 @@ from lib.config import PRECISION_ENV, autocast, native_bf16, parse_config, setup
 from lib.process import die, run, run_child  # noqa: F401
 from lib.stages import (finish_stage, read_record, record_id, require, stage_file,  # noqa: F401
                         start_stage)
-from lib.results import (Results, append_row, archive_results, check_space,  # noqa: F401
-                         read_jsonl, read_results, replace_rows, run_key)
+from lib.results import (Results, append_row, check_space, finish_run, has,  # noqa: F401
+                         read_json, read_jsonl, read_results, replace_rows, run_key)
 from lib.logger import Logger, finish_rl, mean_stats, write_card  # noqa: F401
 from lib.plots import plot_metrics, plot_scatter, save_figure  # noqa: F401
 from lib.data import (check_positions, decode, hf_tokenizer, imdb, prompts,  # noqa: F401
                       read_comparisons, read_preferences, tokenizer, write_preferences)
 from lib.sampler import _cached_step, sample, sample_batched  # noqa: F401
 from lib.golds import GOLDS, gold_reward, labeler_scores, reader_reward, repetition  # noqa: F401
-from lib.parallel import (all_mean, average_gradients, gather, rank, share,  # noqa: F401
-                          split_map, world)
+from lib.parallel import all_mean, average_gradients, gather, rank, share, split_map, world  # noqa
 from lib.muon import Muon  # noqa: F401 (sft.py --optimizer muon)
 
 hf_logging.set_verbosity_error()
@@ -235,9 +234,8 @@ def load_reward_model(rm_dir, policy):
     """r_φ (frozen), refused in one line if it reads another vocabulary than the policy's; an
     ensemble's members, if rm_dir holds ensemble.json."""
     if os.path.exists(spec := os.path.join(rm_dir, "ensemble.json")):
-        with open(spec) as f:
-            spec = json.load(f)
-        if spec.get("combine") not in ("mean", "min"):
+        spec = read_json(spec, members=list, combine=str)
+        if spec["combine"] not in ("mean", "min"):
             die(f"{rm_dir}/ensemble.json: combine is {spec.get('combine')!r}; give mean or min")
         return RewardEnsemble([load_reward_model(os.path.join(rm_dir, m), policy)
                                for m in spec["members"]], spec["combine"])

@@ -167,7 +167,7 @@ def main():
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
 
     # data: the preference pairs and their reference log-probs (once); held-out prompts
-    pairs = c.read_preferences(pref_path, enc)
+    pairs = c.read_preferences(pref_path, enc, policy.config.n_positions)
     val = pairs["valid"][:N_VAL_PAIRS]
     # the training pairs this run will see, shuffled (steps · batch_size of them, or --n-pairs)
     n = min(len(pairs["train"]), cfg.n_pairs or cfg.steps * cfg.batch_size)

@@ -61,9 +61,10 @@ def openings(split, enc, max_len, n=None):
     return examples
 
 
-def preferred(path, split, enc):
+def preferred(path, split, enc, model):
     """Preferred-FT's data: (prompt, chosen response) of every pair of preferences.jsonl."""
-    return [(prompt, chosen) for prompt, chosen, _ in c.read_preferences(path, enc)[split]]
+    pairs = c.read_preferences(path, enc, model.config.n_positions)[split]  # lengths checked
+    return [(prompt, chosen) for prompt, chosen, _ in pairs]
 
 
 def batch(examples, enc, max_len):
@@ -91,8 +92,7 @@ def length_batches(lengths, batch_size, group=16):
     for i in range(0, len(order), group * batch_size):
         run = order[i:i + group * batch_size]
         run = run[lengths[run].argsort(stable=True)]
-        batches += [run[j:j + batch_size] for j in range(0, len(run) - batch_size + 1,
-                                                           batch_size)]
+        batches += [run[j:j + batch_size] for j in range(0, len(run) - batch_size + 1, batch_size)]
     return [batches[i] for i in torch.randperm(len(batches)).tolist()]
 
 
@@ -163,14 +163,14 @@ def main():
           f" vocabulary {model.config.vocab_size}")
 
     # data: review openings of the train and validation splits (Preferred-FT: chosen responses)
-    data = (lambda split: preferred(pref_path, split, enc)) if cfg.preferred else \
+    data = (lambda split: preferred(pref_path, split, enc, model)) if cfg.preferred else \
         (lambda split: openings(split, enc, cfg.max_len))
     x, y, _ = batch(data("train"), enc, cfg.max_len)
     val_x, val_y, val_bytes = batch(data("valid"), enc, cfg.max_len)
 
     # AdamW (--optimizer muon: Muon for the blocks' matrices); warmup, cosine decay to lr/10
     opts = optimizers(model, cfg, fused=device.type == "cuda")
-
+    lr_flags = "--lr or --muon-lr" if cfg.optimizer == "muon" else "--lr"  # what a divergence names
     logger = c.Logger(out_dir, cfg.steps,
                       evaluates=lambda s: s % cfg.eval_every == 0 or s == cfg.steps)
     lengths = (x != enc.eot_token + 1).sum(1)  # real tokens of each row (the rest is padding)
@@ -194,7 +194,7 @@ def main():
         if not torch.isfinite(loss):
             kept = f"the last good checkpoint (step {saved}) is in {run_dir}" if saved else \
                 "this run saved nothing"
-            c.die(f"non-finite loss at step {step}; {kept}; try a lower --lr")
+            c.die(f"non-finite loss at step {step}; {kept}; try a lower {lr_flags}")
         model.zero_grad(set_to_none=True)
         loss.backward()
         n_tokens = (yb != -100).sum()  # the loss is a mean over them: ranks weigh by them
@@ -211,7 +211,7 @@ def main():
                                                                    val_bytes, device)
             if not math.isfinite(metrics["val_loss"]):  # never save over a good checkpoint
                 c.die(f"held-out loss is not finite at step {step}: training diverged and"
-                      f" nothing was saved at this step; try a lower --lr")
+                      f" nothing was saved at this step; try a lower {lr_flags}")
             c.save_model(model, run_dir)
             saved = step
             model.train()
@@ -224,14 +224,10 @@ def main():
     ev = c.evaluate(model, ref.eval(), enc, prompt_ids, cfg.max_new_tokens)
     if c.rank() > 0:  # under torchrun rank 0 writes the results
         return
-    results = os.path.join(cfg.out, "results.jsonl")
-    old = None if cfg.preferred else c.archive_results(results, "-before-sft-%Y%m%d-%H%M%S")
-    if old:  # a new π_ref: the earlier points are not comparable with the new ones
-        print(f"new SFT model: earlier results moved to {old}")
     name = "preferred-ft" if cfg.preferred else "sft"
-    points = c.Results(results, out_dir, c.run_key(name, cfg, Config()))
+    points = c.Results(os.path.join(cfg.out, "results.jsonl"), out_dir,
+                       c.run_key(name, cfg, Config()))
     points.add(ev, cfg.steps, final=True)
-    points.finish()
     with open(os.path.join(run_dir, "samples.txt"), "w") as f:
         f.write(f"{name} samples on held-out prompts (mean gold reward {ev['gold']:.3f}"
                 f" over {len(prompt_ids)} prompts)\n\n" + "\n\n".join(ev["samples"]) + "\n")
@@ -243,7 +239,8 @@ def main():
     print(f"held-out loss {metrics['val_loss']:.3f} nats/token = {metrics['val_bpb']:.3f}"
           f" bits/byte | gold reward of samples {ev['gold']:.3f} | saved {out_dir}")
     print("sample:", ev["samples"][0])
-    c.finish_stage(out_dir, cfg, inputs if cfg.preferred else [])
+    # its record, then its point (a new π_SFT moves the earlier results aside: not comparable)
+    c.finish_run(out_dir, cfg, inputs if cfg.preferred else [], points, new_sft=not cfg.preferred)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,15 @@ import argparse, os, sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-from datasets import Dataset, load_dataset  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
-from trl import (DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, RewardConfig,  # noqa: E402
-                 RewardTrainer)
+
+try:  # TRL (and its datasets) live in an environment of their own: main() says so in one line
+    from datasets import Dataset, load_dataset
+    from trl import (DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, RewardConfig,
+                     RewardTrainer)
+    MISSING = None
+except ImportError as e:
+    MISSING = e.name
 
 import common as c  # noqa: E402
 
@@ -37,6 +42,10 @@ def main():
                         " preferences.jsonl); TRL's runs go to <out>/trl_*")
     parser.add_argument("--steps", type=int, default=500, help="steps of each trainer (3: a check)")
     args = parser.parse_args()
+    if MISSING:
+        sys.exit(f"error: {MISSING} is not installed here: TRL is not a dependency of this repo;"
+                 " run this file in an environment made with `pip install -r requirements.txt"
+                 " trl==1.16.0`")
     sft, rm_dir = os.path.join(args.out, "sft"), os.path.join(args.out, "reward_model")
     pref = os.path.join(args.out, "preferences.jsonl")
     for path in (sft, rm_dir, pref):

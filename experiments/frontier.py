@@ -123,7 +123,8 @@ def run_best_of_n(cfg, results, device):
         points.add({"kl": kl, "kl_is_bound": True, "gold": g, "proxy": p[1]}, n,
                    final=n == ns[-1], n=n)
         print(f"best-of-{n}: gold {g:.3f}, KL ≤ {kl:.2f}")
-    points.finish()
+    c.finish_run(os.path.join(cfg.out, "best_of_n"), cfg, [os.path.join(cfg.out, s) for s in
+                                                           ("sft", "reward_model")], points)
 
 
 # ---------------------------------------------------------------- figures and tables

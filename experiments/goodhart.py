@@ -40,6 +40,8 @@ STEPS = {True: 150, False: 300}  # RLOO iterations: --quick or not
 BON_N, BON_PROMPTS = 512, 128  # best-of-n: samples per prompt, held-out prompts
 NAMES = ["goodhart", "goodhart-mitigation"]  # the experiments of this file
 BON_MINUTES = 7.5  # best-of-n (--quick), 2-core Intel Xeon with AMX, bf16 (docs/goodhart.md#time)
+GOODHART_ROW = c.has("run", "step", "kl", "gold", "gold_se", "gold_fn", "proxy_name", "proxy")
+BON_ROW = c.has("n", "kl_bound", "gold", "gold_se", "gold_fn", "proxy_name", "proxy")
 
 
 def same_text(path, text):
@@ -122,8 +124,9 @@ def build_proxies(out, experiment):
             c.require(rm_dir, "reward_model.py", list(map(str, args)),
                       built_from=[os.path.join(root(out, name), "sft")])
             if n != LABELS:
-                with open(mark, "w") as f:  # the labels it was trained on
+                with open(mark + ".tmp", "w") as f:  # the labels it was trained on
                     f.write(labels_id)
+                os.replace(mark + ".tmp", mark)
     if not mitigation:
         return
     link(out, "vader", ["sft", "reward_model", "preferences.jsonl"])  # (the record lists it)
@@ -136,9 +139,11 @@ def build_proxies(out, experiment):
         if (c.read_record(rm_dir) or {}).get("members") == ids:
             continue
         os.makedirs(rm_dir, exist_ok=True)
-        with open(os.path.join(rm_dir, "ensemble.json"), "w") as f:
+        spec = os.path.join(rm_dir, "ensemble.json")
+        with open(spec + ".tmp", "w") as f:  # then renamed: never half there
             json.dump({"members": [os.path.relpath(m, rm_dir) for m in members],
                        "combine": how}, f)
+        os.replace(spec + ".tmp", spec)
         record = {"id": uuid.uuid4().hex, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                   "command": f"goodhart.py: ensemble ({how}) of {len(members)} seeds",
                   "inputs": {"sft": c.record_id(os.path.join(out, "sft"))}, "members": ids}
@@ -441,7 +446,7 @@ def at_kl_table(rows):
 
 def draw(out):
     """goodhart.png, mitigation.png, best_of_n.png and goodhart_data.md from the data alone."""
-    rows = c.read_jsonl(os.path.join(out, "goodhart.jsonl"))
+    rows = c.read_jsonl(os.path.join(out, "goodhart.jsonl"), GOODHART_ROW)
     if not rows or "gold_fn" not in rows[0]:
         return False
     size = [f"rloo β={BETA} vs {proxy_name(n)}" for n in PROXY_PROMPTS]
@@ -481,7 +486,7 @@ def draw(out):
              " fall: peak − π_SFT and peak − final, in standard errors of the difference.", "",
              *table(rows), "", "The reader's gold at equal KL (where each run first gets there):",
              "", *at_kl_table(rows), ""]
-    bon = c.read_jsonl(os.path.join(out, "best_of_n.jsonl"))
+    bon = c.read_jsonl(os.path.join(out, "best_of_n.jsonl"), BON_ROW)
     if bon:
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharex=True)
         for (fn, name), (pts, (a, b)) in bon_curves(bon).items():

@@ -34,6 +34,7 @@ from lib.plots import GOLD_LABEL, KL_LABEL, key, method, save, style
 
 NAMES = ["variance", "loss-family", "tax", "iterative", "sensitivity"]  # this file's experiments
 LOSS_NAMES = {"sigmoid": "DPO", "ipo": "IPO", "hinge": "SLiC"}
+ESTIMATORS = ["reinforce", "mean", "loo", "ppo-gae"]  # bench/grad_variance.py's rows
 PPO = ["--beta", 0.1, "--eval-every", 5]  # PPO passes KL 10 within its first 10 iterations
 LABELER = ["--judge", "labeler"]  # the labeler that labelled the preference file
 
@@ -83,7 +84,8 @@ def prepare(cfg, name, device):
             c.replace_rows(results, row["run"], [row])
     if "sft" not in {r.get("algo") for r in c.read_jsonl(os.path.join(cfg.out, "tax.jsonl"))}:
         measure_tax(cfg.out, "sft.py", None, device)
-    if name == "variance" and not os.path.exists(os.path.join(cfg.out, "grad_variance.jsonl")):
+    done = {r.get("estimator") for r in c.read_jsonl(os.path.join(cfg.out, "grad_variance.jsonl"))}
+    if name == "variance" and not set(ESTIMATORS) <= done:  # (an interrupted one: measured again)
         if c.run_child([sys.executable, os.path.join(ROOT, "bench", "grad_variance.py"),
                         "--out", cfg.out]) != 0:
             c.die("bench/grad_variance.py failed; run it alone to see why")
@@ -257,8 +259,10 @@ def draw(out):
     draw."""
     names = labels(out)
     rows = c.read_results(os.path.join(out, "measured.jsonl"))
-    tax = c.read_jsonl(os.path.join(out, "tax.jsonl"))
-    variance = c.read_jsonl(os.path.join(out, "grad_variance.jsonl"))
+    tax = c.read_jsonl(os.path.join(out, "tax.jsonl"), c.has("run", "algo", "kl", "gold",
+                                                              "lm_loss"))
+    variance = c.read_jsonl(os.path.join(out, "grad_variance.jsonl"), c.has(
+        "estimator", "samples", "batches", "trace", "trace_halves", "signal", "noise_to_signal"))
     failed = failures(out)
     if not (rows or tax or variance):
         return False

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import common as c
+from lib.results import publish
 import dpo, grpo, ppo, reward_model, rloo, sft
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where the scripts are
@@ -57,7 +58,11 @@ def key_of(script, flags, out):
 
 
 def finished(root):
-    """The keys of the runs whose final point is in <root>/results.jsonl."""
+    """The keys of the runs whose final point is in <root>/results.jsonl, once the points of
+    every finished stage there are (a run stopped between its record and its points is finished
+    here, not run again)."""
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        publish(os.path.join(root, name))
     return {r["run"] for r in c.read_results(os.path.join(root, "results.jsonl")) if r.get("final")}
 
 

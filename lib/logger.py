@@ -7,8 +7,8 @@ import dataclasses, json, os, sys, time
 
 from lib import parallel
 from lib.plots import plot_frontier, plot_metrics
-from lib.results import read_results
-from lib.stages import finish_stage, writing_dir
+from lib.results import finish_run, read_results
+from lib.stages import writing_dir
 
 class Logger:
     """metrics.jsonl (one JSON object per step) and, on the terminal, a line at most every
@@ -78,19 +78,18 @@ def mean_stats(stats):
 
 
 def finish_rl(cfg, out_dir, results, before, after, title, panels, inputs):
-    """The end of an RL run: its points into the shared results, samples before/after, the
-    model card, plots, and the stage's completion mark (last): rank 0's work."""
+    """The end of an RL run: samples before/after, the model card, plots, then the stage's
+    completion mark and its points in the shared results (finish_run): rank 0's work."""
     if parallel.rank() > 0:
         return
-    results.finish()
     write_samples(os.path.join(writing_dir(out_dir), "samples.txt"), before, after)
     write_card(out_dir, cfg, title, f"{before_after(before, after)} on {cfg.n_eval_prompts}"
                " held-out prompts")
     print(f"held-out: {before_after(before, after)}")
     plot_metrics(out_dir, panels)
-    plot_frontier(read_results(results.path),
+    plot_frontier(read_results(results.path) + results.rows,  # (this run's points: not yet in)
                   os.path.join(writing_dir(out_dir), "reward_vs_kl.png"))
-    finish_stage(out_dir, cfg, inputs)
+    finish_run(out_dir, cfg, inputs, results)
 
 
 def before_after(before, after):

@@ -24,7 +24,7 @@ import atexit, functools, os, signal, sys
 import torch
 import torch.distributed as dist
 
-from lib import sampler
+from lib import process, sampler
 
 BACKEND_ENV = "RLHF_BACKEND"  # gloo or nccl, in place of the automatic choice
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
@@ -74,6 +74,8 @@ def init(seed):
     # torchrun ends the other ranks with SIGTERM when one fails: at once, even one waiting in a
     # collective (where Python's handler would not run); checkpoints are renamed in whole
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):  # and a rank dies with its torchrun agent, even one
+        process.die_with(os.getppid())  # killed by SIGKILL, which cannot pass a signal on
     return device
 
 

@@ -37,6 +37,9 @@ def run(main):
     started (checkpoints are renamed in atomically, so none is half-written); so does a disk that
     refuses a write (full, read-only, not ours)."""
     signal.signal(signal.SIGTERM, _terminated)
+    for stream in (sys.stdout, sys.stderr):  # a terminal that cannot print "≈" gets "?"
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
     try:
         main()
     except KeyboardInterrupt:
@@ -51,7 +54,7 @@ def run(main):
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>: the signal a process gets when its parent dies
 
 
-def _die_with(parent):
+def die_with(parent):
     """In a child, before it runs: SIGTERM it when `parent` dies, even by SIGKILL (Linux)."""
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # the parent died before prctl: nobody would send the signal
@@ -62,7 +65,7 @@ def run_child(cmd, **kwargs):
     """subprocess.run that ends the child when this process is interrupted or terminated, or
     killed outright (SIGKILL: the kernel sends the child SIGTERM). Returns the exit code."""
     if sys.platform.startswith("linux"):
-        kwargs["preexec_fn"] = functools.partial(_die_with, os.getpid())
+        kwargs["preexec_fn"] = functools.partial(die_with, os.getpid())
     child = subprocess.Popen(cmd, **kwargs)
     try:
         return child.wait()

@@ -8,7 +8,7 @@ import dataclasses, json, math, os, shutil, sys, time
 
 from lib import parallel
 from lib.process import die
-from lib.stages import FileLock, writing_dir
+from lib.stages import FileLock, finish_stage, read_record, record_id, writing_dir
 
 def read_jsonl(path, check=None):
     """The rows (JSON objects) of a JSONL file; a line that is not UTF-8 JSON, or a row that
@@ -32,10 +32,20 @@ def read_jsonl(path, check=None):
     return rows
 
 
+def has(*keys):
+    """A check for read_jsonl: a row without one of keys is not one of this file's rows."""
+    def check(row):
+        missing = [k for k in keys if k not in row]
+        return f"no {', '.join(missing)}" if missing else None
+    return check
+
+
 def _not_a_point(row):
     """What keeps a row from being an evaluation point of the results file, or None."""
     if not isinstance(row.get("run"), str):
         return "no run key"
+    if not isinstance(row.get("algo"), str):
+        return "no algo"
     number = (int, float)
     for key, kinds in (("step", int), ("kl", number), ("gold", number)):
         if isinstance(row.get(key), bool) or not isinstance(row.get(key), kinds):
@@ -44,9 +54,10 @@ def _not_a_point(row):
 
 
 def read_results(path):
-    """The evaluation points of a results file (run, step, kl, gold present); a row that is not
-    one is skipped with a warning, so a bad line never stops a run after its training."""
-    return read_jsonl(path, _not_a_point)
+    """The evaluation points of a results file (run, algo, step, kl, gold present; a missing
+    variant is the plain one, ""); a row that is not one is skipped with a warning, so a bad line
+    never stops a run after its training."""
+    return [{"variant": "", **r} for r in read_jsonl(path, _not_a_point)]
 
 
 def finite_row(row):
@@ -62,6 +73,22 @@ def finite_row(row):
     return row
 
 
+def read_json(path, **needs):
+    """A JSON object with the keys `needs` names, each of its type; else one line saying what is
+    wrong with the file (cut off mid-write, or of another shape) and what to do."""
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except ValueError:
+        die(f"{path} is not JSON (cut off mid-write?); delete it and rerun what wrote it")
+    wrong = [k for k, kind in needs.items() if not isinstance(obj, dict)
+             or not isinstance(obj.get(k), kind)]
+    if wrong:
+        die(f"{path} lacks {', '.join(wrong)} (or holds another kind of value there); delete it"
+            " and rerun what wrote it")
+    return obj
+
+
 def write_jsonl(path, rows):
     """All rows at once: a temporary file, then renamed (an interruption leaves the old file)."""
     with open(str(path) + ".tmp", "w") as f:
@@ -75,17 +102,6 @@ def replace_rows(path, run_key, rows):
     with FileLock(path):
         kept = [r for r in read_jsonl(path) if r.get("run") != run_key]  # rows of any kind
         write_jsonl(path, kept + rows)
-
-
-def archive_results(path, suffix):
-    """Move the shared results file aside (under its lock: no concurrent update brings old rows
-    back into the new file). Returns the new name, or None if there was no file."""
-    with FileLock(path):
-        if not os.path.exists(path):
-            return None
-        old = str(path).replace(".jsonl", time.strftime(suffix + ".jsonl"))
-        os.replace(path, old)
-        return old
 
 
 def check_space(directory, model):
@@ -125,12 +141,14 @@ def run_key(algo, cfg, defaults, ignore=("out", "precision", "eval_every", "pref
 
 class Results:
     """A run's evaluation points: appended to <run_dir>/points.jsonl as they come (and their
-    first four samples to eval_samples.jsonl), and put into the shared results file in place of
-    the run's earlier points only by finish(), so an interrupted rerun leaves the finished points
-    intact. Rank 0 alone writes them."""
+    first four samples to eval_samples.jsonl); finish_run publishes them into the shared results
+    file when the run has finished. Rank 0 alone writes them. Creating one first publishes what
+    an interrupted earlier run of the stage left unpublished (publish)."""
 
     def __init__(self, path, run_dir, fields):
         self.path, self.fields, self.rows = path, fields, []
+        if parallel.rank() == 0:
+            publish(run_dir)
         run_dir = writing_dir(run_dir)
         self.side = os.path.join(run_dir, "points.jsonl") if parallel.rank() == 0 else None
         if self.side:
@@ -152,6 +170,55 @@ class Results:
                 f.write(json.dumps({"step": step, "samples": point.get("samples", [])[:4]}) + "\n")
         return point
 
-    def finish(self):
-        if self.side:
-            replace_rows(self.path, self.fields["run"], self.rows)
+# ---------------------------------------------------------------- publishing a finished run
+#
+# A run's points and its stage become visible together: the stage's record (run.json) is the
+# commit point. finish_run writes it first, naming the results file and the run's key, then
+# publish() puts the run's points.jsonl into the results file, each row tagged with the record's
+# id and the ids of the stages it was built from (its pipeline). An interruption between the two
+# leaves a record whose points are not yet published: the next Results of that stage, and the
+# experiments' run loop, publish them (publish is idempotent). Points of a run whose π_SFT was
+# rebuilt while it ran are not published: they belong to another π_ref than the file's.
+
+
+def finish_run(stage_dir, cfg, inputs, points=None, new_sft=False):
+    """Finish a stage whose run has points: its record (naming them), then publish them.
+    new_sft: sft.py's own run, a new π_ref: publish moves the rows of earlier ones aside."""
+    if parallel.rank() > 0:
+        return
+    results = {"file": os.path.relpath(points.path, stage_dir), "run": points.fields["run"],
+               "new_sft": new_sft} if points else None
+    finish_stage(stage_dir, cfg, inputs, results=results)
+    publish(stage_dir, say=True)
+
+
+def publish(stage_dir, say=False):
+    """Put a finished stage's points into its results file unless they are there (rows tagged
+    with its record's id). Returns whether they are there now."""
+    record = read_record(stage_dir)
+    spec = (record or {}).get("results")
+    if not spec:
+        return False
+    path = os.path.normpath(os.path.join(stage_dir, spec["file"]))
+    sft = os.path.join(os.path.dirname(os.path.normpath(stage_dir)), "sft")
+    if "sft" in record["inputs"] and record["inputs"]["sft"] != record_id(sft):
+        if say:
+            print(f"warning: {sft} was rebuilt while this run trained against the one before; its"
+                  f" points stay in {stage_dir}/points.jsonl, out of {path}", flush=True)
+        return False
+    tag = {"record": record["id"], "inputs": record["inputs"]}
+    rows = [{**r, **tag} for r in read_jsonl(os.path.join(stage_dir, "points.jsonl"))]
+    with FileLock(path):
+        now = read_jsonl(path)
+        if any(r.get("run") == spec["run"] and r.get("record") == record["id"] for r in now):
+            return True  # published already
+        if spec.get("new_sft"):  # rows of earlier π_SFTs: not comparable with the new ones
+            old = [r for r in now if (r.get("inputs") or {}).get("sft") != record["id"]]
+            now = [r for r in now if r not in old]
+            if old:
+                aside = str(path).replace(".jsonl", time.strftime("-before-sft-%Y%m%d-%H%M%S"
+                                                                  ".jsonl"))
+                write_jsonl(aside, old)
+                print(f"new SFT model: earlier results moved to {aside}", flush=True)
+        write_jsonl(path, [r for r in now if r.get("run") != spec["run"]] + rows)
+    return True

@@ -144,12 +144,13 @@ def stage_file(stage_dir, path):
     return pending
 
 
-def finish_stage(stage_dir, cfg, inputs=()):
+def finish_stage(stage_dir, cfg, inputs=(), **extra):
     """Put the run's checkpoints and files in place of the old ones, then the completion mark,
-    written last: config, the ids of the stages it was built from (as they were when loaded)."""
+    written last: config, the ids of the stages it was built from (as they were when loaded),
+    and extra (results.finish_run: the points it publishes from it). Returns the record."""
     if parallel.rank() > 0:
-        return
-    record = {"id": uuid.uuid4().hex, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        return None
+    record = {**extra, "id": uuid.uuid4().hex, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
               "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
               "config": dataclasses.asdict(cfg),
               "inputs": {os.path.basename(os.path.normpath(d)):
@@ -171,6 +172,7 @@ def finish_stage(stage_dir, cfg, inputs=()):
     os.replace(os.path.join(stage_dir, RECORD + ".tmp"), os.path.join(stage_dir, RECORD))
     _writing.pop(os.path.abspath(stage_dir), None)  # the run is over: its files are in place
     _ids.pop(os.path.abspath(stage_dir), None)  # rebuilt by this process, not behind its back
+    return record
 
 
 def require(path, script, args, built_from=()):

@@ -100,7 +100,7 @@ def test_grad_variance_on_the_tiny_pipeline(pipeline, tmp_path):
     run_script("bench/grad_variance.py", "--out", out, "--batches", 4, "--prompts", 2, "--k", 2,
                "--max-new-tokens", 8)
     rows = c.read_jsonl(out / "grad_variance.jsonl")
-    assert [r["estimator"] for r in rows] == grad_variance.ESTIMATORS
+    assert [r["estimator"] for r in rows] == grad_variance.ESTIMATORS == lecture.ESTIMATORS
     assert all(r["trace"] > 0 and len(r["trace_halves"]) == 2 for r in rows)
 
 
@@ -147,3 +147,31 @@ def test_one_table_of_experiments_counts_shared_runs_once():
     # the tax's PPO at 20 iterations is variance's: measured there
     assert len(entry.own_runs(cfg, "tax")) == len(lecture.runs(cfg, "tax")) - 1
     assert entry.GROUPS["lecture"] == lecture.NAMES
+
+
+# ---------------------------------------------------------------- what each experiment hands on
+
+def test_the_variance_runs_are_the_baselines_they_say():
+    """Each REINFORCE run gets the baseline its label names (leave-one-out: rloo.py's default),
+    so the three are three runs, not one run three times."""
+    runs = [r for r in lecture.experiment_runs("variance") if r[0] == "rloo.py"]
+    for script, label, flags in runs:
+        baseline = label.split()[-1]
+        given = flags[flags.index("--baseline") + 1] if "--baseline" in flags else "loo"
+        assert given == baseline, label
+    assert len({key_of(s, [*map(str, f)], "out") for s, _, f in runs}) == 3
+
+
+def test_the_variance_table_compares_at_its_step(tmp_path):
+    """measured.md's gold-per-sample table reads every run at step 20 (equal responses), not at
+    its end: a run that rises after step 20 shows its step-20 gold."""
+    out = str(tmp_path)
+    keys = dict((label, key) for key, label in lecture.labels(out)["variance"])
+    rows = [{"run": keys[label], "algo": "rloo", "variant": "rm", "step": s, "kl": s / 10,
+             "gold": g, "gold_se": 0.01, "settings": {}}
+            for label in keys for s, g in ((0, 0.2), (20, 0.3), (50, 0.9))]
+    c.replace_rows(tmp_path / "measured.jsonl", None, rows)
+    assert lecture.draw(out)
+    table = (tmp_path / "measured.md").read_text().split("## Gold per sample")[1].split("##")[0]
+    assert "| step 20: gold |" in table and table.count("| 0.300 ± 0.010 | 2.00 |") == len(keys)
+    assert "0.900" not in table

@@ -195,18 +195,29 @@ def test_the_two_experiments_split_the_runs_and_the_proxies(tmp_path, monkeypatc
     core, mit = (g.runs(cfg, e) for e in ("goodhart", "goodhart-mitigation"))
     assert core + mit == g.runs(cfg) and len(core) == len(g.PROXY_PROMPTS)
     assert [r.root for r in core] == [g.root(out, g.proxy_name(n)) for n in g.PROXY_PROMPTS]
-    built = []
-    monkeypatch.setattr(g.c, "require", lambda d, script, args, built_from: built.append(
-        os.path.relpath(d, out)))
+    built, flags = [], {}
+
+    def require(d, script, args, built_from):
+        built.append(os.path.relpath(d, out))
+        flags[built[-1]] = dict(zip(args[::2], args[1::2]))
+    monkeypatch.setattr(g.c, "require", require)
     monkeypatch.setattr(g.c, "record_id", lambda d: "id" if "rm-10000" in d else None)
     g.build_proxies(out, "goodhart")
     assert built == [f"goodhart/{g.proxy_name(n)}/reward_model"
                      for n in (10000, 250, 1000, 3000)]
+    # every proxy learns the experiment's gold's labels: the labelled set ranked by the reader's
+    # gold, the smaller proxies trained on its first n prompts
+    labels = f"{out}/goodhart/{g.proxy_name(g.LABELS)}/preferences.jsonl"
+    for n, d in zip((10000, 250, 1000, 3000), built):
+        assert flags[d]["--gold"] == "reader" and flags[d]["--n-prompts"] == str(n)
+        assert n == g.LABELS or flags[d]["--preferences"] == labels
     assert not os.path.lexists(f"{out}/goodhart/vader")
     built.clear()
     g.build_proxies(out, "goodhart-mitigation")
     assert built == [f"goodhart/{g.proxy_name(n, s)}/reward_model"
                      for n, s in ((10000, 0), (1000, 0), (1000, 1), (1000, 2))]
+    # the ensemble's members: one labelled set, each its own seed (else three copies of one)
+    assert [flags[d]["--seed"] for d in built[1:]] == ["0", "1", "2"]
     assert os.path.islink(f"{out}/goodhart/vader/reward_model")
     spec = json.loads((tmp_path / "goodhart/reader-ensemble-min/reward_model/ensemble.json")
                       .read_text())
@@ -219,3 +230,50 @@ def test_pair_agreement_by_hand():
     a, b = torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[1.0, 3.0, 2.0]])
     assert reader_gold.pair_agreement(a, b) == pytest.approx(2 / 3)  # (1, 2) is ordered apart
     assert reader_gold.pair_agreement(a, torch.tensor([[1.0, 1.0, 2.0]])) == 1.0  # a tie: left out
+
+
+def test_a_proxy_is_rebuilt_exactly_when_its_labels_were(tmp_path, monkeypatch):
+    """Each proxy keeps the id of the labelled set it learnt from: unchanged labels keep it, a
+    rebuilt labelled set makes it unfinished (rebuilt by require)."""
+    out = str(tmp_path)
+
+    def record(d, run_id):
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "run.json"), "w") as f:
+            json.dump({"id": run_id, "inputs": {}}, f)
+    rm = {n: os.path.join(g.root(out, g.proxy_name(n)), "reward_model") for n in g.PROXY_PROMPTS}
+    for n, d in rm.items():
+        record(d, "labels-1" if n == g.LABELS else f"proxy-{n}")
+        if n != g.LABELS:
+            pathlib.Path(g.root(out, g.proxy_name(n)), "labels").write_text("labels-1")
+    finished_when_required = {}
+    monkeypatch.setattr(g.c, "require", lambda d, *a, **k: finished_when_required.__setitem__(
+        d, os.path.exists(os.path.join(d, "run.json"))))
+    g.build_proxies(out, "goodhart")
+    assert all(finished_when_required.values())  # the same labels: every proxy kept
+    record(rm[g.LABELS], "labels-2")  # the labelled set was rebuilt
+    g.build_proxies(out, "goodhart")
+    assert {n: finished_when_required[d] for n, d in rm.items()} == {
+        n: n == g.LABELS for n in g.PROXY_PROMPTS}  # every proxy of it rebuilt
+    assert all(pathlib.Path(g.root(out, g.proxy_name(n)), "labels").read_text() == "labels-2"
+               for n in g.PROXY_PROMPTS if n != g.LABELS)
+
+
+def test_best_of_n_ranks_by_the_proxy(pipeline, tmp_path, monkeypatch):
+    """best-of-n picks each prompt's sample by the proxy's score and reports the gold of that
+    pick: every estimate is ranked by the proxy's scores, never by a gold."""
+    from conftest import linked_out, spy
+    out = linked_out(tmp_path, pipeline)
+    monkeypatch.setattr(g, "BON_N", 4)
+    monkeypatch.setattr(g, "BON_PROMPTS", 3)
+    monkeypatch.setattr(g, "proxies", lambda out: [("reader-rm-250",
+                                                    str(pipeline / "reward_model"))])
+    estimates = spy(monkeypatch, g, "best_of_n_gold")
+    g.run_best_of_n(str(out), torch.device("cpu"))
+    proxy = estimates[0]["proxy"]
+    assert torch.equal(estimates[0]["gold"], proxy)  # the proxy's own best, first
+    assert all(torch.equal(call["proxy"], proxy) for call in estimates)  # all ranked by it
+    golds = [call["gold"] for call in estimates if not torch.equal(call["gold"], proxy)]
+    assert len(golds) == 2 * len({call["n"] for call in estimates})  # VADER's, the reader's
+    rows = c.read_jsonl(out / "best_of_n.jsonl")
+    assert {r["gold_fn"] for r in rows} == {"vader", "reader"} and rows[0]["n"] == 1

@@ -7,7 +7,7 @@ batch; RLOO and PPO, given the same samples (the harness's fixed sampler), the s
 and their evaluation (split across the ranks) exactly one process's numbers. The one-process
 reference runs in the test process.
 """
-import importlib, json, os, subprocess, sys
+import glob, importlib, json, os, subprocess, sys, time
 from types import SimpleNamespace
 
 import pytest
@@ -215,3 +215,43 @@ def test_bad_input_under_torchrun_is_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: the nccl backend is not available here (nccl needs CUDA GPUs); set"
         " RLHF_BACKEND=gloo, or unset it for the automatic choice"]
+
+
+def test_ranks_die_with_a_killed_torchrun(tmp_path, pipeline):
+    """kill -9 of the torchrun agent at step 1: its ranks end too (the kernel sends them SIGTERM),
+    so nothing finishes a run the user killed: no run.json, no points in results.jsonl."""
+    out = linked_out(tmp_path, pipeline)
+    log = open(tmp_path / "log", "w")
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         os.path.join(ROOT, "rloo.py"), "--out", str(out), "--steps", 500, "--batch-size", 4,
+         "--k", 2, "--minibatch-size", 8, "--eval-every", 500, "--n-eval-prompts", 8,
+         "--max-new-tokens", 8], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **FP32})
+
+    def ranks():  # the agent's children: the two ranks
+        kids = []
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            try:
+                fields = open(stat).read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == agent.pid:
+                kids.append(int(stat.split("/")[2]))
+        return kids
+    deadline = time.time() + 240
+    while not (out / "rloo" / ".next" / "metrics.jsonl").exists() \
+            and not (out / "rloo" / "metrics.jsonl").exists():  # a rank is training
+        assert agent.poll() is None and time.time() < deadline, open(tmp_path / "log").read()
+        time.sleep(0.5)
+    pids = ranks()
+    assert len(pids) == 2
+    agent.kill()
+    agent.wait()
+    deadline = time.time() + 30
+    while any(os.path.exists(f"/proc/{p}") and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1]
+              .split()[0] != "Z" for p in pids):
+        assert time.time() < deadline, "a rank outlived its killed torchrun"
+        time.sleep(0.2)
+    assert not (out / "rloo" / "run.json").exists()
+    assert "rloo" not in {r["algo"] for r in c.read_results(out / "results.jsonl")}

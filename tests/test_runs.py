@@ -1,7 +1,8 @@
 """lib/ (process, stages, results, logger) and the failure behaviour: nothing lost, nothing
 silent (results replaced only at the end, atomic concurrent updates, one writer per directory,
 stage records, signals, bad flags)."""
-import collections, dataclasses, errno, json, multiprocessing, os, signal, subprocess, sys
+import collections, dataclasses, errno, glob, json, multiprocessing, os, signal, subprocess
+import sys
 import threading, time
 
 import pytest
@@ -18,20 +19,67 @@ def rows_of(path):
 
 
 def test_interrupted_rerun_keeps_the_finished_points(tmp_path):
-    path = tmp_path / "results.jsonl"
+    path, stage = tmp_path / "results.jsonl", str(tmp_path / "rloo")
     fields = {"run": "rloo-rm beta=0.1", "algo": "rloo", "variant": "rm", "beta": 0.1}
-    first = c.Results(path, tmp_path / "rloo", fields)
+    stages.start_stage(stage)
+    first = c.Results(path, stage, fields)
     for step in (0, 10):
         first.add({"kl": step / 10, "gold": [0.2, 0.3][step // 10]}, step, final=step == 10)
-    first.finish()
-    rerun = c.Results(path, tmp_path / "rloo", fields)  # the same run again, cut off after 0
+    c.finish_run(stage, _Cfg(), [], first)
+    release(stage)
+    stages.start_stage(stage)
+    rerun = c.Results(path, stage, fields)  # the same run again, cut off after 0
     rerun.add({"kl": 0.0, "gold": 0.25}, 0)
     assert [r["gold"] for r in rows_of(path)] == [0.2, 0.3]  # the finished points, untouched
     rerun.add({"kl": 2.0, "gold": 0.5}, 10, final=True)
-    rerun.finish()  # finished: its points replace the earlier ones, and only those
+    c.finish_run(stage, _Cfg(), [], rerun)  # finished: its points replace the earlier ones
     assert [r["gold"] for r in rows_of(path)] == [0.25, 0.5]
+    assert {r["record"] for r in rows_of(path)} == {stages.record_id(stage)}  # named by it
     with pytest.raises(SystemExit):  # a diverged evaluation is never recorded
         rerun.add({"kl": float("nan"), "gold": 0.5}, 20)
+    release(stage)
+
+
+def test_points_are_published_from_the_record_even_after_an_interruption(tmp_path, monkeypatch):
+    """The record is the commit point: a run stopped after it and before its points reached the
+    results file is finished by whoever comes next (the loop's resume, the stage's next run),
+    never run again and never left half there."""
+    from experiments import loop
+    path, stage = tmp_path / "results.jsonl", str(tmp_path / "dpo")
+    write_record(str(tmp_path / "sft"), "sft-1")
+    fields = {"run": "dpo-sigmoid", "algo": "dpo", "variant": "sigmoid", "beta": 0.1}
+    stages.start_stage(stage)
+    points = c.Results(path, stage, fields)
+    points.add({"kl": 1.0, "gold": 0.4}, 4, final=True)
+
+    def interrupted(stage_dir, say=False):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(results, "publish", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        c.finish_run(stage, _Cfg(), [str(tmp_path / "sft")], points)
+    monkeypatch.undo()
+    release(stage)
+    assert stages.record_id(stage) and not path.exists()  # finished, not yet published
+    assert loop.finished(str(tmp_path)) == {"dpo-sigmoid"}  # the resume publishes it
+    row = rows_of(path)[0]
+    assert row["record"] == stages.record_id(stage) and row["inputs"] == {"sft": "sft-1"}
+    assert results.publish(stage) and len(rows_of(path)) == 1  # idempotent
+
+
+def test_points_of_a_run_whose_sft_was_rebuilt_stay_out(tmp_path, capsys):
+    """An RL run trained against π_SFT 1 finishes after sft.py installed π_SFT 2: its points
+    are not put beside the new SFT's point (they stay in its points.jsonl), with one warning."""
+    path, stage, sft = tmp_path / "results.jsonl", str(tmp_path / "rloo"), str(tmp_path / "sft")
+    write_record(sft, "sft-1")
+    c.require(sft, "sft.py", [])
+    stages.start_stage(stage)
+    points = c.Results(path, stage, {"run": "rloo-rm", "algo": "rloo", "variant": "rm"})
+    points.add({"kl": 1.0, "gold": 0.4}, 4, final=True)
+    write_record(sft, "sft-2")  # sft.py finished again while this run trained
+    c.finish_run(stage, _Cfg(), [sft], points)
+    release(stage)
+    assert not path.exists() and "was rebuilt while this run trained" in capsys.readouterr().out
+    assert stages.record_id(stage)  # the run itself is finished: its model and points are kept
 
 
 def test_run_key_covers_every_setting_that_changes_the_result():
@@ -391,16 +439,28 @@ def test_messages_say_what_is_true_for_the_case(tmp_path, capsys):
 
 
 def test_old_results_move_aside_under_the_lock_and_a_wait_names_its_holder(tmp_path, capsys):
-    path = tmp_path / "results.jsonl"
-    path.write_text('{"run": "ppo-rm", "step": 0, "kl": 0.0, "gold": 0.1}\n')
-    moved = []
+    """A new π_SFT's point goes in once the update another run holds the lock for is done; the
+    rows of earlier π_SFTs move aside, those built from this one stay."""
+    path, sft = tmp_path / "results.jsonl", str(tmp_path / "sft")
+    path.write_text('{"run": "ppo-rm", "algo": "ppo", "step": 0, "kl": 0.0, "gold": 0.1}\n')
+    stages.start_stage(sft)
+    points = c.Results(path, sft, {"run": "sft", "algo": "sft", "variant": ""})
+    points.add({"kl": 0.0, "gold": 0.2}, 10, final=True)
+    done = []
     with stages.FileLock(path):  # another run is updating the results
-        mover = threading.Thread(target=lambda: moved.append(results.archive_results(path, "-old")))
-        mover.start()
-        mover.join(1.0)
-        assert mover.is_alive() and path.exists()  # sft.py waits for it before moving the file
-    mover.join(10)
-    assert moved[0].endswith("results-old.jsonl") and not path.exists()
+        finisher = threading.Thread(target=lambda: done.append(
+            c.finish_run(sft, _Cfg(), [], points, new_sft=True)))
+        finisher.start()
+        finisher.join(1.0)
+        assert finisher.is_alive() and len(rows_of(path)) == 1  # it waits for that run
+        new = {"run": "ppo-rm beta=0.02", "algo": "ppo", "step": 0, "kl": 0.0, "gold": 0.3,
+               "inputs": {"sft": stages.record_id(sft)}}  # a run of the new π_SFT, finished
+        results.write_jsonl(path, rows_of(path) + [new])
+    finisher.join(10)
+    release(sft)
+    assert [r["run"] for r in rows_of(path)] == ["ppo-rm beta=0.02", "sft"]
+    aside = glob.glob(str(tmp_path / "results-before-sft-*.jsonl"))
+    assert len(aside) == 1 and [r["run"] for r in rows_of(aside[0])] == ["ppo-rm"]
     assert f"waiting for pid {os.getpid()}, which is updating {path}" in capsys.readouterr().out
 
 
@@ -425,3 +485,90 @@ def test_a_child_build_dies_with_its_parent(tmp_path):
     else:
         os.kill(pid, signal.SIGKILL)
         pytest.fail(f"the child (pid {pid}) outlived its parent")
+
+
+def test_the_ends_of_a_range_are_allowed_and_zero_is_refused_where_it_freezes(tmp_path):
+    """γ 0 and λ 0 (the one-step advantage) are in range; a learning rate or a loss weight of 0
+    would train nothing, and is refused in one line naming the flag."""
+    import ppo, sft
+    cfg = c.parse_config(ppo.Config, ppo.__doc__, ppo.CHOICES,
+                         argv=["--out", str(tmp_path), "--gamma", "0", "--lam", "0"])
+    assert (cfg.gamma, cfg.lam) == (0.0, 0.0)
+    for script, flag in ((sft, "--muon-lr"), (ppo, "--vf-coef"), (ppo, "--lr")):
+        with pytest.raises(SystemExit):
+            c.parse_config(script.Config, script.__doc__, getattr(script, "CHOICES", None),
+                           argv=["--out", str(tmp_path), flag, "0"])
+    with pytest.raises(SystemExit):
+        c.parse_config(sft.Config, sft.__doc__, None,
+                       argv=["--out", str(tmp_path), "--n-head", "3", "--n-embd", "64"])
+
+
+def test_a_relative_out_is_found_again(tmp_path, monkeypatch):
+    """require() keeps the id it checked under the stage's absolute path: a load by the relative
+    path the user gave finds it (and sees a rebuild meanwhile)."""
+    monkeypatch.chdir(tmp_path)
+    c.build_model(512, 1, 2, 32, 64).save_pretrained("out/sft")
+    write_record("out/sft", "sft-1")
+    c.require("out/sft", "sft.py", [])
+    assert stages._ids[os.path.abspath("out/sft")] == "sft-1"
+    c.load_model("out/sft")  # the id it checked: fine
+    write_record("out/sft", "sft-2")
+    with pytest.raises(SystemExit):
+        c.load_model("out/sft")
+
+
+def test_the_kl_check_is_every_ranks(monkeypatch):
+    """check_kl stops on the mean KL over all ranks (what all_mean gives), so that every rank
+    takes the same decision; its own share's alone could disagree."""
+    seen = []
+    monkeypatch.setattr(c, "all_mean", lambda v, weight=1.0: seen.append(v) or 1e9)
+    with pytest.raises(SystemExit):
+        c.check_kl(torch.zeros(4), 10.0, 3, "nothing saved")
+    assert len(seen) == 1
+    monkeypatch.setattr(c, "all_mean", lambda v, weight=1.0: 0.0)
+    c.check_kl(torch.full((4,), 1e6), 10.0, 3, "nothing saved")  # the ranks' mean is fine
+
+
+def test_files_of_the_wrong_shape_stop_with_one_line(tmp_path, capsys):
+    """An ensemble.json cut off mid-write or without its members: one line naming it, not a
+    traceback; results and failure rows without the keys a reader needs are skipped, said."""
+    from experiments import loop
+    ens = tmp_path / "ens"
+    ens.mkdir()
+    for text in ('{"members": ["../m0"], "comb', '{"combine": "mean"}', '[1, 2]'):
+        (ens / "ensemble.json").write_text(text)
+        with pytest.raises(SystemExit):
+            c.load_reward_model(str(ens), None)
+        err = capsys.readouterr().err.strip()
+        assert "ensemble.json" in err and "\n" not in err, err
+    (tmp_path / "failed.jsonl").write_text('{"run": "a"}\n{"run": "b", "error": "KL exploded"}\n')
+    assert loop.failures(str(tmp_path)) == {"b": "KL exploded"}
+    (tmp_path / "results.jsonl").write_text(
+        '{"run": "x", "step": 0, "kl": 0.0, "gold": 0.2}\n'  # no algo: skipped, said
+        '{"run": "y", "algo": "dpo", "step": 0, "kl": 0.0, "gold": 0.2}\n')  # no variant: ""
+    assert c.read_results(tmp_path / "results.jsonl") == [
+        {"run": "y", "algo": "dpo", "variant": "", "step": 0, "kl": 0.0, "gold": 0.2}]
+    assert "line 1 is not a results row (no algo)" in capsys.readouterr().err
+
+
+def test_preference_pairs_longer_than_the_positions_stop_with_one_line(tmp_path, capsys):
+    enc = c.tokenizer(512)
+    path = tmp_path / "preferences.jsonl"
+    pair = {"split": "valid", "prompt_ids": [5, 6], "chosen_ids": [7] * 60, "rejected_ids": [8]}
+    path.write_text(json.dumps({**pair, "split": "train"}) + "\n" + json.dumps(pair) + "\n")
+    assert len(c.read_preferences(str(path), enc)["train"]) == 1  # no model given: no limit
+    with pytest.raises(SystemExit):
+        c.read_preferences(str(path), enc, n_positions=64)  # 64 − 8 = 56 < 60
+    err = capsys.readouterr().err.strip()
+    assert "line 1" in err and "at most 56" in err and "\n" not in err
+
+
+def test_a_terminal_that_cannot_print_unicode_gets_question_marks(tmp_path):
+    """Output to an ASCII-only terminal: "≈", "±" and "→" print as "?" and the run goes on."""
+    (tmp_path / "results.jsonl").write_text(
+        '{"run": "sft", "algo": "sft", "step": 0, "kl": 0.0, "gold": 0.2, "gold_se": 0.01}\n')
+    proc = subprocess.run([sys.executable, "-m", "experiments", "--out", str(tmp_path),
+                           "--redraw"], cwd=ROOT, capture_output=True,
+                          env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"KL \\xe2" not in proc.stdout and b"KL ? 2" in proc.stdout

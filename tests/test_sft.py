@@ -183,6 +183,10 @@ def test_non_finite_loss_stops_with_one_line(tmp_path):
                       "--warmup", 1, check=False)
     assert proc.returncode == 1 and "non-finite loss" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+    assert "--muon-lr" not in proc.stderr  # AdamW alone: --lr is the flag to lower
+    proc = run_script("sft.py", "--out", tmp_path, *TINY_SFT, "--steps", 4, "--optimizer", "muon",
+                      "--muon-lr", 1e30, check=False)  # Muon diverged: it names its own flag
+    assert proc.returncode == 1 and "try a lower --lr or --muon-lr" in proc.stderr
 
 
 def test_ctrl_c_leaves_no_half_written_files(tmp_path):

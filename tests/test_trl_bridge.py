@@ -2,7 +2,7 @@
 trainers take our models and data as they are. TRL is not in requirements.txt: .ci/run installs
 a pinned TRL in an environment of its own and names its Python in RLHF_TRL_PYTHON; without it
 this test is skipped."""
-import os, subprocess
+import os, subprocess, sys
 
 import pytest
 
@@ -23,3 +23,15 @@ def test_trl_trains_on_our_out(tmp_path, pipeline):
     assert "'rewards/gold/mean'" in said  # our gold reward, called by TRL's GRPO
     for trainer in ("trl_dpo", "trl_rm", "trl_grpo"):
         assert os.path.isdir(os.path.join(out, trainer))
+
+
+def test_without_trl_help_works_and_a_run_says_what_is_missing():
+    """In this repo's own environment (no TRL): --help, and one line saying how to get TRL."""
+    import importlib.util
+    if importlib.util.find_spec("trl") and importlib.util.find_spec("datasets"):
+        pytest.skip("TRL is installed here")
+    bridge = [sys.executable, os.path.join(ROOT, "examples", "trl_bridge.py")]
+    assert subprocess.run([*bridge, "--help"], capture_output=True).returncode == 0
+    proc = subprocess.run(bridge, capture_output=True, text=True)
+    assert proc.returncode == 1 and "trl==1.16.0" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
