@@ -33,7 +33,7 @@ class Config:
 def finished(path):
     """A stage directory whose record says it finished."""
     try:
-        with open(os.path.join(path, "run.json")) as f:  # runs.RECORD
+        with open(os.path.join(path, "run.json")) as f:  # lib/stages.py's RECORD
             return bool(json.load(f).get("finished"))
     except (OSError, ValueError):
         return False
@@ -68,7 +68,7 @@ def main():
         model = c.load_model(os.path.join(cfg.out, d)).to(device).eval()
         rows[name] = answers(model, enc, prompt_ids, cfg)
     lines = ["# What each model writes", "",
-             f"The first {cfg.n} held-out openings (`data.prompts('eval')`), one continuation"
+             f"The first {cfg.n} held-out openings (`c.prompts('eval')`, lib/data.py), one continuation"
              f" each at temperature 1 (at most {cfg.max_new_tokens} tokens, sampling seed"
              f" {cfg.seed}), and its gold reward r* (VADER, in [−1, 1]). Made by"
              " `python bench/samples.py` from the default runs' models: "

@@ -116,6 +116,7 @@ def run_best_of_n(cfg, results, device):
     gold, proxy = (torch.cat(x).view(cfg.bon_prompts, -1) for x in (gold, proxy))
     ns = [2 ** i for i in range(int(math.log2(cfg.bon_max_n)) + 1)]
     rows = best_of_n(gold, proxy, ns)
+    c.start_stage(os.path.join(cfg.out, "best_of_n"))  # its own stage: a rerun replaces it whole
     points = c.Results(results, os.path.join(cfg.out, "best_of_n"),
                        {"run": "best-of-n", "algo": "best-of-n", "variant": "", "beta": None,
                         "seed": cfg.seed, "steps": cfg.bon_max_n, "settings": {}})

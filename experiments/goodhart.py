@@ -221,8 +221,7 @@ def proxy_info(rm_dir):
     """A proxy's size and quality from its report (an ensemble: its first member's labels)."""
     spec = os.path.join(rm_dir, "ensemble.json")
     if os.path.exists(spec):
-        with open(spec) as f:
-            members = json.load(f)["members"]
+        members = c.read_json(spec, members=list)["members"]
         info = proxy_info(os.path.join(rm_dir, members[0]))
         return {**info, "proxy_acc_gold": None, "ensemble": len(members)}
     with open(os.path.join(rm_dir, "report.json")) as f:

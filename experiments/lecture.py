@@ -76,12 +76,15 @@ def runs(cfg, name):
 
 
 def prepare(cfg, name, device):
-    """Before the runs: sft.py's point in the results (a root whose sft is a link has none) and
-    its tax; for variance, bench/grad_variance.py unless its rows are there."""
+    """Before the runs: sft.py's point in the results (a root whose sft is a link has none: it
+    is copied, tagged as published) and its tax; for variance, bench/grad_variance.py unless all
+    its rows are there."""
     results, sft_dir = os.path.join(cfg.out, "results.jsonl"), os.path.join(cfg.out, "sft")
-    if not any(r.get("algo") == "sft" for r in c.read_results(results)):
+    if not any(r["algo"] == "sft" for r in c.read_results(results)):
+        record = c.read_record(sft_dir) or {}
+        tag = {"record": record.get("id"), "inputs": record.get("inputs", {})}
         for row in c.read_results(os.path.join(sft_dir, "points.jsonl")):
-            c.replace_rows(results, row["run"], [row])
+            c.replace_rows(results, row["run"], [{**row, **tag}])
     if "sft" not in {r.get("algo") for r in c.read_jsonl(os.path.join(cfg.out, "tax.jsonl"))}:
         measure_tax(cfg.out, "sft.py", None, device)
     done = {r.get("estimator") for r in c.read_jsonl(os.path.join(cfg.out, "grad_variance.jsonl"))}

@@ -59,10 +59,11 @@ def key_of(script, flags, out):
 
 def finished(root):
     """The keys of the runs whose final point is in <root>/results.jsonl, once the points of
-    every finished stage there are (a run stopped between its record and its points is finished
-    here, not run again)."""
+    every finished stage of this root are (a run stopped between its record and its points is
+    finished here, not run again)."""
     for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-        publish(os.path.join(root, name))
+        if not os.path.islink(os.path.join(root, name)):  # (a linked stage is its root's)
+            publish(os.path.join(root, name))
     return {r["run"] for r in c.read_results(os.path.join(root, "results.jsonl")) if r.get("final")}
 
 

@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from lib import process, sampler
 
+PARENT = os.getppid()  # torchrun's agent, for a rank: taken at import, before it can die
 BACKEND_ENV = "RLHF_BACKEND"  # gloo or nccl, in place of the automatic choice
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
                 "GROUP_WORLD_SIZE", "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -75,7 +76,7 @@ def init(seed):
     # collective (where Python's handler would not run); checkpoints are renamed in whole
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if sys.platform.startswith("linux"):  # and a rank dies with its torchrun agent, even one
-        process.die_with(os.getppid())  # killed by SIGKILL, which cannot pass a signal on
+        process.die_with(PARENT)  # killed by SIGKILL, which cannot pass a signal on
     return device
 
 

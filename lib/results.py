@@ -203,21 +203,27 @@ def publish(stage_dir, say=False):
     sft = os.path.join(os.path.dirname(os.path.normpath(stage_dir)), "sft")
     if "sft" in record["inputs"] and record["inputs"]["sft"] != record_id(sft):
         if say:
-            print(f"warning: {sft} was rebuilt while this run trained against the one before; its"
-                  f" points stay in {stage_dir}/points.jsonl, out of {path}", flush=True)
+            print(f"warning: {sft} was rebuilt (or removed) while this run trained against the one"
+                  f" before; its points stay in {stage_dir}/points.jsonl, out of {path}",
+                  flush=True)
         return False
     tag = {"record": record["id"], "inputs": record["inputs"]}
     rows = [{**r, **tag} for r in read_jsonl(os.path.join(stage_dir, "points.jsonl"))]
+    if not rows:  # (its points file gone: nothing to publish, and nothing published is undone)
+        return False
     with FileLock(path):
         now = read_jsonl(path)
         if any(r.get("run") == spec["run"] and r.get("record") == record["id"] for r in now):
             return True  # published already
         if spec.get("new_sft"):  # rows of earlier π_SFTs: not comparable with the new ones
-            old = [r for r in now if (r.get("inputs") or {}).get("sft") != record["id"]]
-            now = [r for r in now if r not in old]
+            ours = [(r.get("inputs") or {}).get("sft") == record["id"] for r in now]
+            old = [r for r, mine in zip(now, ours) if not mine]
+            now = [r for r, mine in zip(now, ours) if mine]
             if old:
-                aside = str(path).replace(".jsonl", time.strftime("-before-sft-%Y%m%d-%H%M%S"
-                                                                  ".jsonl"))
+                stem, n = os.path.splitext(path)[0] + time.strftime("-before-sft-%Y%m%d-%H%M%S"), 1
+                aside = f"{stem}.jsonl"
+                while os.path.exists(aside):  # two in one second: a file each
+                    aside, n = f"{stem}-{n}.jsonl", n + 1
                 write_jsonl(aside, old)
                 print(f"new SFT model: earlier results moved to {aside}", flush=True)
         write_jsonl(path, [r for r in now if r.get("run") != spec["run"]] + rows)
