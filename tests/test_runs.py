@@ -78,7 +78,7 @@ def test_points_of_a_run_whose_sft_was_rebuilt_stay_out(tmp_path, capsys):
     write_record(sft, "sft-2")  # sft.py finished again while this run trained
     c.finish_run(stage, _Cfg(), [sft], points)
     release(stage)
-    assert not path.exists() and "was rebuilt while this run trained" in capsys.readouterr().out
+    assert not path.exists() and "was rebuilt (or removed) while" in capsys.readouterr().out
     assert stages.record_id(stage)  # the run itself is finished: its model and points are kept
 
 
@@ -354,14 +354,14 @@ def test_preferences_without_a_split_or_with_negative_ids_stop(tmp_path, capsys)
 
 def test_a_bad_results_row_is_skipped_with_a_warning(tmp_path, capsys):
     path = tmp_path / "results.jsonl"
-    path.write_bytes(b'{"run": "a", "step": 0, "kl": 0.0, "gold": 0.1}\n\xff\xfe\n'
-                     b'{"run": "b", "step": 1}\n{"step": 2, "kl": 0, "gold": 0}\n'
-                     b'{"run": "d", "step": "x", "kl": 0, "gold": 0}\n')
+    path.write_bytes(b'{"run": "a", "algo": "ppo", "step": 0, "kl": 0.0, "gold": 0.1}\n\xff\xfe\n'
+                     b'{"run": "b", "algo": "ppo", "step": 1}\n{"step": 2, "kl": 0, "gold": 0}\n'
+                     b'{"run": "d", "algo": "ppo", "step": "x", "kl": 0, "gold": 0}\n')
     assert [r["run"] for r in c.read_results(path)] == ["a"]
     err = capsys.readouterr().err
     assert "line 2 is not JSON" in err and "line 3 is not a results row (no kl)" in err
     assert "line 4 is not a results row (no run key)" in err and "line 5" in err
-    c.replace_rows(path, "c", [{"run": "c", "step": 0, "kl": 0.0, "gold": 0.2}])
+    c.replace_rows(path, "c", [{"run": "c", "algo": "rloo", "step": 0, "kl": 0.0, "gold": 0.2}])
     plots.plot_frontier(c.read_results(path), tmp_path / "frontier.png")  # as finish_rl does
     assert [r["run"] for r in c.read_results(path)] == ["a", "c"]
 
