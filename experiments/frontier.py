@@ -130,6 +130,7 @@ def run_best_of_n(cfg, results, device):
 
 # ---------------------------------------------------------------- figures and tables
 
+
 def draw_proxy_and_gold(rows, png, panels=("ppo-rm", "rloo-rm", "grpo-rm")):
     """Proxy (top row) and gold (bottom row) reward against √KL along each run of the RL
     methods, on their own axes: the proxy's scale (r_φ, up to ≈ 4) is not the gold's."""

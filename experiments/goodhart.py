@@ -154,6 +154,7 @@ def build_proxies(out, experiment):
 
 # ---------------------------------------------------------------- the formulas
 
+
 def best_of_n_weights(N, n):
     """P(the best of n samples drawn without replacement from N is the one ranked j-th lowest),
     j = 1 … N: C(j−1, n−1) / C(N, n) (0 for j < n)."""
@@ -209,6 +210,7 @@ def peak_and_fall(points):
 
 
 # ---------------------------------------------------------------- best-of-n, collecting, drawing
+
 
 def proxies(out):
     """(name, reward-model directory) of every proxy best-of-n ranks by: the four label counts
@@ -290,8 +292,8 @@ def collect(cfg):
         if not points:  # (not run yet: e.g. the other experiment's)
             continue
         rm_dir = os.path.join(r.root, "reward_model")
-        info = proxy_info(rm_dir) if "--reward" not in r.flags else {"proxy_pairs": None,
-                                                                      "label_gold": "vader"}
+        info = proxy_info(rm_dir) if "--reward" not in r.flags else \
+            {"proxy_pairs": None, "label_gold": "vader"}
         for p in points:
             for fn, k in (("vader", "gold"), ("reader", "gold_reader")):
                 rows.append({**p, "gold": p[k], "gold_se": p[f"{k}_se"], "gold_fn": fn,

@@ -152,6 +152,7 @@ def labels(out):
 
 # ---------------------------------------------------------------- tables and figures
 
+
 def variance_table(rows):
     """Markdown lines: bench/grad_variance.py's rows, one per estimator."""
     lines = ["| estimator | samples a batch | batches | tr Σ | tr Σ of each half | ‖μ‖² |"
@@ -262,8 +263,8 @@ def draw(out):
     draw."""
     names = labels(out)
     rows = c.read_results(os.path.join(out, "measured.jsonl"))
-    tax = c.read_jsonl(os.path.join(out, "tax.jsonl"), c.has("run", "algo", "kl", "gold",
-                                                              "lm_loss"))
+    tax = c.read_jsonl(os.path.join(out, "tax.jsonl"),
+                       c.has("run", "algo", "kl", "gold", "lm_loss"))
     variance = c.read_jsonl(os.path.join(out, "grad_variance.jsonl"), c.has(
         "estimator", "samples", "batches", "trace", "trace_halves", "signal", "noise_to_signal"))
     failed = failures(out)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import common as c
-from lib.results import publish
 import dpo, grpo, ppo, reward_model, rloo, sft
+from lib.results import publish
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where the scripts are
 SCRIPTS = {m.__name__ + ".py": m for m in (sft, reward_model, ppo, rloo, grpo, dpo)}

@@ -12,6 +12,7 @@ import torch
 from lib import parallel
 from lib.process import die
 
+
 def parse_config(cls, doc, choices=None, argv=None, check=None):
     """Config dataclass → argparse: one --flag per field, its trailing comment as the help. Every
     value is range-checked (RANGES, _out_of_range), then check(cfg), the script's own rules on

@@ -10,6 +10,7 @@ from lib.plots import plot_frontier, plot_metrics
 from lib.results import finish_run, read_results
 from lib.stages import writing_dir
 
+
 class Logger:
     """metrics.jsonl (one JSON object per step) and, on the terminal, a line at most every
     `every` seconds, at every evaluation and at the last step, with the ETA. Once the steps have

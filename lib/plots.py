@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 from lib.results import read_jsonl
 from lib.stages import writing_dir
 
+
 def save_figure(fig, png):
     fig.tight_layout()
     fig.savefig(png, dpi=110)

@@ -1,14 +1,16 @@
 """lib/results.py: the shared results file of every run's evaluation points (common.py
 re-exports it).
 
-Rows that say what they are (run_key), checked when read, replaced only when a run has finished
-(Results), every update atomic and under a lock, so concurrent runs lose nothing.
+Rows that say what they are (run_key), checked when read, published from a run's record only
+when it has finished (finish_run, publish), every update atomic and under a lock, so concurrent
+runs lose nothing.
 """
 import dataclasses, json, math, os, shutil, sys, time
 
 from lib import parallel
 from lib.process import die
 from lib.stages import FileLock, finish_stage, read_record, record_id, writing_dir
+
 
 def read_jsonl(path, check=None):
     """The rows (JSON objects) of a JSONL file; a line that is not UTF-8 JSON, or a row that
@@ -115,6 +117,7 @@ def check_space(directory, model):
     if free < need:
         die(f"{directory}: {free >> 20} MiB free on its disk, a checkpoint of this model and the"
             f" logs need about {need >> 20} MiB; free some space, or give another --out")
+
 
 def append_row(path, row):
     """Add one finite row to a JSONL file of results, under its lock."""
