@@ -62,10 +62,14 @@ def pipeline(tmp_path_factory):
 
 def run_points(out, stage):
     """The evaluation points of the last run in out/<stage>, after checking that the shared
-    results file holds exactly them under the run's key (put there when the run finished)."""
+    results file holds exactly them under the run's key (put there when the run finished),
+    each tagged with the stage's record id and its inputs' ids."""
     points = [json.loads(line) for line in open(os.path.join(out, stage, "points.jsonl"))]
     shared = [json.loads(line) for line in open(os.path.join(out, "results.jsonl"))]
-    assert [p for p in shared if p["run"] == points[0]["run"]] == points
+    with open(os.path.join(out, stage, "run.json")) as f:
+        record = json.load(f)
+    tag = {"record": record["id"], "inputs": record["inputs"]}
+    assert [p for p in shared if p["run"] == points[0]["run"]] == [{**p, **tag} for p in points]
     return points
 
 
