@@ -224,9 +224,10 @@ def test_ranks_die_with_a_killed_torchrun(tmp_path, pipeline):
     log = open(tmp_path / "log", "w")
     agent = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         os.path.join(ROOT, "rloo.py"), "--out", str(out), "--steps", 500, "--batch-size", 4,
-         "--k", 2, "--minibatch-size", 8, "--eval-every", 500, "--n-eval-prompts", 8,
-         "--max-new-tokens", 8], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+         os.path.join(ROOT, "rloo.py"), "--out", str(out), *map(str, [
+             "--steps", 500, "--batch-size", 4, "--k", 2, "--minibatch-size", 8, "--eval-every",
+             500, "--n-eval-prompts", 8, "--max-new-tokens", 8])], cwd=ROOT, stdout=log,
+        stderr=subprocess.STDOUT,
         env={**os.environ, "OMP_NUM_THREADS": "1", **FP32})
 
     def ranks():  # the agent's children: the two ranks

@@ -235,10 +235,14 @@ def ref_pair_logps(pipeline, pairs):
 def test_dpo_offline_wiring(pipeline, tmp_path, monkeypatch):
     fed = spy(monkeypatch, dpo, "batch_logps")
     losses = spy(monkeypatch, dpo, "preference_loss")
+    read = spy(monkeypatch, c, "read_preferences")
     args = ["--out", linked_out(tmp_path, pipeline), *TINY, "--steps", 3, "--eval-every", 3,
             "--loss", "ipo", "--beta", 0.2, "--n-pairs", 64, "--batch-size", 32, "--lr", 2e-2]
     run_main(monkeypatch, dpo, *args)
     cfg = config(dpo, args)
+    # the pairs are checked against the policy's positions (a longer pair: one line, not a crash)
+    assert [call["n_positions"] for call in read] == [
+        c.load_model(str(pipeline / "sft")).config.n_positions]
     assert {(call["kind"], call["beta"]) for call in losses} == {(cfg.loss, cfg.beta)}
     train = [call for call in losses if call["logps_chosen"].requires_grad]
     batches = [call["pairs"] for call in fed if call["out"][0].requires_grad]
@@ -348,6 +352,7 @@ def test_sft_bucket_wiring(tmp_path, monkeypatch):
 def test_sft_preferred_wiring(pipeline, tmp_path, monkeypatch):
     out = linked_out(tmp_path, pipeline)
     chosen = spy(monkeypatch, sft, "preferred")
+    read = spy(monkeypatch, c, "read_preferences")
     openings = spy(monkeypatch, sft, "openings")
     data = spy(monkeypatch, sft, "batch")
     evaluated = spy(monkeypatch, c, "evaluate")
@@ -355,6 +360,8 @@ def test_sft_preferred_wiring(pipeline, tmp_path, monkeypatch):
              "--batch-size", 8, "--n-eval-prompts", 4, "--max-new-tokens", 8, "--preferred")
     assert not openings and [call["split"] for call in chosen] == ["train", "valid"]
     assert {call["path"] for call in chosen} == {str(out / "preferences.jsonl")}
+    n_positions = c.load_model(str(pipeline / "sft")).config.n_positions  # lengths checked
+    assert [call["n_positions"] for call in read] == [n_positions] * 2
     assert data[0]["examples"] is chosen[0]["out"] and data[1]["examples"] is chosen[1]["out"]
     # it went on from π_SFT (not from scratch), which stays the reference of its evaluation
     sft_model = c.load_model(str(pipeline / "sft"))
