@@ -110,9 +110,10 @@ def run_experiment(name, runs, minutes, out, after_run=None):
                 print(f"{r.label} failed: {last} (the experiment goes on)", flush=True)
                 failed.append(f"{r.label} ({log})")
                 continue
-        elif key in finished(r.root):
+        done = key in finished(r.root)
+        if r not in todo and done:
             print(f"{r.label}: already in {r.root}/results.jsonl, skipped")
-        if after_run and key in finished(r.root):
+        if after_run and done:
             after_run(r, key)
     print(f"{name}: done in {(time.time() - t0) / 60:.1f} min", flush=True)
     return failed

@@ -88,7 +88,8 @@ def finish_rl(cfg, out_dir, results, before, after, title, panels, inputs):
                " held-out prompts")
     print(f"held-out: {before_after(before, after)}")
     plot_metrics(out_dir, panels)
-    plot_frontier(read_results(results.path) + results.rows,  # (this run's points: not yet in)
+    key = results.fields["run"]  # this run's points: not yet in the file (an earlier run's are)
+    plot_frontier([r for r in read_results(results.path) if r["run"] != key] + results.rows,
                   os.path.join(writing_dir(out_dir), "reward_vs_kl.png"))
     finish_run(out_dir, cfg, inputs, results)
 
