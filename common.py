@@ -13,6 +13,7 @@ import math, os, shutil
 
 import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
+from transformers.activations import ACT2FN
 from transformers.utils import logging as hf_logging
 
 from lib import parallel, stages
@@ -23,7 +24,8 @@ from lib.process import die, run, run_child  # noqa: F401
 from lib.stages import (finish_stage, read_record, record_id, require, stage_file,  # noqa: F401
                         start_stage)
 from lib.results import (Results, append_row, check_space, finish_run, has,  # noqa: F401
-                         read_json, read_jsonl, read_results, replace_rows, run_key)
+                         pipeline_at, read_json, read_jsonl, read_results, replace_rows,
+                         run_key)
 from lib.logger import Logger, finish_rl, mean_stats, write_card  # noqa: F401
 from lib.plots import plot_metrics, plot_scatter, save_figure  # noqa: F401
 from lib.data import (check_positions, decode, hf_tokenizer, imdb, prompts,  # noqa: F401
@@ -42,11 +44,15 @@ def _attention():
     return "sdpa" if torch.cuda.is_available() else "eager"
 
 
+FUSED_GELU = "gelu_pytorch_tanh"  # GPT-2's "gelu_new" in one kernel: 13% off an SFT step on a CPU
+
+
 def build_model(n_ranks, n_layer, n_head, n_embd, n_positions):
     """A GPT-2 from scratch; the vocabulary (ranks + end-of-text + padding) rounded up to 64."""
     config = GPT2Config(vocab_size=64 * math.ceil((n_ranks + 2) / 64), n_positions=n_positions,
                         n_layer=n_layer, n_head=n_head, n_embd=n_embd, bpe_ranks=n_ranks,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                        activation_function=FUSED_GELU,
                         bos_token_id=n_ranks, eos_token_id=n_ranks, pad_token_id=n_ranks + 1)
     config._attn_implementation = _attention()
     return GPT2LMHeadModel(config)
@@ -76,6 +82,10 @@ def load_model(name_or_dir, cls=GPT2LMHeadModel, **overrides):
         die(f"cannot load '{name_or_dir}' ({why}): it is neither a checkpoint directory nor"
             " reachable on the Hugging Face hub (offline?); pass a local directory, or go"
             " online once so the hub copy gets cached")
+    if model.config.activation_function == "gelu_new":  # the same function, fused (FUSED_GELU)
+        model.config.activation_function = FUSED_GELU
+        for block in model.transformer.h:
+            block.mlp.act = ACT2FN[FUSED_GELU]
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         die(f"the checkpoint in {name_or_dir} has non-finite weights (corrupt); {fix}")
     stages.still_as_required(name_or_dir)  # not rebuilt since this run checked it

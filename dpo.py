@@ -47,7 +47,7 @@ class Config:
     steps: int = 500  # optimiser steps
     batch_size: int = 32  # preference pairs per step
     lr: float = 1e-4  # AdamW learning rate (20 warmup steps)
-    max_new_tokens: int = 48  # response length cap (online sampling and evaluation)
+    max_new_tokens: int = 40  # response length cap (online sampling and evaluation)
     eval_every: int = 50  # steps between evaluations and checkpoints (also at 1, 2, 4, …)
     n_eval_prompts: int = 256  # held-out prompts of the shared evaluation
     seed: int = 0  # random seed

@@ -41,7 +41,7 @@ class Config:
     steps: int = 40  # PPO iterations (one rollout and its update each); gold is flat after ~20
     batch_size: int = 64  # prompts per rollout
     minibatch_size: int = 16  # responses per gradient step
-    ppo_epochs: int = 4  # passes over each rollout
+    ppo_epochs: int = 2  # passes over each rollout
     lr: float = 1e-4  # AdamW learning rate of policy and critic
     clip: float = 0.2  # ε of the clipped ratio objective
     vf_clip: float = 0.2  # clipping range of the value loss
@@ -51,7 +51,7 @@ class Config:
     gamma: float = 1.0  # discount γ
     lam: float = 0.95  # GAE λ
     temperature: float = 1.0  # sampling temperature (log-probs use the same)
-    max_new_tokens: int = 48  # response length cap
+    max_new_tokens: int = 40  # response length cap
     max_kl: float = 100.0  # stop if the rollout KL per response exceeds this (a KL explosion)
     eval_every: int = 10  # iterations between evaluations and checkpoints (also at 1, 2, 4, …)
     n_eval_prompts: int = 256  # held-out prompts of the shared evaluation

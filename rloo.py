@@ -40,7 +40,7 @@ class Config:
     lr: float = 3e-5  # AdamW learning rate
     clip: float = 0.2  # ε of the clipped ratio (only matters if ppo_epochs > 1)
     temperature: float = 1.0  # sampling temperature (log-probs use the same)
-    max_new_tokens: int = 48  # response length cap
+    max_new_tokens: int = 40  # response length cap
     max_kl: float = 100.0  # stop if the batch KL per response exceeds this (a KL explosion)
     eval_every: int = 10  # iterations between evaluations and checkpoints (also at 1, 2, 4, …)
     n_eval_prompts: int = 256  # held-out prompts of the shared evaluation

@@ -3,12 +3,14 @@
 x (prompt) = the first 2–8 tokens of a review; y (response) = the rest of its opening, up to
 --max-len tokens, cut after its last full sentence and closed with end-of-text so that the model
 learns to stop. The loss counts response tokens only (prompt tokens are masked out). From scratch
-by default (a 2.6M-parameter GPT-2, 4096 BPE ranks); --init gpt2 starts from a real GPT-2.
+by default (a 1.3M-parameter GPT-2: 4 blocks of width 128, 4096 BPE ranks; Muon for the blocks'
+matrices, AdamW for the rest); --init gpt2 starts from a real GPT-2.
 Writes out/sft/: the model (Hugging Face format, also π_ref of every later step), metrics.jsonl,
 loss.png, samples.txt, and the SFT point (gold reward of its samples, KL 0) in out/results.jsonl.
 
 Left out: packing several openings into one row, gradient accumulation.
-Run: python sft.py            (GPU, real GPT-2: python sft.py --init gpt2 --lr 1e-4 --steps 1000)
+Run: python sft.py
+     python sft.py --init gpt2 --optimizer adamw --lr 1e-4 --steps 1000   (GPU, a real GPT-2)
      torchrun --nproc_per_node N sft.py   (N data-parallel ranks: docs/beyond.md)
 """
 import math, os
@@ -27,18 +29,18 @@ class Config:
     n_ranks: int = 4096  # BPE ranks kept for a from-scratch model (vocab = ranks + eot + pad)
     n_layer: int = 4  # from-scratch model: transformer blocks
     n_head: int = 4  # from-scratch model: attention heads
-    n_embd: int = 192  # from-scratch model: width
+    n_embd: int = 128  # from-scratch model: width
     max_len: int = 64  # tokens per review opening (prompt + response)
-    steps: int = 1600  # optimiser steps
+    steps: int = 900  # optimiser steps
     batch_size: int = 64  # openings per step
-    lr: float = 3e-3  # peak learning rate (AdamW), after linear warmup, cosine decay to lr/10
-    optimizer: str = "adamw"  # adamw; or muon: Muon for the blocks' matrices, AdamW for the rest
+    lr: float = 6e-3  # peak learning rate (AdamW), after linear warmup, cosine decay to lr/10
+    optimizer: str = "muon"  # muon: Muon for the blocks' matrices, AdamW for the rest; or adamw
     muon_lr: float = 0.02  # --optimizer muon: Muon's peak learning rate (same schedule)
     warmup: int = 100  # warmup steps
     weight_decay: float = 0.1  # AdamW weight decay on matrices
     eval_every: int = 250  # steps between held-out loss evaluations and checkpoints
     n_eval_prompts: int = 256  # held-out prompts for the final sample-and-score evaluation
-    max_new_tokens: int = 48  # response length cap when sampling
+    max_new_tokens: int = 40  # response length cap when sampling
     bucket: bool = False  # batch openings of similar length: less padding computed per step
     preferred: bool = False  # Preferred-FT: go on from out/sft on the chosen responses of pairs
     seed: int = 0  # random seed
@@ -120,9 +122,12 @@ def set_lr(opts, lr):
 
 
 def sft_loss(model, x, y):
-    """Mean −log π(y_t | x, y_<t) over response tokens (nats/token); -100 masks the rest."""
-    logits = model(x).logits  # (B, T, V); right padding: real tokens never attend to it
-    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100)
+    """Mean −log π(y_t | x, y_<t) over response tokens (nats/token); -100 masks the rest. The LM
+    head runs on the counted positions only: prompt and padding (a third of a batch) skip it."""
+    hidden = model.transformer(input_ids=x).last_hidden_state  # (B, T, D); right padding: real
+    counted = y != -100  # tokens never attend to it
+    logits = model.lm_head(hidden[counted])  # (N, V): N counted positions
+    return F.cross_entropy(logits.float(), y[counted])
 
 
 @torch.no_grad()

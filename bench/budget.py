@@ -52,10 +52,15 @@ def measure(fn, repeats, sync):
 
 def chunk_of(device):
     """Responses reward_model.comparisons samples and labels at once."""
-    return 1024 if device.type == "cuda" else 128
+    return 1024 if device.type == "cuda" else 512
 
 
-def counts(s, r, p, chunk=128):
+def update_part(p):
+    """The name of PPO's update part, with its epochs and minibatches (ppo.Config p)."""
+    return f"update ({p.ppo_epochs} epochs × {p.batch_size // p.minibatch_size} minibatches)"
+
+
+def counts(s, r, p, chunk=512):
     """{part: calls in the default pipeline}, from the three scripts' default Configs; chunk:
     chunk_of(device)."""
     chunks = sum(math.ceil(n * r.k / chunk) for n in (r.n_prompts, r.n_val_prompts))  # per split
@@ -75,7 +80,7 @@ def counts(s, r, p, chunk=128):
         ("reward model", "evaluation"): 1,  # the correlation with gold on held-out samples
         ("ppo", "rollout: sample"): p.steps,
         ("ppo", "rollout: score (r_φ, π_old, π_ref, critic)"): p.steps,
-        ("ppo", "update (4 epochs × 4 minibatches)"): p.steps,
+        ("ppo", update_part(p)): p.steps,
         ("ppo", "evaluation"): 1 + sum(c.evaluates_at(st, p.eval_every, p.steps)
                                        for st in range(1, p.steps + 1)),
     }
@@ -98,7 +103,8 @@ def parts(s, r, p, policy, enc, device):
     val = [t.to(device) for t in (x, y)]  # sft.py's held-out set
     prompts = c.prompts("train", enc)
     eval_prompts = c.prompts("eval", enc, p.n_eval_prompts)
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-9)
+    opts = sft.optimizers(policy, s)  # sft.py's (Muon and AdamW)
+    sft.set_lr(opts, 1e-9)  # (which leave π_SFT as it is: the parts below sample from it)
     popt = torch.optim.AdamW([*policy.parameters(), *critic.parameters()], lr=1e-9)
     rm_opt = torch.optim.AdamW(rm.parameters(), lr=1e-9)
     tax = ppo.lm_batch(enc, "valid", range(ppo.N_TAX_TEXTS), ppo.LM_TOKENS, device)
@@ -108,9 +114,10 @@ def parts(s, r, p, policy, enc, device):
         policy.train()
         with c.autocast(device):
             loss = sft.sft_loss(policy, xb, yb)
-        opt.zero_grad(set_to_none=True)
+        policy.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        for opt in opts:
+            opt.step()
 
     def heldout():
         policy.eval()
@@ -192,7 +199,7 @@ def parts(s, r, p, policy, enc, device):
         ("reward model", "evaluation"): correlation,
         ("ppo", "rollout: sample"): lambda: sample(p.batch_size, store="tokens"),
         ("ppo", "rollout: score (r_φ, π_old, π_ref, critic)"): score,
-        ("ppo", "update (4 epochs × 4 minibatches)"): update,
+        ("ppo", update_part(p)): update,
         ("ppo", "evaluation"): ppo_evaluation,
     }
 

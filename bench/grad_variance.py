@@ -41,7 +41,7 @@ class Config:
     prompts: int = 16  # prompts per batch
     k: int = 4  # responses per prompt (samples per batch: prompts · k, as rloo.py's default)
     lam: float = 0.95  # GAE λ of the ppo-gae estimator (ppo.py's default)
-    max_new_tokens: int = 48  # response length cap
+    max_new_tokens: int = 40  # response length cap
     redraw: bool = False  # measure nothing: print the table of --results
     results: str = ""  # the rows to print with --redraw (default: <out>/grad_variance.jsonl)
     seed: int = 0  # random seed
@@ -122,7 +122,8 @@ def main():
                      "samples": cfg.prompts * cfg.k, "batches": cfg.batches, "trace": trace,
                      "signal": signal, "noise_to_signal": trace / signal if signal > 0 else None,
                      "trace_halves": halves, "device": device.type,
-                     "precision": os.environ.get(c.PRECISION_ENV, ""), "seed": cfg.seed})
+                     "precision": os.environ.get(c.PRECISION_ENV, ""), "seed": cfg.seed,
+                     "pipeline": c.pipeline_at(cfg.out)})
     for r in rows:  # a rerun replaces the estimator's row
         c.replace_rows(path, r["run"], [r])
     print("\n".join(variance_table(rows)))

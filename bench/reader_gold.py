@@ -46,13 +46,13 @@ def main():
     enc = c.tokenizer(sft.config.bpe_ranks)
     prompt_ids = [p for p in c.prompts("eval", enc, cfg.n_prompts) for _ in range(cfg.k)]
     with torch.no_grad(), c.autocast(device):
-        texts = [c.decode(enc, t) for tokens, _ in c.sample_batched(sft, prompt_ids, 48, 64)
+        texts = [c.decode(enc, t) for tokens, _ in c.sample_batched(sft, prompt_ids, 40, 64)
                  for t in tokens.tolist()]
     vader = c.gold_reward(texts)
     reader = c.reader_reward(texts, vader)
     rep = torch.tensor([c.repetition(t) for t in texts])
     corr = torch.corrcoef(torch.stack([vader, reader]))[0, 1].item()
-    report = {"samples": len(texts), "corr": corr,
+    report = {"pipeline": c.pipeline_at(cfg.out), "samples": len(texts), "corr": corr,
               "pair_agreement": pair_agreement(vader.view(-1, cfg.k), reader.view(-1, cfg.k)),
               "vader_mean": vader.mean().item(), "reader_mean": reader.mean().item(),
               "rep2_mean": rep.mean().item(), "rep2_zero": (rep == 0).float().mean().item(),

@@ -241,7 +241,7 @@ def main():
         if name in done:
             continue
         c.require(os.path.join(cfg.out, "sft"), "sft.py", ["--out", cfg.out])
-        row = run_variant(name, cfg, device)
+        row = {**run_variant(name, cfg, device), "pipeline": c.pipeline_at(cfg.out)}
         c.append_row(cfg.results, row)
         print(f"{name}: vs gold order {row['val_acc_gold']:.3f}, vs labeler {row['val_acc']:.3f},"
               f" corr {row['corr_gold']:.3f}, {row['seconds']:.0f} s", flush=True)

@@ -25,7 +25,7 @@ class Config:
     out: str = "out"  # pipeline root: reads out/sft, out/ppo, out/rloo, out/grpo, out/dpo
     md: str = "docs/samples.md"  # the page written
     n: int = 6  # held-out openings shown
-    max_new_tokens: int = 48  # response length cap (the scripts' default)
+    max_new_tokens: int = 40  # response length cap (the scripts' default)
     seed: int = 1234  # sampling seed (the shared evaluation's)
     precision: str = "auto"  # auto: bf16 autocast where the device has it natively, else fp32
 

@@ -24,7 +24,7 @@ from sft import Config as SFTConfig, batch, openings, optimizers, sft_loss  # no
 @dataclass
 class Config:
     batch_size: int = 64  # openings per training step and prompts per sampling batch
-    max_new_tokens: int = 48  # tokens sampled per response
+    max_new_tokens: int = 40  # tokens sampled per response
     repeats: int = 5  # timed repetitions (after one warm-up)
     seed: int = 0  # random seed
     precision: str = "auto"  # auto: bf16 autocast where the device has it natively, else fp32

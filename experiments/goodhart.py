@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt
 import torch
 
 import common as c
+import rloo
 from experiments.loop import as_run, key_of
 from experiments.points import gold_at_kl, in_ses
 from lib.results import write_jsonl
@@ -244,7 +245,7 @@ def run_best_of_n(out, device):
     t0, tokens, golds, chunk = time.time(), [], {"vader": [], "reader": []}, 256
     with c.autocast(device):
         for j in range(0, len(prompt_ids), chunk):
-            t, _ = c.sample(sft, prompt_ids[j:j + chunk], 48)
+            t, _ = c.sample(sft, prompt_ids[j:j + chunk], rloo.Config().max_new_tokens)
             texts = [c.decode(enc, row) for row in t.tolist()]
             golds["vader"].append(c.gold_reward(texts))
             golds["reader"].append(c.reader_reward(texts, golds["vader"][-1]))
@@ -261,7 +262,8 @@ def run_best_of_n(out, device):
         with c.autocast(device):
             proxy = torch.cat([c.reward(rm, t.to(device)).cpu() for t in tokens])
         proxy = proxy.view(BON_PROMPTS, BON_N)
-        info = {**proxy_info(rm_dir), "proxy_id": c.record_id(rm_dir)}
+        info = {**proxy_info(rm_dir), "proxy_id": c.record_id(rm_dir),
+                "pipeline": c.pipeline_at(out)}
         for n in ns:
             picked_proxy = best_of_n_gold(proxy, proxy, n)
             for fn, gold in golds.items():

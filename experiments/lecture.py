@@ -122,7 +122,7 @@ def measure_tax(out, script, key, device):
     final = [r for r in c.read_results(os.path.join(out, "results.jsonl")) if r.get("final")
              and (r["run"] == key if key else r["algo"] == "sft")][-1]
     row = {k: final.get(k) for k in ("run", "algo", "variant", "beta", "settings", "kl", "gold",
-                                     "kl_se", "gold_se")}
+                                     "kl_se", "gold_se", "pipeline")}
     row["lm_loss"] = ppo.alignment_tax(model, tokens, device)
     c.replace_rows(os.path.join(out, "tax.jsonl"), row["run"], [row])
     print(f"{row['run']}: LM loss on held-out IMDb text {row['lm_loss']:.3f} at KL {row['kl']:.2f}")

@@ -31,7 +31,7 @@ class Config:
     extra: str = ""  # flags appended to every run, e.g. '--max-new-tokens 24'
     bon_prompts: int = 256  # held-out prompts for the sweep's best-of-n
     bon_max_n: int = 64  # largest n of the sweep's best-of-n (powers of two up to it)
-    max_new_tokens: int = 48  # response length cap of the sweep's best-of-n samples
+    max_new_tokens: int = 40  # response length cap of the sweep's best-of-n samples
     seed: int = 0  # random seed
     precision: str = "auto"  # auto: bf16 autocast where the device has it natively, else fp32
 

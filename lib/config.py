@@ -4,7 +4,7 @@ A Config dataclass becomes --flags (range-checked: a bad value ends the run with
 anything is written); setup() seeds everything, picks the device and the precision, and says
 them in the run's first line; autocast() is bf16 where setup() chose it, else fp32.
 """
-import argparse, dataclasses, inspect, math, os, random, re, sys
+import argparse, dataclasses, inspect, math, os, random, re, subprocess, sys
 
 import numpy as np
 import torch
@@ -127,6 +127,30 @@ def native_bf16(device):
     found = [name.upper().replace("_", "-") for name in ("avx512_bf16", "amx_bf16")
              if caps.get(name)]
     return bool(found), " and ".join(found) if found else "no native bf16"
+
+
+def machine():
+    """Where this process runs, for a stage's record: the device and its name (a CPU's with what
+    decides its precision), the precision, ranks and threads, and the code's commit (None
+    outside a git checkout; "-dirty" when tracked files differ from it)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "a CPU"
+    if device.type == "cpu" and os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name")), name)
+        name += f" ({native_bf16(device)[1]})"
+    root, commit = os.path.dirname(os.path.dirname(os.path.abspath(__file__))), None
+    try:
+        git = ["git", "-C", root]
+        commit = subprocess.run(git + ["rev-parse", "--short=7", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        if subprocess.run(git + ["diff", "--quiet", "HEAD"], timeout=10).returncode:
+            commit += "-dirty"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"device": device.type, "name": name, "precision": os.environ.get(PRECISION_ENV),
+            "ranks": parallel.world(), "threads": torch.get_num_threads(), "commit": commit}
 
 
 def setup(seed, precision="auto"):

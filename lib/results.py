@@ -178,10 +178,11 @@ class Results:
 # A run's points and its stage become visible together: the stage's record (run.json) is the
 # commit point. finish_run writes it first, naming the results file and the run's key, then
 # publish() puts the run's points.jsonl into the results file, each row tagged with the record's
-# id and the ids of the stages it was built from (its pipeline). An interruption between the two
-# leaves a record whose points are not yet published: the next Results of that stage, and the
-# experiments' run loop, publish them (publish is idempotent). Points of a run whose π_SFT was
-# rebuilt while it ran are not published: they belong to another π_ref than the file's.
+# id, the ids of the stages it was built from and its pipeline's short id (pipeline_of). An
+# interruption between the two leaves a record whose points are not yet published: the next
+# Results of that stage, and the experiments' run loop, publish them (publish is idempotent).
+# Points of a run whose π_SFT was rebuilt while it ran are not published: they belong to another
+# π_ref than the file's.
 
 
 def finish_run(stage_dir, cfg, inputs, points=None, new_sft=False):
@@ -193,6 +194,19 @@ def finish_run(stage_dir, cfg, inputs, points=None, new_sft=False):
                "new_sft": new_sft} if points else None
     finish_stage(stage_dir, cfg, inputs, results=results)
     publish(stage_dir, say=True)
+
+
+def pipeline_of(record):
+    """The short id of the pipeline a stage's run came from: its π_SFT's record id (sft.py's own
+    run: its own), first 8 hex digits. docs/pipelines.md gives each pipeline's recipe."""
+    return (record["inputs"].get("sft") or record["id"])[:8]
+
+
+def pipeline_at(out):
+    """The pipeline of <out>'s π_SFT now (pipeline_of), or None if out/sft is unfinished: for the
+    rows an experiment or benchmark writes outside publish()."""
+    sft = read_record(os.path.join(out, "sft"))
+    return pipeline_of(sft) if sft else None
 
 
 def publish(stage_dir, say=False):
@@ -210,7 +224,7 @@ def publish(stage_dir, say=False):
                   f" before; its points stay in {stage_dir}/points.jsonl, out of {path}",
                   flush=True)
         return False
-    tag = {"record": record["id"], "inputs": record["inputs"]}
+    tag = {"record": record["id"], "inputs": record["inputs"], "pipeline": pipeline_of(record)}
     rows = [{**r, **tag} for r in read_jsonl(os.path.join(stage_dir, "points.jsonl"))]
     if not rows:  # (its points file gone: nothing to publish, and nothing published is undone)
         return False

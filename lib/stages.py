@@ -9,6 +9,7 @@ the earlier script as a child process.
 import dataclasses, fcntl, json, os, shutil, sys, time, uuid
 
 from lib import parallel
+from lib.config import machine
 from lib.process import die, run_child
 
 RECORD = "run.json"  # a stage directory's record, written last: its completion mark
@@ -152,7 +153,7 @@ def finish_stage(stage_dir, cfg, inputs=(), **extra):
         return None
     record = {**extra, "id": uuid.uuid4().hex, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
               "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
-              "config": dataclasses.asdict(cfg),
+              "config": dataclasses.asdict(cfg), "machine": machine(),
               "inputs": {os.path.basename(os.path.normpath(d)):
                          _ids.get(os.path.abspath(d)) or record_id(d) for d in inputs}}
     pending = _pending.pop(os.path.abspath(stage_dir), [])

@@ -60,15 +60,22 @@ def pipeline(tmp_path_factory):
     return out
 
 
+def open_record(out, stage):
+    with open(os.path.join(out, stage, "run.json")) as f:
+        return json.load(f)
+
+
 def run_points(out, stage):
     """The evaluation points of the last run in out/<stage>, after checking that the shared
     results file holds exactly them under the run's key (put there when the run finished),
-    each tagged with the stage's record id and its inputs' ids."""
+    each tagged with the stage's record id, its inputs' ids and its pipeline: its π_SFT's id
+    (sft.py's own run: its own), 8 hex digits."""
     points = [json.loads(line) for line in open(os.path.join(out, stage, "points.jsonl"))]
     shared = [json.loads(line) for line in open(os.path.join(out, "results.jsonl"))]
-    with open(os.path.join(out, stage, "run.json")) as f:
-        record = json.load(f)
-    tag = {"record": record["id"], "inputs": record["inputs"]}
+    record = open_record(out, stage)
+    sft_id = record["inputs"].get("sft") or record["id"]
+    assert sft_id == (record["id"] if stage == "sft" else open_record(out, "sft")["id"])
+    tag = {"record": record["id"], "inputs": record["inputs"], "pipeline": sft_id[:8]}
     assert [p for p in shared if p["run"] == points[0]["run"]] == [{**p, **tag} for p in points]
     return points
 
