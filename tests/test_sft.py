@@ -133,7 +133,8 @@ def test_muon_takes_the_blocks_matrices_and_one_schedule_drives_both():
     s = torch.linalg.svdvals((before - w.detach()) / 0.01)
     assert 0.5 < s.min() and s.max() < 1.3
     assert sft.optimizers(model, sft.Config())[0].param_groups[0]["weight_decay"] == 0.1
-    assert len(sft.optimizers(model, sft.Config())) == 1  # the default: AdamW alone
+    assert len(sft.optimizers(model, sft.Config())) == 2  # the default: Muon and AdamW
+    assert len(sft.optimizers(model, sft.Config(optimizer="adamw"))) == 1  # AdamW alone
 
 
 def test_sft_end_to_end(tmp_path):
@@ -180,7 +181,7 @@ def test_bad_input_gets_one_line(tmp_path):
 
 def test_non_finite_loss_stops_with_one_line(tmp_path):
     proc = run_script("sft.py", "--out", tmp_path, *TINY_SFT, "--steps", 20, "--lr", 1e30,
-                      "--warmup", 1, check=False)
+                      "--warmup", 1, "--optimizer", "adamw", check=False)
     assert proc.returncode == 1 and "non-finite loss" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "--muon-lr" not in proc.stderr  # AdamW alone: --lr is the flag to lower
