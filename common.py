@@ -21,8 +21,8 @@ from lib import parallel, stages
 # (`c.name`); each line names the file that defines what it brings.
 from lib.config import PRECISION_ENV, autocast, native_bf16, parse_config, setup  # noqa: F401
 from lib.process import die, run, run_child  # noqa: F401
-from lib.stages import (finish_stage, read_record, record_id, require, stage_file,  # noqa: F401
-                        start_stage)
+from lib.stages import (build_args, finish_stage, read_record, record_id, require,  # noqa: F401
+                        stage_file, start_stage)
 from lib.results import (Results, append_row, check_space, finish_run, has,  # noqa: F401
                          pipeline_at, read_json, read_jsonl, read_results, replace_rows,
                          run_key)

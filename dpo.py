@@ -153,8 +153,8 @@ def main():
     if cfg.judge != "model" and not (cfg.online or cfg.rounds):
         c.die("--judge picks who labels online pairs; add --online or --rounds (offline pairs"
               " come labelled)")
-    c.require(sft_dir, "sft.py", ["--out", cfg.out])
-    c.require(rm_dir, "reward_model.py", ["--out", cfg.out], built_from=[sft_dir])
+    c.require(sft_dir, "sft.py", c.build_args(cfg))
+    c.require(rm_dir, "reward_model.py", c.build_args(cfg), built_from=[sft_dir])
     out_dir = os.path.join(cfg.out, "dpo")
     c.start_stage(out_dir)
 

@@ -187,8 +187,8 @@ def main():
         c.die(f"--batch-size {cfg.batch_size} must be a multiple of --minibatch-size")
     device = c.setup(cfg.seed, cfg.precision)
     sft_dir, rm_dir = os.path.join(cfg.out, "sft"), os.path.join(cfg.out, "reward_model")
-    c.require(sft_dir, "sft.py", ["--out", cfg.out])
-    c.require(rm_dir, "reward_model.py", ["--out", cfg.out], built_from=[sft_dir])
+    c.require(sft_dir, "sft.py", c.build_args(cfg))
+    c.require(rm_dir, "reward_model.py", c.build_args(cfg), built_from=[sft_dir])
     out_dir = os.path.join(cfg.out, "ppo")
     c.start_stage(out_dir)
 

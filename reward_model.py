@@ -245,7 +245,7 @@ def main():
     device = c.setup(cfg.seed, cfg.precision)
     gen = torch.Generator().manual_seed(cfg.seed)
     sft_dir, out_dir = os.path.join(cfg.out, "sft"), os.path.join(cfg.out, "reward_model")
-    c.require(sft_dir, "sft.py", ["--out", cfg.out])
+    c.require(sft_dir, "sft.py", c.build_args(cfg))
     # a finished reward model and its preferences.jsonl stay as they are until this run finishes
     run_dir = c.start_stage(out_dir)
     pref_path = c.stage_file(out_dir, os.path.join(cfg.out, "preferences.jsonl"))

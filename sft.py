@@ -152,8 +152,8 @@ def main():
     # model: from scratch, any Hugging Face GPT-2, or the SFT model (Preferred-FT)
     inputs = [os.path.join(cfg.out, "sft"), os.path.join(cfg.out, "reward_model")]
     if cfg.preferred:  # preferences.jsonl is written with out/reward_model
-        c.require(inputs[0], "sft.py", ["--out", cfg.out])
-        c.require(inputs[1], "reward_model.py", ["--out", cfg.out], built_from=inputs[:1])
+        c.require(inputs[0], "sft.py", c.build_args(cfg))
+        c.require(inputs[1], "reward_model.py", c.build_args(cfg), built_from=inputs[:1])
         model = c.load_model(inputs[0])
     elif cfg.init:
         model = c.load_model(cfg.init)

@@ -71,7 +71,8 @@ def main():
              f"The first {cfg.n} held-out openings (`c.prompts('eval')`, lib/data.py), one continuation"
              f" each at temperature 1 (at most {cfg.max_new_tokens} tokens, sampling seed"
              f" {cfg.seed}), and its gold reward r* (VADER, in [−1, 1]). Made by"
-             " `python bench/samples.py` from the default runs' models: "
+             f" `python bench/samples.py` from the default runs' models on pipeline"
+             f" `{c.pipeline_at(cfg.out)}` (docs/pipelines.md): "
              + ", ".join(f"`{cfg.out}/{d}` (`{cmd}`)" for _, d, cmd in have)
              + f". One sample per opening: the means over 256 openings are in the README's"
              " table; these show what the numbers mean. Sampled in"

@@ -8,6 +8,7 @@ it). After the runs, every figure and table whose data are in --out is drawn aga
   frontier, dpo-epochs, online-offline, seeds         experiments/frontier.py
   goodhart, goodhart-mitigation                       experiments/goodhart.py
   variance, loss-family, tax, iterative, sensitivity  experiments/lecture.py (all five: lecture)
+  defaults                                            experiments/defaults.py (README's table)
 Run: python -m experiments --quick      (the β sweep: ≈ 19 min on a 2-core bf16 CPU once out/sft
                                          and out/reward_model exist, which it builds if missing)
      python -m experiments --quick --experiment goodhart
@@ -17,7 +18,7 @@ Run: python -m experiments --quick      (the β sweep: ≈ 19 min on a 2-core bf
 import os
 
 import common as c
-from experiments import frontier, goodhart, lecture
+from experiments import defaults, frontier, goodhart, lecture
 from experiments.loop import Config, run_experiment
 
 # name → (its file, measured minutes of its own runs with --quick, without --quick; None: not
@@ -30,7 +31,7 @@ EXPERIMENTS = {
     "goodhart": (goodhart, 20, None), "goodhart-mitigation": (goodhart, 19, None),
     "variance": (lecture, 5.8, 5.8), "loss-family": (lecture, 12.5, 12.5),
     "tax": (lecture, 5.3, 5.3), "iterative": (lecture, 4.1, 4.1),
-    "sensitivity": (lecture, 8.7, 8.7)}
+    "sensitivity": (lecture, 8.7, 8.7), "defaults": (defaults, None, None)}
 GROUPS = {"all": list(EXPERIMENTS), "lecture": lecture.NAMES}
 CHOICES = {"experiment": [*EXPERIMENTS, *GROUPS]}
 
@@ -45,10 +46,10 @@ def own_runs(cfg, name):
 
 def draw(out):
     """Every figure and table whose data are in out; one line if there are none."""
-    drew = [m.draw(out) for m in (frontier, goodhart, lecture)]
+    drew = [m.draw(out) for m in (frontier, goodhart, lecture, defaults)]
     if not any(drew):
         c.die(f"{out} has no evaluation points to draw (results.jsonl, goodhart.jsonl,"
-              " measured.jsonl, tax.jsonl, grad_variance.jsonl)")
+              " measured.jsonl, tax.jsonl, grad_variance.jsonl, defaults.jsonl)")
 
 
 def main():

@@ -24,7 +24,7 @@ from transformers import GPT2ForSequenceClassification
 import common as c
 import dpo
 from experiments.loop import as_run, key_of
-from experiments.points import gold_at_kl, mean_sd
+from experiments.points import gold_at_kl, mean_sd, said_pipelines
 from lib.plots import (GOLD_LABEL, KL_LABEL, key, lighter, method, plot_frontier, save, style,
                        upper_frontier)
 
@@ -173,8 +173,8 @@ def best_gold_table(rows, path, source="results.jsonl"):
         lines.append(f"| {m} | " + " | ".join("–" if b is None else f"{b:.3f}" for b in best)
                      + " |")
     with open(path, "w") as f:
-        f.write(f"Best gold reward on held-out prompts below each KL (nats per response), {source}"
-                "\n\n" + "\n".join(lines) + "\n")
+        f.write(f"Best gold reward on held-out prompts below each KL (nats per response), {source};"
+                f" {said_pipelines(rows)}\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

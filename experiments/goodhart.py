@@ -29,7 +29,7 @@ import torch
 import common as c
 import rloo
 from experiments.loop import as_run, key_of
-from experiments.points import gold_at_kl, in_ses
+from experiments.points import gold_at_kl, in_ses, said_pipelines
 from lib.results import write_jsonl
 
 PROXY_PROMPTS = (250, 1000, 3000, 10000)  # the proxies' training prompts (6 pairs each)
@@ -314,8 +314,8 @@ def write_peak_samples(out, runs_and_files):
     lines = ["# Samples at the start, the peak and the end", "",
              "The first four held-out prompts at three evaluations of the runs against the weakest"
              " and the largest proxy (temperature 1; the evaluation's own sampling noise, the same"
-             " at every step). Written by `python -m experiments --quick --experiment goodhart`.",
-             ""]
+             " at every step). Written by `python -m experiments --quick --experiment goodhart`,"
+             f" {said_pipelines([p for points, _ in runs_and_files for p in points])}.", ""]
     for points, samples_file in runs_and_files:
         if not points or not os.path.exists(samples_file):
             continue
@@ -485,7 +485,8 @@ def draw(out):
     c.save_figure(fig, os.path.join(out, "mitigation.png"))
 
     lines = ["# Goodhart on the reader's gold: the data's numbers", "",
-             "From goodhart.jsonl (`python -m experiments --quick --experiment goodhart`); rise and"
+             f"From goodhart.jsonl, {said_pipelines(rows)}"
+             " (`python -m experiments --quick --experiment goodhart`); rise and"
              " fall: peak − π_SFT and peak − final, in standard errors of the difference.", "",
              *table(rows), "", "The reader's gold at equal KL (where each run first gets there):",
              "", *at_kl_table(rows), ""]
@@ -506,7 +507,7 @@ def draw(out):
             ax.grid(alpha=0.3)
         axes[1].legend(fontsize=7)
         c.save_figure(fig, os.path.join(out, "best_of_n.png"))
-        lines += ["Best-of-n from π_SFT (best_of_n.jsonl):", "", *bon_table(bon), ""]
+        lines += [f"Best-of-n from π_SFT (best_of_n.jsonl, {said_pipelines(bon)}):", "", *bon_table(bon), ""]
     with open(os.path.join(out, "goodhart_data.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt
 import common as c
 import ppo
 from experiments.loop import ROOT, as_run, command, failures, key_of
-from experiments.points import gold_at_kl, paths
+from experiments.points import gold_at_kl, paths, said_pipelines
 from lib.results import write_jsonl
 from lib.plots import GOLD_LABEL, KL_LABEL, key, method, save, style
 
@@ -272,7 +272,8 @@ def draw(out):
         return False
     runs = paths(rows)
     md = ["# The lecture experiments' tables", "",
-          f"From {out}/measured.jsonl, tax.jsonl and grad_variance.jsonl",
+          f"From {out}/measured.jsonl, tax.jsonl and grad_variance.jsonl,"
+          f" {said_pipelines(rows + tax + variance)}",
           "(`python -m experiments --out docs --redraw`).", ""]
     if variance:
         md += ["## Variance of the policy gradient at π_SFT", "", *variance_table(variance), ""]

@@ -26,7 +26,7 @@ class Config:
     out: str = "out"  # root directory: reads and extends out/results.jsonl
     experiment: str = "frontier"  # one of the table's, or lecture (its five), or all
     quick: bool = False  # the smaller β sweep and shorter Goodhart runs (≈ 19 min for the sweep)
-    seeds: int = 3  # seeds of the runs that the seeds and online-offline experiments repeat
+    seeds: int = 3  # seeds of the runs that seeds and online-offline repeat; defaults' pipelines
     redraw: bool = False  # train nothing: draw every figure from <out>'s data (--out docs)
     extra: str = ""  # flags appended to every run, e.g. '--max-new-tokens 24'
     bon_prompts: int = 256  # held-out prompts for the sweep's best-of-n

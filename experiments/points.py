@@ -1,6 +1,6 @@
 """experiments/points.py: formulas on a run's evaluation points, shared by every experiment's
 tables and figures: its gold where its KL first reaches a value, the mean and spread over seeds,
-a difference in standard errors."""
+a difference in standard errors, the pipelines a caption names."""
 import math
 
 
@@ -25,6 +25,13 @@ def mean_sd(values):
     """Mean and sample standard deviation (0 for one value)."""
     m = sum(values) / len(values)
     return m, (sum((v - m) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
+
+
+def said_pipelines(rows):
+    """The pipelines the rows came from, as a caption says them: "pipeline `c168695e`"
+    (docs/pipelines.md)."""
+    ids = sorted({r.get("pipeline") or "unnamed" for r in rows})
+    return ("pipeline " if len(ids) == 1 else "pipelines ") + ", ".join(f"`{p}`" for p in ids)
 
 
 def in_ses(a, a_se, b, b_se):

@@ -176,6 +176,13 @@ def finish_stage(stage_dir, cfg, inputs=(), **extra):
     return record
 
 
+def build_args(cfg):
+    """The flags a script's require() passes to the earlier script it builds: its --out and, if
+    not 0, its --seed: the pipeline's seed (`python ppo.py --seed 1` on an empty --out builds
+    π_SFT and r_φ with seed 1 too)."""
+    return ["--out", cfg.out] + (["--seed", str(cfg.seed)] if cfg.seed else [])
+
+
 def require(path, script, args, built_from=()):
     """A finished input stage, or build it by running the earlier script (it says so first).
     An unfinished one (interrupted, from an older version, or missing a file of its own) is

@@ -1,12 +1,13 @@
 """The README and docs/ say what the committed data says: every figure and page they embed or
-link exists, each page stays short, and every table they quote equals the table recomputed from
-the data file it names (fast: reads files, trains nothing)."""
+link exists, each page stays short, every table they quote equals the table recomputed from
+the data file it names, and every row of data, figure and table names the pipeline (π_SFT and
+reward model) it came from, one of docs/pipelines.md (fast: reads files, trains nothing)."""
 import glob, json, os, re, sys
 
 import pytest
 
 from conftest import ROOT
-from experiments import frontier, goodhart
+from experiments import defaults, frontier, goodhart
 
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import reward_ladder  # noqa: E402
@@ -29,10 +30,79 @@ def table_lines(md):
     return {line.strip() for line in md.splitlines() if line.strip().startswith("|")}
 
 
-def assert_quoted(lines, page):
-    """Every data row of a recomputed table (its header and rule excluded) is on the page."""
+def assert_quoted(lines, page, data):
+    """Every data row of a recomputed table (its header and rule excluded) is on the page, and
+    the lines just above the table name the pipelines of its data rows."""
     missing = [line for line in lines[2:] if line not in table_lines(read(page))]
     assert not missing, f"{os.path.basename(page)} lacks (or misquotes) {missing}"
+    text = [line.strip() for line in read(page).splitlines()]
+    at = text.index(lines[2].strip())
+    while at > 0 and text[at - 1].startswith("|"):
+        at -= 1
+    assert pipelines_of(data) <= named("\n".join(text[max(at - 8, 0):at])), \
+        f"{os.path.basename(page)}: the table of {lines[2]!r} does not say its pipeline(s)" \
+        f" {sorted(pipelines_of(data))} in the lines above it"
+
+
+PIPELINES = os.path.join(DOCS, "pipelines.md")
+DATA = sorted(glob.glob(os.path.join(DOCS, "**", "*.jsonl"), recursive=True) +
+              glob.glob(os.path.join(DOCS, "**", "*.json"), recursive=True))
+# each embedded figure → the data file it is drawn from
+FIGURES = {"frontier.png": "results.jsonl", "proxy_and_gold.png": "results.jsonl",
+           "dpo_epochs.png": "results.jsonl", "online_offline.png": "results.jsonl",
+           "seeds.png": "results.jsonl", "full/frontier_full.png": "full/results.jsonl",
+           "full/proxy_and_gold_full.png": "full/results.jsonl",
+           "goodhart.png": "goodhart.jsonl", "mitigation.png": "goodhart.jsonl",
+           "best_of_n.png": "best_of_n.jsonl", "loss_family.png": "measured.jsonl",
+           "tax.png": "tax.jsonl", "iterative.png": "measured.jsonl",
+           "reward_ladder.png": "reward_ladder.jsonl"}
+
+
+def pipeline_ids():
+    """{id: its row} of docs/pipelines.md's table (the id in backticks, first column)."""
+    found = (re.match(r"\| `([^`]+)` \|", line) for line in read(PIPELINES).splitlines())
+    return {m.group(1): m.string for m in found if m}
+
+
+def named(text):
+    """The pipelines a text names (their ids in backticks)."""
+    return set(re.findall(r"`([^`\s]+)`", text)) & pipeline_ids().keys()
+
+
+def pipelines_of(data):
+    return {r.get("pipeline") for r in data}
+
+
+def data_rows(path):
+    if path.endswith(".json"):
+        with open(path) as f:
+            return [json.load(f)]
+    return rows(os.path.relpath(path, DOCS))
+
+
+def test_every_data_row_names_a_pipeline_of_the_table():
+    ids = pipeline_ids()
+    assert DATA and len(ids) >= 4
+    for path in DATA:
+        unknown = pipelines_of(data_rows(path)) - ids.keys()
+        assert not unknown, f"{os.path.relpath(path, DOCS)}: rows of pipelines {unknown} that" \
+            " docs/pipelines.md does not list"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=os.path.basename)
+def test_every_figure_draws_one_pipeline_and_its_caption_says_which(page):
+    """A figure's data hold one pipeline (or only older ones, named but not ids: pages not yet
+    regenerated), and its caption (the lines around it) names them."""
+    lines = read(page).splitlines()
+    for i, line in enumerate(lines):
+        for target in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", line):
+            png = os.path.relpath(os.path.normpath(os.path.join(os.path.dirname(page), target)),
+                                  DOCS)
+            shown = pipelines_of(rows(FIGURES[png]))
+            assert len(shown) == 1 or not any(re.fullmatch("[0-9a-f]{8}", p) for p in shown), \
+                f"{png} draws several pipelines: {shown}"
+            assert shown <= named("\n".join(lines[max(i - 6, 0):i + 7])), \
+                f"{os.path.basename(page)}: the caption of {png} does not name {sorted(shown)}"
 
 
 @pytest.mark.parametrize("page", PAGES, ids=os.path.basename)
@@ -62,21 +132,23 @@ def test_best_gold_table_is_the_sweeps_own(out, md, tmp_path):
     frontier.best_gold_table(sweep, tmp_path / md, source)
     lines = [line for line in read(tmp_path / md).splitlines() if line.startswith("|")]
     assert lines[2:] and set(lines) <= table_lines(read(os.path.join(ROOT, out, md)))
-    assert_quoted(lines, os.path.join(DOCS, "results.md"))
+    assert_quoted(lines, os.path.join(DOCS, "results.md"), data)
 
 
 def test_seeds_and_goodhart_tables_match_their_files():
-    groups = frontier.seed_groups([r for r in rows("results.jsonl") if "kl" in r])
-    assert_quoted(frontier.seeds_table(groups), os.path.join(DOCS, "results.md"))
+    data = [r for r in rows("results.jsonl") if "kl" in r]
+    assert_quoted(frontier.seeds_table(frontier.seed_groups(data)),
+                  os.path.join(DOCS, "results.md"), data)
     page = os.path.join(DOCS, "goodhart.md")
-    for table in (goodhart.table(rows("goodhart.jsonl")), goodhart.at_kl_table(
-            rows("goodhart.jsonl")), goodhart.bon_table(rows("best_of_n.jsonl"))):
-        assert_quoted(table, page)
+    for table, data in ((goodhart.table(rows("goodhart.jsonl")), rows("goodhart.jsonl")),
+                        (goodhart.at_kl_table(rows("goodhart.jsonl")), rows("goodhart.jsonl")),
+                        (goodhart.bon_table(rows("best_of_n.jsonl")), rows("best_of_n.jsonl"))):
+        assert_quoted(table, page, data)
 
 
 def test_reward_ladder_table_matches_its_file():
     assert_quoted(reward_ladder.table(rows("reward_ladder.jsonl")),
-                  os.path.join(DOCS, "results.md"))
+                  os.path.join(DOCS, "results.md"), rows("reward_ladder.jsonl"))
 
 
 def test_readme_defaults_table_matches_the_default_runs():
@@ -90,7 +162,7 @@ def test_readme_defaults_table_matches_the_default_runs():
         f = final[run]
         lines.append(f"| `python {script}.py` | `{run}` | {f['gold']:.3f} ± {f['gold_se']:.3f} |"
                      f" {f['proxy']:.3f} | {f['kl']:.1f} |")
-    assert_quoted(lines, PAGES[0])
+    assert_quoted(lines, PAGES[0], data)
 
 
 def test_every_command_the_pages_give_runs_a_file_that_exists_with_flags_it_takes():

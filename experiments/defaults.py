@@ -1,0 +1,176 @@
+"""experiments/defaults.py: the README's defaults table. Every script at its defaults on three
+pipelines that differ only in their seed: sft.py's, reward_model.py's and the method's together.
+
+Pipeline seed s runs under <out>/pipeline<s> (seed 0: <out> itself, what `python ppo.py` built);
+each RL script builds π_SFT and r_φ there with its own seed (stages.build_args). collect() writes
+<out>/defaults.jsonl: every point of these runs (each row names its pipeline), each π_SFT's
+held-out bits/byte and each reward model's accuracy against the gold order; table() gives mean ±
+sd over the pipelines, and pipeline_rows() each pipeline's row of docs/pipelines.md.
+"""
+import os
+
+import common as c
+from experiments.loop import as_run, key_of
+from experiments.points import mean_sd
+from lib.results import write_jsonl
+
+NAMES = ["defaults"]
+SCRIPTS = ("ppo.py", "rloo.py", "grpo.py", "dpo.py")
+# the floors the defaults keep (issue 44), each a mean over the pipelines
+FLOORS = {"bits_per_byte": 1.78, "rm_acc_gold": 0.75, "ppo_gold": 0.90, "ppo_kl": 25.0}
+
+
+def root(out, seed):
+    """Where pipeline seed `seed` lives."""
+    return out if seed == 0 else os.path.join(out, f"pipeline{seed}")
+
+
+def runs(cfg, name="defaults"):
+    """Each RL script at its defaults (but --seed), on each pipeline seed."""
+    return [as_run(script, f"{script[:-3]} seed {seed}", ["--seed", seed] if seed else [],
+                   root(cfg.out, seed)) for seed in range(cfg.seeds) for script in SCRIPTS]
+
+
+def prepare(cfg, name, device):
+    """π_SFT and r_φ of every pipeline seed before the runs (the first RL run would build them,
+    with its seed, but then its time would include theirs)."""
+    for seed in range(cfg.seeds):
+        args = ["--out", root(cfg.out, seed)] + (["--seed", str(seed)] if seed else [])
+        sft_dir = os.path.join(root(cfg.out, seed), "sft")
+        c.require(sft_dir, "sft.py", args)
+        c.require(os.path.join(root(cfg.out, seed), "reward_model"), "reward_model.py", args,
+                  built_from=[sft_dir])
+
+
+def last_metric(path, name):
+    """The last value of `name` in a metrics.jsonl (None if it has none)."""
+    values = [r[name] for r in c.read_jsonl(path) if name in r]
+    return values[-1] if values else None
+
+
+def collect(cfg):
+    """<out>/defaults.jsonl: the points of every run of runs(), each π_SFT's row with its
+    held-out bits/byte, and one row per reward model (its accuracy against the gold order)."""
+    rows = []
+    for seed in range(cfg.seeds):
+        where = root(cfg.out, seed)
+        keys = {key_of(r.script, r.flags, r.root) for r in runs(cfg) if r.root == where}
+        sft_key = "sft" + (f" seed={seed}" if seed else "")
+        for r in c.read_results(os.path.join(where, "results.jsonl")):
+            if r["run"] == sft_key:
+                r = {**r, "bits_per_byte": last_metric(
+                    os.path.join(where, "sft", "metrics.jsonl"), "val_bpb")}
+            if r["run"] in keys or r["run"] == sft_key:
+                rows.append({**r, "pipeline_seed": seed})
+        report = c.read_json(os.path.join(where, "reward_model", "report.json"))
+        if report:
+            rows.append({"run": "reward-model" + (f" seed={seed}" if seed else ""),
+                         "algo": "reward_model", "pipeline_seed": seed,
+                         "pipeline": c.pipeline_at(where), **report})
+    write_jsonl(os.path.join(cfg.out, "defaults.jsonl"), rows)
+
+
+def finals(rows):
+    """{algo: {pipeline seed: its final point}} (reward_model: its report row)."""
+    out = {}
+    for r in rows:
+        if r.get("final") or r.get("algo") == "reward_model":
+            out.setdefault(r["algo"], {})[r["pipeline_seed"]] = r
+    return out
+
+
+def _stat(values, digits):
+    m, sd = mean_sd(values)
+    return f"{m:.{digits}f} ± {sd:.{digits}f}"
+
+
+def _each(values):
+    return " · ".join(f"{v:.3f}" for v in values)
+
+
+def table(rows):
+    """The README's two tables: each script's final gold, proxy and KL, mean ± sd over the
+    pipelines with each pipeline's gold; then π_SFT's bits/byte and r_φ's accuracy."""
+    f = finals(rows)
+    seeds = sorted(f["sft"])
+    lines = ["| command | gold, mean ± sd | proxy r_φ | KL (nats) | gold by pipeline |",
+             "|---|---|---|---|---|"]
+    for script, algo in [("sft", "sft"), ("ppo", "ppo"), ("rloo", "rloo"), ("grpo", "grpo"),
+                         ("dpo", "dpo")]:
+        pts = [f[algo][s] for s in seeds if s in f.get(algo, {})]
+        if not pts:
+            continue
+        proxy = _stat([p["proxy"] for p in pts], 2) if algo != "sft" else "–"
+        kl = _stat([p["kl"] for p in pts], 1) if algo != "sft" else "0"
+        lines.append(f"| `python {script}.py` | {_stat([p['gold'] for p in pts], 3)} | {proxy} |"
+                     f" {kl} | {_each([p['gold'] for p in pts])} |")
+    sft, rm = [f["sft"][s] for s in seeds], [f["reward_model"][s] for s in seeds]
+    lines += ["", "| stage | held-out figure | mean ± sd | by pipeline |", "|---|---|---|---|",
+              f"| `python sft.py` | bits per byte on validation openings |"
+              f" {_stat([p['bits_per_byte'] for p in sft], 3)} |"
+              f" {_each([p['bits_per_byte'] for p in sft])} |",
+              f"| `python reward_model.py` | pair accuracy against the gold order |"
+              f" {_stat([p['val_acc_gold'] for p in rm], 3)} |"
+              f" {_each([p['val_acc_gold'] for p in rm])} |"]
+    return lines
+
+
+def pipelines(rows):
+    """The pipelines of the rows, in pipeline-seed order."""
+    return [p for _, p in sorted({(r["pipeline_seed"], r["pipeline"]) for r in rows})]
+
+
+def floors(rows):
+    """{floor: (mean over the pipelines, the floor, whether it holds)}; PPO's gold is its last
+    point at KL ≤ 25 nats."""
+    f = finals(rows)
+    ppo = [max((p for p in rows if p.get("algo") == "ppo" and p["pipeline_seed"] == s
+                and p["kl"] <= FLOORS["ppo_kl"]), key=lambda p: p["step"])["gold"]
+           for s in f["ppo"]]
+    got = {"bits_per_byte": mean_sd([p["bits_per_byte"] for p in f["sft"].values()])[0],
+           "rm_acc_gold": mean_sd([p["val_acc_gold"] for p in f["reward_model"].values()])[0],
+           "ppo_gold": mean_sd(ppo)[0]}
+    return {k: (v, FLOORS[k], v <= FLOORS[k] if k == "bits_per_byte" else v >= FLOORS[k])
+            for k, v in got.items()}
+
+
+def _command(record):
+    """A stage's command without its --out (the row names the pipeline, not the folder)."""
+    words = record["command"].split()
+    return " ".join(w for i, w in enumerate(words)
+                    if w != "--out" and (i == 0 or words[i - 1] != "--out"))
+
+
+def pipeline_row(where):
+    """<where>'s pipeline as a row of docs/pipelines.md: its id, the commands and held-out
+    figures of π_SFT and r_φ, and the commit, machine and precision they were made on."""
+    sft, rm = (c.read_record(os.path.join(where, s)) for s in ("sft", "reward_model"))
+    if not sft or not rm:
+        return None
+    m = sft.get("machine") or {}
+    bpb = last_metric(os.path.join(where, "sft", "metrics.jsonl"), "val_bpb")
+    acc = (c.read_json(os.path.join(where, "reward_model", "report.json")) or {}).get(
+        "val_acc_gold")
+    return (f"| `{c.pipeline_at(where)}` | `python {_command(sft)}`: {bpb:.3f} bits/byte |"
+            f" `python {_command(rm)}`: {acc:.3f} against the gold order |"
+            f" {m.get('commit')} | {m.get('name')} | {m.get('precision')} |"
+            f" {sft['finished'][:10]} |")
+
+
+def finish(cfg, name, device):
+    collect(cfg)
+    for seed in range(cfg.seeds):
+        print(pipeline_row(root(cfg.out, seed)))
+
+
+def draw(out):
+    """The two tables into <out>/defaults.md (from <out>/defaults.jsonl); False without data."""
+    rows = c.read_jsonl(os.path.join(out, "defaults.jsonl"))
+    if not rows:
+        return False
+    ids = ", ".join(f"`{p}`" for p in pipelines(rows))
+    with open(os.path.join(out, "defaults.md"), "w") as f:
+        f.write(f"Each script at its defaults on the pipelines {ids} (docs/pipelines.md), from"
+                f" {out}/defaults.jsonl (`python -m experiments --experiment defaults`):\n\n"
+                + "\n".join(table(rows)) + "\n")
+    return True
