@@ -153,6 +153,23 @@ def test_unfinished_input_is_rebuilt_and_a_stale_one_refused(tmp_path, monkeypat
     assert "was built from another" in err and "\n" not in err
 
 
+def test_a_script_builds_its_inputs_with_its_own_seed(tmp_path, monkeypatch):
+    """`python rloo.py --seed 1` on an empty --out builds π_SFT and r_φ with seed 1: one
+    pipeline seed; seed 0 adds no flag (the defaults' commands stay `python sft.py`)."""
+    import rloo
+    assert c.build_args(rloo.Config(out="o", seed=1)) == ["--out", "o", "--seed", "1"]
+    assert c.build_args(rloo.Config(out="o")) == ["--out", "o"]
+    built = []
+    monkeypatch.setattr(stages, "run_child", lambda cmd, **kw: built.append(cmd[1:]) or
+                        finished(str(tmp_path / "sft")) or 0)
+    c.require(str(tmp_path / "sft"), "sft.py", c.build_args(rloo.Config(out=str(tmp_path), seed=2)))
+    assert built and built[0][-2:] == ["--seed", "2"]
+    for script in ("ppo.py", "rloo.py", "grpo.py", "dpo.py", "reward_model.py"):
+        with open(os.path.join(ROOT, script)) as f:
+            calls = [line for line in f if "c.require(" in line]
+        assert calls and all("c.build_args(cfg)" in line for line in calls), script
+
+
 def test_a_reward_model_of_another_vocabulary_is_refused(tmp_path):
     c.build_model(512, 1, 2, 32, 64).save_pretrained(tmp_path / "rm")
     policy = c.build_model(1024, 1, 2, 32, 64)
