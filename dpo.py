@@ -46,7 +46,7 @@ class Config:
     n_pairs: int = 0  # offline: n pairs, seen steps·batch_size/n times (0: each seen once)
     steps: int = 500  # optimiser steps
     batch_size: int = 32  # preference pairs per step
-    lr: float = 1e-4  # AdamW learning rate (20 warmup steps)
+    lr: float = 3e-4  # AdamW learning rate (20 warmup steps)
     max_new_tokens: int = 40  # response length cap (online sampling and evaluation)
     eval_every: int = 50  # steps between evaluations and checkpoints (also at 1, 2, 4, …)
     n_eval_prompts: int = 256  # held-out prompts of the shared evaluation

@@ -37,7 +37,7 @@ class Config:
     batch_size: int = 16  # prompts per iteration (k responses each)
     minibatch_size: int = 16  # responses per gradient step
     ppo_epochs: int = 1  # passes over each batch (ratio 1 on the first minibatch)
-    lr: float = 3e-5  # AdamW learning rate
+    lr: float = 6e-5  # AdamW learning rate
     clip: float = 0.2  # ε of the clipped ratio (only matters if ppo_epochs > 1)
     temperature: float = 1.0  # sampling temperature (log-probs use the same)
     max_new_tokens: int = 40  # response length cap
