@@ -10,9 +10,9 @@ sd over the pipelines, and pipeline_rows() each pipeline's row of docs/pipelines
 import os
 
 import common as c
-from experiments.loop import as_run, key_of
+from experiments.loop import SCRIPTS as MODULES, as_run, key_of
 from experiments.points import mean_sd
-from lib.results import write_jsonl
+from lib.results import pipeline_of, write_jsonl
 
 NAMES = ["defaults"]
 SCRIPTS = ("ppo.py", "rloo.py", "grpo.py", "dpo.py")
@@ -48,10 +48,29 @@ def last_metric(path, name):
     return values[-1] if values else None
 
 
+def stale(stage_dir, script):
+    """The settings of a finished run that differ from its script's defaults now (but --out,
+    --seed and --precision), as "flag: then → now"; a results key leaves defaults out, so a run
+    made before a default changed looks finished under the same key."""
+    record = c.read_record(stage_dir) or {}
+    now = vars(MODULES[script].Config())
+    return [f"--{k.replace('_', '-')}: {v} → {now[k]}" for k, v in record.get("config", {}).items()
+            if k in now and k not in ("out", "seed", "precision") and v != now[k]]
+
+
 def collect(cfg):
     """<out>/defaults.jsonl: the points of every run of runs(), each π_SFT's row with its
-    held-out bits/byte, and one row per reward model (its accuracy against the gold order)."""
+    held-out bits/byte, and one row per reward model (its accuracy against the gold order).
+    Stops with one line if a run was made at other defaults than today's."""
     rows = []
+    made = [(r.root, r.script) for r in runs(cfg)] + [
+        (root(cfg.out, s), script) for s in range(cfg.seeds)
+        for script in ("sft.py", "reward_model.py")]
+    for where, script in made:
+        changed = stale(os.path.join(where, script[:-3]), script)
+        if changed:
+            c.die(f"{where}/{script[:-3]} was run at older defaults ({', '.join(changed)}):"
+                  f" delete it and its rows of {where}/results.jsonl, then run again")
     for seed in range(cfg.seeds):
         where = root(cfg.out, seed)
         keys = {key_of(r.script, r.flags, r.root) for r in runs(cfg) if r.root == where}
@@ -63,10 +82,11 @@ def collect(cfg):
             if r["run"] in keys or r["run"] == sft_key:
                 rows.append({**r, "pipeline_seed": seed})
         report = c.read_json(os.path.join(where, "reward_model", "report.json"))
-        if report:
-            rows.append({"run": "reward-model" + (f" seed={seed}" if seed else ""),
+        record = c.read_record(os.path.join(where, "reward_model"))
+        if report and record:
+            rows.append({**report, "run": "reward-model" + (f" seed={seed}" if seed else ""),
                          "algo": "reward_model", "pipeline_seed": seed,
-                         "pipeline": c.pipeline_at(where), **report})
+                         "pipeline": pipeline_of(record)})
     write_jsonl(os.path.join(cfg.out, "defaults.jsonl"), rows)
 
 
@@ -121,17 +141,19 @@ def pipelines(rows):
 
 
 def floors(rows):
-    """{floor: (mean over the pipelines, the floor, whether it holds)}; PPO's gold is its last
-    point at KL ≤ 25 nats."""
+    """{floor: ([each pipeline's value], their mean, the floor, whether the mean holds it)}:
+    π_SFT's bits/byte, r_φ's accuracy against the gold order, PPO's final gold and final KL."""
     f = finals(rows)
-    ppo = [max((p for p in rows if p.get("algo") == "ppo" and p["pipeline_seed"] == s
-                and p["kl"] <= FLOORS["ppo_kl"]), key=lambda p: p["step"])["gold"]
-           for s in f["ppo"]]
-    got = {"bits_per_byte": mean_sd([p["bits_per_byte"] for p in f["sft"].values()])[0],
-           "rm_acc_gold": mean_sd([p["val_acc_gold"] for p in f["reward_model"].values()])[0],
-           "ppo_gold": mean_sd(ppo)[0]}
-    return {k: (v, FLOORS[k], v <= FLOORS[k] if k == "bits_per_byte" else v >= FLOORS[k])
-            for k, v in got.items()}
+    got = {"bits_per_byte": [p["bits_per_byte"] for _, p in sorted(f["sft"].items())],
+           "rm_acc_gold": [p["val_acc_gold"] for _, p in sorted(f["reward_model"].items())],
+           "ppo_gold": [p["gold"] for _, p in sorted(f["ppo"].items())],
+           "ppo_kl": [p["kl"] for _, p in sorted(f["ppo"].items())]}
+    out = {}
+    for k, values in got.items():
+        m = mean_sd(values)[0]
+        out[k] = (values, m, FLOORS[k], m <= FLOORS[k] if k in ("bits_per_byte", "ppo_kl")
+                  else m >= FLOORS[k])
+    return out
 
 
 def _command(record):
@@ -143,17 +165,18 @@ def _command(record):
 
 def pipeline_row(where):
     """<where>'s pipeline as a row of docs/pipelines.md: its id, the commands and held-out
-    figures of π_SFT and r_φ, and the commit, machine and precision they were made on."""
+    figures of π_SFT (bits/byte) and r_φ (accuracy against the gold order), and the commit,
+    machine and precision they were made on (the reward model's where they differ)."""
     sft, rm = (c.read_record(os.path.join(where, s)) for s in ("sft", "reward_model"))
     if not sft or not rm:
         return None
-    m = sft.get("machine") or {}
     bpb = last_metric(os.path.join(where, "sft", "metrics.jsonl"), "val_bpb")
     acc = (c.read_json(os.path.join(where, "reward_model", "report.json")) or {}).get(
         "val_acc_gold")
-    return (f"| `{c.pipeline_at(where)}` | `python {_command(sft)}`: {bpb:.3f} bits/byte |"
-            f" `python {_command(rm)}`: {acc:.3f} against the gold order |"
-            f" {m.get('commit')} | {m.get('name')} | {m.get('precision')} |"
+    made = [" / ".join(dict.fromkeys(str((r.get("machine") or {}).get(k)) for r in (sft, rm)))
+            for k in ("commit", "name", "precision")]
+    return (f"| `{pipeline_of(sft)}` | `python {_command(sft)}`: {bpb or float('nan'):.3f} |"
+            f" `python {_command(rm)}`: {acc or float('nan'):.3f} | {' | '.join(made)} |"
             f" {sft['finished'][:10]} |")
 
 
