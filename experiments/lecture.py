@@ -36,28 +36,34 @@ NAMES = ["variance", "loss-family", "tax", "iterative", "sensitivity"]  # this f
 LOSS_NAMES = {"sigmoid": "DPO", "ipo": "IPO", "hinge": "SLiC"}
 ESTIMATORS = ["reinforce", "mean", "loo", "ppo-gae"]  # bench/grad_variance.py's rows
 PPO = ["--beta", 0.1, "--eval-every", 5]  # PPO passes KL 10 within its first 10 iterations
+# the learning rates of the design (the scripts' defaults when it was committed and run, before
+# 2026-12-07): pinned, so that a later default neither moves the experiment nor renames its runs
+RLOO_LR, GRPO_LR, DPO_LR = ["--lr", 3e-5], ["--lr", 3e-5], ["--lr", 1e-4]
 LABELER = ["--judge", "labeler"]  # the labeler that labelled the preference file
 
 
 def experiment_runs(name):
     """(script, label, flags) of every run of an experiment."""
     if name == "variance":
-        return [("rloo.py", f"REINFORCE, baseline {b}", ["--beta", 0.1, "--steps", 50]
+        return [("rloo.py", f"REINFORCE, baseline {b}", ["--beta", 0.1, "--steps", 50, *RLOO_LR]
                  + (["--baseline", b] if b != "loo" else [])) for b in ("none", "mean", "loo")] \
             + [("ppo.py", "PPO, 20 iterations", ["--steps", 20, *PPO])]
     if name == "loss-family":
-        return [("dpo.py", f"{loss} β={b}", ["--loss", loss, "--beta", b, "--steps", 150])
+        return [("dpo.py", f"{loss} β={b}", ["--loss", loss, "--beta", b, "--steps", 150,
+                                              *DPO_LR])
                 for loss in ("sigmoid", "ipo", "hinge") for b in (0.1, 0.03)] \
             + [("dpo.py", f"{loss} β=0.03, 8 epochs of 256 pairs",
                 ["--loss", loss, "--beta", 0.03, "--n-pairs", 256, "--steps", 64,
-                 "--eval-every", 8]) for loss in ("sigmoid", "ipo", "hinge")]
+                 "--eval-every", 8, *DPO_LR]) for loss in ("sigmoid", "ipo", "hinge")]
     if name == "tax":
-        return [("rloo.py", "RLOO β=0.02", ["--beta", 0.02, "--steps", 50])] \
-            + [("grpo.py", f"GRPO β={b}", ["--beta", b, "--steps", 50]) for b in (0.1, 0.02)] \
+        return [("rloo.py", "RLOO β=0.02", ["--beta", 0.02, "--steps", 50, *RLOO_LR])] \
+            + [("grpo.py", f"GRPO β={b}", ["--beta", b, "--steps", 50, *GRPO_LR])
+               for b in (0.1, 0.02)] \
             + [("ppo.py", f"PPO{' -ptx' if ptx else ''} 20 iterations",
                 ["--steps", 20, *PPO, *(["--ptx-coef", 1] if ptx else [])]) for ptx in (0, 1)]
     if name == "iterative":
-        return [("dpo.py", label, ["--beta", 0.1, "--steps", 150, *flags]) for label, flags in
+        return [("dpo.py", label, ["--beta", 0.1, "--steps", 150, *DPO_LR, *flags])
+                for label, flags in
                 (("offline", []), ("3 rounds", ["--rounds", 3, *LABELER]),
                  ("online", ["--online", *LABELER]))]
     cells = [(1e-4, 0.2, 0), (1e-4, 0.2, 1)] + [(lr, clip, 0) for lr in (3e-5, 3e-4)

@@ -30,11 +30,11 @@ def table_lines(md):
     return {line.strip() for line in md.splitlines() if line.strip().startswith("|")}
 
 
-def assert_quoted(lines, page, data):
+def assert_quoted(lines, page, data, several=False):
     """Every data row of a recomputed table (its header and rule excluded) is on the page, and
-    the lines just above the table name the pipelines of its data rows: one pipeline, or each
-    its own in the reward ladder (docs/pipelines.md)."""
-    assert len(pipelines_of(data)) == 1 or data == rows("reward_ladder.jsonl")
+    the lines just above the table name the pipelines of its data rows: one pipeline, unless
+    the table is about several (the defaults' means over three; the reward ladder's two)."""
+    assert several or len(pipelines_of(data)) == 1, f"a table of {page} mixes pipelines"
     missing = [line for line in lines[2:] if line not in table_lines(read(page))]
     assert not missing, f"{os.path.basename(page)} lacks (or misquotes) {missing}"
     text = [line.strip() for line in read(page).splitlines()]
@@ -150,21 +150,27 @@ def test_seeds_and_goodhart_tables_match_their_files():
 
 def test_reward_ladder_table_matches_its_file():
     assert_quoted(reward_ladder.table(rows("reward_ladder.jsonl")),
-                  os.path.join(DOCS, "results.md"), rows("reward_ladder.jsonl"))
+                  os.path.join(DOCS, "results.md"), rows("reward_ladder.jsonl"), several=True)
 
 
-def test_readme_defaults_table_matches_the_default_runs():
-    data = rows("results.jsonl")
-    final = {r["run"]: r for r in data if r.get("final")}
-    s = final["sft"]
-    lines = ["header", "rule",
-             f"| `python sft.py` | `sft` | {s['gold']:.3f} ± {s['gold_se']:.3f} | – | 0 |"]
-    for script, run in [("ppo", "ppo-rm"), ("rloo", "rloo-rm"), ("grpo", "grpo-rm"),
-                        ("dpo", "dpo-sigmoid")]:
-        f = final[run]
-        lines.append(f"| `python {script}.py` | `{run}` | {f['gold']:.3f} ± {f['gold_se']:.3f} |"
-                     f" {f['proxy']:.3f} | {f['kl']:.1f} |")
-    assert_quoted(lines, PAGES[0], data)
+def test_readme_defaults_tables_are_the_default_runs_over_three_pipelines():
+    data = rows("defaults.jsonl")
+    assert len(defaults.pipelines(data)) == 3
+    table = defaults.table(data)
+    gap = table.index("")
+    for part in (table[:gap], table[gap + 1:]):
+        assert_quoted(part, PAGES[0], data, several=True)
+    finals = defaults.finals(data)
+    assert {"ppo", "rloo", "grpo", "dpo", "sft", "reward_model"} <= finals.keys()
+    for algo, seeds in finals.items():  # every script's final point on each pipeline
+        assert sorted(seeds) == [0, 1, 2], algo
+
+
+def test_the_defaults_hold_their_floors():
+    """Issue 44's floors, as means over the three pipelines: SFT's bits/byte, the reward model's
+    accuracy against the gold order, PPO's final gold and KL."""
+    held = defaults.floors(rows("defaults.jsonl"))
+    assert all(ok for *_, ok in held.values()), held
 
 
 def test_every_command_the_pages_give_runs_a_file_that_exists_with_flags_it_takes():

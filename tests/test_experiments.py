@@ -75,9 +75,12 @@ def test_experiment_runs_are_well_formed():
     # run the PPO grid's default and the tax's; DPO at β 0.1 is the iterative experiment's
     # offline run
     ppo = "ppo-rm beta=0.1 steps=20"
-    assert set(keys["variance"]) & set(keys["sensitivity"]) == {"rloo-rm beta=0.1 steps=50", ppo}
+    assert set(keys["variance"]) & set(keys["sensitivity"]) == {
+        "rloo-rm beta=0.1 lr=3e-05 steps=50", ppo}
     assert set(keys["variance"]) & set(keys["tax"]) == {ppo}
-    assert set(keys["loss-family"]) & set(keys["iterative"]) == {"dpo-sigmoid steps=150"}
+    assert set(keys["loss-family"]) & set(keys["iterative"]) == {"dpo-sigmoid lr=0.0001 steps=150"}
+    # the design's learning rates are pinned: a change of a script's default renames no run
+    assert all("lr=" in k for n in keys for k in keys[n] if not k.startswith("ppo"))
 
 
 def test_rounds_label_their_own_pairs(pipeline, tmp_path, monkeypatch):
@@ -137,10 +140,11 @@ def test_a_tiny_experiment_resumes_records_failures_and_measures_the_tax(
 
 
 def test_one_table_of_experiments_counts_shared_runs_once():
-    """python -m experiments' table names each experiment of the three files once, every one
+    """python -m experiments' table names each experiment of the four files once, every one
     has runs, and an experiment's minutes are for the runs no earlier one shares."""
     cfg = Config(out="out", quick=True)
-    names = [n for m in (entry.frontier, entry.goodhart, lecture) for n in m.NAMES]
+    names = [n for m in (entry.frontier, entry.goodhart, lecture, entry.defaults)
+             for n in m.NAMES]
     assert sorted(entry.EXPERIMENTS) == sorted(names) and len(set(names)) == len(names)
     for name, (module, _, _) in entry.EXPERIMENTS.items():
         assert name in module.NAMES and module.runs(cfg, name), name
