@@ -57,7 +57,7 @@ def sweep(quick):
             + [("grpo.py", f"grpo-rm β={b}", ["--steps", steps[1], "--beta", b]) for b in grpo]
             + [("dpo.py", f"dpo-sigmoid β={b}", ["--steps", steps[2], "--beta", b]) for b in dpo]
             + [("sft.py", "preferred-ft", ["--steps", steps[2], "--preferred", "--lr", 3e-4,
-                                           "--warmup", 20])])
+                                           "--warmup", 20, "--optimizer", "adamw"])])
 
 
 def runs(cfg, name):
