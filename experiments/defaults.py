@@ -27,8 +27,9 @@ def root(out, seed):
 
 def runs(cfg, name="defaults"):
     """Each RL script at its defaults (but --seed), on each pipeline seed."""
-    return [as_run(script, f"{script[:-3]} seed {seed}", ["--seed", seed] if seed else [],
-                   root(cfg.out, seed)) for seed in range(cfg.seeds) for script in SCRIPTS]
+    return [as_run(script, f"{script[:-3]} seed {seed}",
+                   [*(["--seed", seed] if seed else []), *cfg.extra.split()], root(cfg.out, seed))
+            for seed in range(cfg.seeds) for script in SCRIPTS]
 
 
 def prepare(cfg, name, device):
