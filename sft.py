@@ -173,7 +173,7 @@ def main():
     x, y, _ = batch(data("train"), enc, cfg.max_len)
     val_x, val_y, val_bytes = batch(data("valid"), enc, cfg.max_len)
 
-    # AdamW (--optimizer muon: Muon for the blocks' matrices); warmup, cosine decay to lr/10
+    # Muon on the blocks' matrices, AdamW on the rest (--optimizer adamw: alone); warmup, cosine
     opts = optimizers(model, cfg, fused=device.type == "cuda")
     lr_flags = "--lr or --muon-lr" if cfg.optimizer == "muon" else "--lr"  # what a divergence names
     logger = c.Logger(out_dir, cfg.steps,

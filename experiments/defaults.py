@@ -8,6 +8,7 @@ held-out bits/byte and each reward model's accuracy against the gold order; tabl
 sd over the pipelines, and pipeline_rows() each pipeline's row of docs/pipelines.md.
 """
 import os
+from types import SimpleNamespace
 
 import common as c
 from experiments.loop import SCRIPTS as MODULES, as_run, key_of
@@ -36,10 +37,11 @@ def prepare(cfg, name, device):
     """π_SFT and r_φ of every pipeline seed before the runs (the first RL run would build them,
     with its seed, but then its time would include theirs)."""
     for seed in range(cfg.seeds):
-        args = ["--out", root(cfg.out, seed)] + (["--seed", str(seed)] if seed else [])
-        sft_dir = os.path.join(root(cfg.out, seed), "sft")
+        where = root(cfg.out, seed)
+        args = c.build_args(SimpleNamespace(out=where, seed=seed))  # what an RL script passes
+        sft_dir = os.path.join(where, "sft")
         c.require(sft_dir, "sft.py", args)
-        c.require(os.path.join(root(cfg.out, seed), "reward_model"), "reward_model.py", args,
+        c.require(os.path.join(where, "reward_model"), "reward_model.py", args,
                   built_from=[sft_dir])
 
 

@@ -61,14 +61,13 @@ FIGURES = {"frontier.png": "results.jsonl", "proxy_and_gold.png": "results.jsonl
 
 
 def pipeline_ids():
-    """{id: its row} of docs/pipelines.md's table (the id in backticks, first column)."""
-    found = (re.match(r"\| `([^`]+)` \|", line) for line in read(PIPELINES).splitlines())
-    return {m.group(1): m.string for m in found if m}
+    """The ids of docs/pipelines.md's table (in backticks, first column)."""
+    return set(re.findall(r"^\| `([^`]+)` \|", read(PIPELINES), re.M))
 
 
 def named(text):
     """The pipelines a text names (their ids in backticks)."""
-    return set(re.findall(r"`([^`\s]+)`", text)) & pipeline_ids().keys()
+    return set(re.findall(r"`([^`\s]+)`", text)) & pipeline_ids()
 
 
 def pipelines_of(data):
@@ -86,7 +85,7 @@ def test_every_data_row_names_a_pipeline_of_the_table():
     ids = pipeline_ids()
     assert DATA and len(ids) >= 4
     for path in DATA:
-        unknown = pipelines_of(data_rows(path)) - ids.keys()
+        unknown = pipelines_of(data_rows(path)) - ids
         assert not unknown, f"{os.path.relpath(path, DOCS)}: rows of pipelines {unknown} that" \
             " docs/pipelines.md does not list"
 
