@@ -6,6 +6,7 @@ import torch
 from transformers import GPT2ForSequenceClassification
 
 import common as c
+from conftest import spy
 from lib import config
 
 
@@ -220,6 +221,35 @@ def test_evaluation_kl_is_the_sequence_kl_of_its_samples(model, enc):
         ref_logprobs, _ = c.token_logprobs(model, tokens, P)
     hand = ((logprobs - ref_logprobs) * mask).sum(1).mean().item()
     assert ev["kl"] == pytest.approx(hand, rel=1e-4) and ev["kl"] > 0.1
+
+
+def test_evaluation_gold_is_the_mean_over_samples_and_its_standard_error(model, enc,
+                                                                         monkeypatch):
+    """J(θ) = E[R] is estimated by the mean reward over N sampled responses (deck 001), with the
+    standard error sd/√N: recomputed from the gold of each sample that evaluate() scored."""
+    scored = spy(monkeypatch, c, "gold_reward")
+    ev = c.evaluate(model, model, enc, c.prompts("eval", enc, 16), max_new_tokens=8,
+                    batch_size=8)
+    each = torch.cat([call["out"] for call in scored]).float()
+    assert len(scored) == 2 and len(each) == 16  # two batches of 8 responses
+    assert ev["gold"] == pytest.approx(each.mean().item(), rel=1e-6)
+    assert ev["gold_se"] == pytest.approx(each.std().item() / 4, rel=1e-6)  # √16 = 4
+    assert each.std() > 0
+
+
+def test_sampled_tokens_have_no_gradient_path_only_their_log_probabilities_do(model, enc):
+    """Deck 000: RL is needed because sampling is not differentiable. The sampled tokens are
+    integers with no gradient, and so is any reward computed from their text; log π(y|x) of
+    those tokens has one, which is what REINFORCE differentiates."""
+    model.requires_grad_(True)
+    tokens, mask = c.sample(model, c.prompts("eval", enc, 4), 8)
+    assert tokens.dtype == torch.long and not tokens.requires_grad and tokens.grad_fn is None
+    assert not c.gold_reward([c.decode(enc, t) for t in tokens.tolist()]).requires_grad
+    P = tokens.shape[1] - mask.shape[1]
+    logprobs, _ = c.token_logprobs(model, tokens, P)
+    c.response_logprobs(logprobs, mask).sum().backward()
+    assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
+    model.zero_grad(set_to_none=True)
 
 
 @pytest.mark.parametrize("flags, message", [

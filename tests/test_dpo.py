@@ -5,8 +5,28 @@ import pytest
 import torch
 
 import common as c
-import dpo
+import dpo, sft
 from conftest import assert_rises, run_points, run_script
+
+
+def test_dpo_pushes_the_rejected_response_down_preferred_ft_has_no_term_for_it(tmp_path):
+    """Deck 000: instruction tuning shows what to do, not what not to do. Preferred-FT's data are
+    (prompt, chosen) alone; DPO's gradient on a pair raises log π(y_w) and lowers log π(y_l),
+    each by β·σ(−βh): β/2 = 0.05 at h = 0 (β = 0.1)."""
+    chosen, rejected = torch.tensor([-3.0], requires_grad=True), \
+        torch.tensor([-5.0], requires_grad=True)
+    losses, _, _ = dpo.preference_loss(chosen, rejected, torch.tensor([-3.0]),
+                                       torch.tensor([-5.0]), 0.1, "sigmoid")
+    losses.sum().backward()
+    assert chosen.grad.item() == pytest.approx(-0.05)  # descent raises log π(y_w)
+    assert rejected.grad.item() == pytest.approx(0.05)  # … and lowers log π(y_l)
+    enc = c.tokenizer(512)
+    path = tmp_path / "preferences.jsonl"
+    ids = [enc.encode_ordinary(t) for t in ("The film", " was great.", " was awful.")]
+    c.write_preferences(str(path), enc, [(split, *ids, 0.9, -0.6) for split in ("train", "valid")])
+    model = c.build_model(512, n_layer=1, n_head=1, n_embd=8, n_positions=64)
+    [(prompt, response)] = sft.preferred(str(path), "train", enc, model)
+    assert c.decode(enc, response) == " was great." and c.decode(enc, prompt) == "The film"
 
 
 def test_losses_by_hand():

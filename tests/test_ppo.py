@@ -61,6 +61,30 @@ def test_gae_against_a_plain_loop():
             assert returns[b, t].item() == pytest.approx(expected + values[b, t].item(), abs=1e-5)
 
 
+def test_gae_at_lambda_0_is_the_one_step_advantage_and_at_1_the_return_minus_v():
+    """Decks 001 and 002: A = r + V(next) − V(now) is GAE at λ = 0; the Monte-Carlo return minus
+    V is GAE at λ = 1. One response of 3 tokens, reward 1 at the end, γ = 1, by hand."""
+    rewards, values = torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.2, 0.5, 0.4]])
+    mask = torch.ones(1, 3)
+    one_step, _ = ppo.gae(rewards, values, mask, gamma=1.0, lam=0.0)
+    torch.testing.assert_close(one_step, torch.tensor([[0.5 - 0.2, 0.4 - 0.5, 1.0 - 0.4]]))
+    monte_carlo, returns = ppo.gae(rewards, values, mask, gamma=1.0, lam=1.0)
+    torch.testing.assert_close(monte_carlo, torch.tensor([[0.8, 0.5, 0.6]]))  # G = 1 − V
+    torch.testing.assert_close(returns, torch.ones(1, 3))  # A + V: the return itself
+
+
+def test_each_token_is_an_action_with_its_own_ratio_and_clip():
+    """Deck 003: in PPO an action is one token. Two tokens of one response, A = 1 each: the first
+    token's ratio 1.5 is clipped (no gradient), the second's (1.0) is not; each token's gradient
+    is its own (−A·ρ/2), unlike RLOO's one ratio per response."""
+    logprobs = torch.log(torch.tensor([[1.5, 1.0]])).requires_grad_()
+    loss = ppo.ppo_policy_loss(logprobs, torch.zeros(1, 2), torch.ones(1, 2), torch.ones(1, 2),
+                               EPS)
+    loss.backward()
+    assert loss.item() == pytest.approx(-(1.2 + 1.0) / 2)
+    torch.testing.assert_close(logprobs.grad, torch.tensor([[0.0, -0.5]]))
+
+
 def test_kl_penalty_lands_on_response_tokens_and_score_on_the_last():
     logprobs = torch.tensor([[-1.0, -2.0, -3.0, 0.0], [-1.0, -1.0, 0.0, 0.0]])
     ref_logprobs = torch.tensor([[-1.5, -1.0, -3.0, -9.0], [-2.0, -1.0, -9.0, -9.0]])

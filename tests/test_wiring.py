@@ -422,3 +422,20 @@ def test_evaluation_columns_hold_what_they_say(monkeypatch):
     assert ev["gold"] == pytest.approx(gold.mean().item()) and ev["proxy"] != ev["gold"]
     for p, g in zip(proxies, golds):  # the same samples, scored by both
         assert g["texts"] == [c.decode(enc, t) for t in p["tokens"].tolist()]
+
+
+@pytest.mark.parametrize("script, n_models, n_trained", [(rloo, 3, 1), (ppo, 4, 2)])
+def test_models_held_and_trained(pipeline, tmp_path, monkeypatch, script, n_models, n_trained):
+    """Deck 000: RLOO is light, a policy, its frozen reference π_ref and the reward model, three
+    models of which one is trained (no critic); PPO holds four and trains two (the critic)."""
+    loaded = spy(monkeypatch, c, "load_model")
+    opts = spy(monkeypatch, torch.optim, "AdamW")
+    run_main(monkeypatch, script, "--out", linked_out(tmp_path, pipeline), *TINY,
+             "--batch-size", 4, "--minibatch-size", 4)
+    models = list({id(call["out"]): call["out"] for call in loaded}.values())
+    assert len(models) == n_models
+    trained = {id(p) for opt in opts for g in opt["out"].param_groups for p in g["params"]}
+    owners = [m for m in models if {id(p) for p in m.parameters()} <= trained]
+    assert len(owners) == n_trained
+    assert sum(p.numel() for m in owners for p in m.parameters()) == \
+        sum(p.numel() for opt in opts for g in opt["out"].param_groups for p in g["params"])
