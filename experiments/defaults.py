@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import common as c
 from experiments.loop import SCRIPTS as MODULES, as_run, key_of
-from experiments.points import mean_sd
+from experiments.points import gold_at_kl, mean_sd
 from lib.results import pipeline_of, write_jsonl
 
 NAMES = ["defaults"]
@@ -138,6 +138,28 @@ def table(rows):
     return lines
 
 
+def equal_kl_table(rows, kls=(2, 5)):
+    """Each method at equal KL: its gold where each pipeline's run first reaches KL k
+    (gold_at_kl, interpolated), mean ± sd over the pipelines, and each pipeline's."""
+    lines = ["| command | " + " | ".join(f"gold at KL {k}: mean ± sd · by pipeline" for k in kls)
+             + " |", "|---|" + "---|" * len(kls)]
+    for algo in ("ppo", "rloo", "grpo", "dpo"):
+        runs = {}
+        for r in sorted((r for r in rows if r.get("algo") == algo and "step" in r),
+                        key=lambda r: r["step"]):
+            runs.setdefault(r["pipeline_seed"], []).append((r["kl"], r["gold"]))
+        if not runs:
+            continue
+        cells = []
+        for k in kls:
+            at = [gold_at_kl(runs[s], k) for s in sorted(runs)]
+            got = [g for g in at if g is not None]
+            cells.append(("–" if len(got) < 2 else _stat(got, 3)) + " · "
+                         + " · ".join("–" if g is None else f"{g:.3f}" for g in at))
+        lines.append(f"| `python {algo}.py` | " + " | ".join(cells) + " |")
+    return lines
+
+
 def pipelines(rows):
     """The pipelines of the rows, in pipeline-seed order."""
     return [p for _, p in sorted({(r["pipeline_seed"], r["pipeline"]) for r in rows})]
@@ -198,5 +220,7 @@ def draw(out):
     with open(os.path.join(out, "defaults.md"), "w") as f:
         f.write(f"Each script at its defaults on the pipelines {ids} (docs/pipelines.md), from"
                 f" {out}/defaults.jsonl (`python -m experiments --experiment defaults`):\n\n"
-                + "\n".join(table(rows)) + "\n")
+                + "\n".join(table(rows)) + "\n\nThe same runs at equal KL: the gold where each"
+                " pipeline's run first reaches KL 2 and 5 (interpolated between evaluations):\n\n"
+                + "\n".join(equal_kl_table(rows)) + "\n")
     return True

@@ -48,3 +48,14 @@ def test_a_run_made_at_older_defaults_is_named(tmp_path):
         json.dump({"id": "x", "inputs": {}, "config": {"lr": 3e-5, "out": "elsewhere", "seed": 1,
                                                        "k": 4}}, f)
     assert defaults.stale(str(stage), "rloo.py") == ["--lr: 3e-05 → 6e-05"]  # out, seed: ignored
+
+
+def test_equal_kl_table_interpolates_each_pipelines_run():
+    rows = [{"algo": "rloo", "pipeline_seed": s, "step": step, "kl": kl, "gold": g}
+            for s, pts in enumerate([[(0, 0.0, 0.2), (10, 4.0, 0.6)],
+                                     [(0, 0.0, 0.2), (5, 1.0, 0.3), (10, 3.0, 0.7)]])
+            for step, kl, g in pts]
+    # KL 2: 0.2 + 0.4·2/4 = 0.4 and 0.3 + 0.4·(2 − 1)/(3 − 1) = 0.5; mean 0.45, sd 0.1/√2
+    # KL 5: neither run gets there
+    assert defaults.equal_kl_table(rows)[2] == \
+        "| `python rloo.py` | 0.450 ± 0.071 · 0.400 · 0.500 | – · – · – |"
