@@ -52,6 +52,7 @@ DATA = sorted(glob.glob(os.path.join(DOCS, "**", "*.jsonl"), recursive=True) +
 # each embedded figure → the data file it is drawn from
 FIGURES = {"frontier.png": "results.jsonl", "proxy_and_gold.png": "results.jsonl",
            "dpo_epochs.png": "results.jsonl", "online_offline.png": "results.jsonl",
+           "epyc-204/online_offline.png": "epyc-204/results.jsonl",
            "seeds.png": "results.jsonl", "full/frontier_full.png": "full/results.jsonl",
            "full/proxy_and_gold_full.png": "full/results.jsonl",
            "goodhart.png": "goodhart.jsonl", "mitigation.png": "goodhart.jsonl",

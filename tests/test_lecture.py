@@ -24,7 +24,7 @@ DECKS = sorted(glob.glob(os.path.join(DOCS, "lecture_0*.md")))
 ROWS = {"000": 39, "001": 84, "002": 157, "003": 46, "004": 124}
 VERDICTS = ("shown", "partly", "contradicted", "not shown", "not implemented", "out of scope")
 SETTING = re.compile(r"(β|τ|λ|γ|ε|\blr|\bclip)\s*(=|≤|≥|<|>)?\s*$")
-SOURCE = re.compile(r"\[([\w/]+\.(?:jsonl|md))((?:\s*`[^`]+`,?)*)\]")
+SOURCE = re.compile(r"\[([\w/-]+\.(?:jsonl|md))((?:\s*`[^`]+`,?)*)\]")
 
 
 def read(path):
