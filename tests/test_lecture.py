@@ -113,8 +113,9 @@ def test_the_hubs_index_counts_each_pages_rows_and_verdicts():
     for path, deck in zip(DECKS, ROWS):
         verdicts = [re.match(r"\*([a-z ]+)\*", cells[5]).group(1)
                     for cells in table_rows(path).values()]
-        assert index[deck] == [len(verdicts), *(verdicts.count(v) for v in VERDICTS)], \
-            f"docs/lecture.md's index row of deck {deck} does not count its page"
+        counts = [len(verdicts), *(verdicts.count(v) for v in VERDICTS)]
+        assert index[deck] == counts, f"docs/lecture.md's index row of deck {deck} does not" \
+            f" count its page: it should end | {' | '.join(map(str, counts))} |"
 
 
 def test_every_quoted_number_equals_its_data():
