@@ -69,18 +69,21 @@ def numbers_of(path, keys):
     return found
 
 
+def measured_numbers(text):
+    """The decimal numbers of a text that are measurements (not settings after β, lr, …)."""
+    return [n.group(0) for n in re.finditer(r"(?<![\w.])−?\d+\.\d+", text)
+            if not SETTING.search(text[:n.start()])]
+
+
 def quoted(cell):
     """[(number as written, the source it names, its keys)] of a measured cell: each number
-    belongs to the first source after it."""
+    belongs to the first source after it; and the numbers after the last source (unsourced)."""
     out, start = [], 0
     for m in SOURCE.finditer(cell):
-        text = cell[start:m.start()]
         keys = re.findall(r"`([^`]+)`", m.group(2))
-        for n in re.finditer(r"(?<![\w.])−?\d+\.\d+", text):
-            if not SETTING.search(text[:n.start()]):
-                out.append((n.group(0), m.group(1), keys))
+        out += [(n, m.group(1), keys) for n in measured_numbers(cell[start:m.start()])]
         start = m.end()
-    return out, cell[start:]
+    return out, measured_numbers(cell[start:])
 
 
 def test_five_deck_pages_in_slide_order_with_the_stated_row_counts():
@@ -122,9 +125,7 @@ def test_every_quoted_number_equals_its_data():
     wrong, unsourced = [], []
     for rid, cells in all_rows().items():
         pairs, rest = quoted(cells[4])
-        for n in re.finditer(r"(?<![\w.])−?\d+\.\d+", rest):
-            if not SETTING.search(rest[:n.start()]):
-                unsourced.append(f"{rid}: {n.group(0)}")
+        unsourced += [f"{rid}: {n}" for n in rest]
         for number, source, keys in pairs:
             value = float(number.replace("−", "-"))
             decimals = len(number.split(".")[1])
