@@ -31,7 +31,8 @@ from lib.plots import plot_metrics, plot_scatter, save_figure  # noqa: F401
 from lib.data import (check_positions, decode, hf_tokenizer, imdb, prompts,  # noqa: F401
                       read_comparisons, read_preferences, tokenizer, write_preferences)
 from lib.sampler import _cached_step, sample, sample_batched  # noqa: F401
-from lib.golds import GOLDS, gold_reward, labeler_scores, reader_reward, repetition  # noqa: F401
+from lib.golds import (GOLD_NAMES, GOLD_TOKENS, GOLDS, gold_fn, gold_reward,  # noqa: F401
+                       labeler_scores, reader_reward, repetition)
 from lib.parallel import all_mean, average_gradients, gather, rank, share, split_map, world  # noqa
 from lib.muon import Muon  # noqa: F401 (sft.py --optimizer muon)
 
@@ -217,10 +218,10 @@ def collate(prompt_ids, response_ids, pad_id):
 GRAD_CLIP = 1.0  # max gradient norm of every update
 
 
-def score_responses(kind, rm, enc, tokens):
+def score_responses(kind, rm, enc, tokens, gold=gold_reward):
     """What the policy maximises: r_φ(x, y) ('model'), or the gold reward itself ('gold')."""
     if kind == "gold":
-        return gold_reward([decode(enc, t) for t in tokens.tolist()]).to(tokens.device)
+        return gold([decode(enc, t) for t in tokens.tolist()]).to(tokens.device)
     return reward(rm, tokens)
 
 
@@ -351,11 +352,13 @@ def optimizer_step(opt, loss, params, step, ckpt, weight=1.0):
 # ---------------------------------------------------------------- the shared evaluation
 
 @torch.no_grad()
-def evaluate(policy, ref, enc, prompt_ids, max_new_tokens, rm=None, batch_size=64, seed=1234):
+def evaluate(policy, ref, enc, prompt_ids, max_new_tokens, rm=None, batch_size=64, seed=1234,
+             gold=gold_reward):
     """The README's evaluation on held-out prompts, temperature 1: gold and proxy reward,
     sequence KL(π‖π_ref) = mean Σ_t [log π − log π_ref] (nats), token entropy, length and
     samples; and the standard errors of the gold, proxy and KL means (gold_se, …) over the
-    prompts. The sampling noise is the evaluation's own (seed): the same at every evaluation,
+    prompts; a gold other than VADER (gold_fn) also reports VADER's (gold_vader). The sampling
+    noise is the evaluation's own (seed): the same at every evaluation,
     and on every rank under torchrun, where each rank scores its share of the batches."""
     was_training = policy.training
     policy.eval()
@@ -371,7 +374,9 @@ def evaluate(policy, ref, enc, prompt_ids, max_new_tokens, rm=None, batch_size=6
             ref_logprobs, _ = token_logprobs(ref, tokens, P)
             texts = [decode(enc, t) for t in tokens.tolist()]
             vader = gold_reward(texts)
-            rows = {"gold": vader, "gold_reader": reader_reward(texts, vader),
+            rows = {"gold": vader if gold is gold_reward else gold(texts).float(),
+                    "gold_vader": vader if gold is not gold_reward else None,
+                    "gold_reader": reader_reward(texts, vader),
                     "proxy": reward(rm, tokens).cpu() if rm is not None else None,
                     "kl": sequence_kl(logprobs, ref_logprobs, mask).cpu(),
                     "entropy": ((entropy * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu(),
@@ -379,11 +384,12 @@ def evaluate(policy, ref, enc, prompt_ids, max_new_tokens, rm=None, batch_size=6
         return rows, texts
 
     scored = split_map(score, batches)
-    rows = {k: torch.cat([r[k] for r, _ in scored]).float() for k in scored[0][0]
-            if rm is not None or k != "proxy"}
+    rows = {k: torch.cat([r[k] for r, _ in scored]).float() for k, v in scored[0][0].items()
+            if v is not None}
     out = {k: v.mean().item() for k, v in rows.items()}
-    for k in ("gold", "gold_reader", "proxy", "kl"):  # standard errors of the means
-        out[f"{k}_se"] = rows[k].std().item() / math.sqrt(len(rows[k])) if k in rows else None
+    for k in ("gold", "gold_vader", "gold_reader", "proxy", "kl"):  # standard errors of the means
+        if k in rows or k == "proxy":
+            out[f"{k}_se"] = rows[k].std().item() / math.sqrt(len(rows[k])) if k in rows else None
     out["proxy"] = out.get("proxy")
     out["samples"] = [t for _, texts in scored for t in texts][:8]
     policy.train(was_training)

@@ -26,7 +26,7 @@ from transformers import GPT2ForSequenceClassification
 import common as c
 
 
-CHOICES = {"reward": ["model", "gold"]}  # flags with a fixed set of values
+CHOICES = {"reward": ["model", "gold"], "gold": c.GOLD_NAMES}  # flags with a fixed set of values
 LM_TOKENS = 64  # tokens per IMDb text window of the language-model loss (PPO-ptx, the tax)
 N_TAX_TEXTS = 256  # held-out IMDb texts on which the alignment tax is measured
 
@@ -34,7 +34,8 @@ N_TAX_TEXTS = 256  # held-out IMDb texts on which the alignment tax is measured
 @dataclass
 class Config:
     out: str = "out"  # root directory: reads out/sft, out/reward_model; writes out/ppo
-    reward: str = "model"  # what to maximise: 'model' = learned r_φ, 'gold' = VADER (PPO-GT)
+    reward: str = "model"  # what to maximise: 'model' = learned r_φ, 'gold' = the gold (PPO-GT)
+    gold: str = "vader"  # the gold: vader, or learned (<out>/gold, docs/goodhart_design.md)
     beta: float = 0.05  # KL penalty coefficient β (initial value if --target-kl is set)
     target_kl: float = 0.0  # adaptive KL controller: target KL per response (nats); 0 = fixed β
     horizon: int = 10000  # adaptive KL controller horizon (responses)
@@ -199,6 +200,7 @@ def main():
     rm = c.load_reward_model(rm_dir, policy).to(device)
     critic = c.load_model(rm_dir, GPT2ForSequenceClassification).to(device).train()
     enc = c.tokenizer(policy.config.bpe_ranks)
+    gold = c.gold_fn(cfg.gold, cfg.out)  # what the evaluation (and --reward gold) scores by
     params = [*policy.parameters(), *critic.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)
 
@@ -211,7 +213,7 @@ def main():
     tax_batch = lm_batch(enc, "valid", range(N_TAX_TEXTS), LM_TOKENS, device)
 
     def evaluate(step):
-        ev = c.evaluate(policy, ref, enc, eval_prompts, cfg.max_new_tokens, rm)
+        ev = c.evaluate(policy, ref, enc, eval_prompts, cfg.max_new_tokens, rm, gold=gold)
         ev["lm_loss"] = alignment_tax(policy, tax_batch, device)
         return results.add(ev, step, final=step == cfg.steps)
 
@@ -227,7 +229,7 @@ def main():
                                     cfg.max_new_tokens, cfg.temperature)
             P, mask = tokens.shape[1] - mask.shape[1], mask.float()
             # 2. score: r_φ(x, y), or the gold reward (PPO-GT)
-            score = c.score_responses(cfg.reward, rm, enc, tokens)
+            score = c.score_responses(cfg.reward, rm, enc, tokens, gold)
             # log-probs of the sampling policy and of the reference; the critic's values
             old_logprobs = c.rollout_logprobs(policy, tokens, P, cfg.minibatch_size,
                                               cfg.temperature)

@@ -15,7 +15,8 @@
 Reports on held-out pairs: accuracy against the labeler, against the noiseless gold order, and
 the labeler's own agreement with that order (the ceiling); correlation of r_φ with gold.
 
---gold reader: the labeler ranks by the reader's gold instead (docs/goodhart.md); --preferences
+--gold reader or learned: the labeler ranks by the reader's gold (docs/goodhart.md) or by the
+learned gold in out/gold (docs/goodhart_design.md) instead; --preferences
 FILE: train on an earlier run's comparisons instead of sampling (Goodhart's proxies: subsets of one
 labelled set, ensembles: one set and several seeds; combined by common.RewardEnsemble).
 
@@ -40,7 +41,7 @@ class Config:
     out: str = "out"  # root directory: reads out/sft; writes out/reward_model, preferences.jsonl
     k: int = 4  # responses per prompt ranked by the labeler → k(k−1)/2 pairs
     tau: float = 0.1  # labeler noise temperature τ (0 = noiseless)
-    gold: str = "vader"  # the gold the labeler ranks by: vader, or reader (docs/goodhart.md)
+    gold: str = "vader"  # the labeler's gold: vader, reader or learned (<out>/gold)
     preferences: str = ""  # a preferences.jsonl of an earlier run: its comparisons, no sampling
     n_prompts: int = 10000  # training prompts (train split)
     n_val_prompts: int = 300  # held-out prompts for validation pairs (validation split)
@@ -84,7 +85,7 @@ def comparisons(policy, enc, split, n, cfg, device, gen):
     def label(j):  # responses to rows j … j + chunk, and their gold reward
         with c.autocast(device):
             tokens, mask = c.sample(policy, prompt_ids[j:j + chunk], cfg.max_new_tokens)
-        gold = c.GOLDS[cfg.gold]([c.decode(enc, t) for t in tokens.tolist()])
+        gold = c.gold_fn(cfg.gold, cfg.out)([c.decode(enc, t) for t in tokens.tolist()])
         if j == 2 * chunk * c.world() and len(prompt_ids) > 6 * chunk * c.world():
             minutes = (time.time() - t0) / (3 * chunk) * len(prompt_ids) / c.world() / 60
             print(f"sampling and labelling {len(prompt_ids):,} {split} responses:"
@@ -232,7 +233,7 @@ def fit(rm, train, val, cfg, device, gen, logger, readout=last_token):
 
 def main():
     cfg = c.parse_config(Config, __doc__, {"schedule": ["constant", "cosine"],
-                                           "gold": list(c.GOLDS)})
+                                           "gold": c.GOLD_NAMES})
     if cfg.k < 2:
         c.die(f"--k {cfg.k}: a ranking needs at least 2 responses per prompt")
     if cfg.tau < 0:
@@ -285,7 +286,7 @@ def main():
     with torch.no_grad(), c.autocast(device):
         for tokens, _ in c.sample_batched(policy, ev_prompts, cfg.max_new_tokens, 64):
             proxy.append(c.reward(rm, tokens).cpu())
-            gold.append(c.GOLDS[cfg.gold]([c.decode(enc, t) for t in tokens.tolist()]))
+            gold.append(c.gold_fn(cfg.gold, cfg.out)([c.decode(enc, t) for t in tokens.tolist()]))
     proxy, gold = torch.cat(proxy), torch.cat(gold)
     corr = torch.corrcoef(torch.stack([proxy, gold]))[0, 1].item()
     val_rewards = all_rewards(rm, val, device)  # normalised: the saved model's rewards

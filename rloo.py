@@ -23,13 +23,15 @@ import torch
 import common as c
 
 
-CHOICES = {"reward": ["model", "gold"], "baseline": ["loo", "mean", "none"]}  # fixed sets
+CHOICES = {"reward": ["model", "gold"], "gold": c.GOLD_NAMES,  # flags with a fixed set of values
+           "baseline": ["loo", "mean", "none"]}
 
 
 @dataclass
 class Config:
     out: str = "out"  # root directory: reads out/sft, out/reward_model; writes out/rloo
-    reward: str = "model"  # what to maximise: 'model' = learned r_φ, 'gold' = VADER
+    reward: str = "model"  # what to maximise: 'model' = learned r_φ, 'gold' = the gold
+    gold: str = "vader"  # the gold: vader, or learned (<out>/gold, docs/goodhart_design.md)
     beta: float = 0.05  # KL coefficient β
     k: int = 4  # responses per prompt (≥ 2: each one's baseline comes from the others)
     baseline: str = "loo"  # loo: leave-one-out (RLOO); mean: the batch mean; none: REINFORCE
@@ -96,6 +98,7 @@ def main():
     ref = c.load_model(sft_dir).to(device).eval().requires_grad_(False)
     rm = c.load_reward_model(rm_dir, policy).to(device)
     enc = c.tokenizer(policy.config.bpe_ranks)
+    gold = c.gold_fn(cfg.gold, cfg.out)  # what the evaluation (and --reward gold) scores by
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
 
     # data: training prompts, held-out prompts for the shared evaluation
@@ -106,7 +109,7 @@ def main():
     ckpt = c.Checkpoint(out_dir, policy)
 
     def evaluate(step):
-        ev = c.evaluate(policy, ref, enc, eval_prompts, cfg.max_new_tokens, rm)
+        ev = c.evaluate(policy, ref, enc, eval_prompts, cfg.max_new_tokens, rm, gold=gold)
         return results.add(ev, step, final=step == cfg.steps)
 
     before = evaluate(0)
@@ -121,7 +124,7 @@ def main():
                                     cfg.max_new_tokens, cfg.temperature)
             P, mask = tokens.shape[1] - mask.shape[1], mask.float()
             # 2. score: r_φ(x, y), or the gold reward
-            score = c.score_responses(cfg.reward, rm, enc, tokens)
+            score = c.score_responses(cfg.reward, rm, enc, tokens, gold)
             # log-probs of the sampling policy and of the reference
             old_logprobs = c.rollout_logprobs(policy, tokens, P, cfg.minibatch_size,
                                               cfg.temperature)

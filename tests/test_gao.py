@@ -1,0 +1,178 @@
+"""experiments/gao.py (Goodhart with a learned gold, docs/goodhart_design.md): the gold's data,
+training step, freezing and scoring; τ's bisection; the relabelled labels and their subsets; the
+pooling of seeds, the pass rule and the fits, each against values worked by hand."""
+import hashlib, json, math
+
+import pytest
+import torch
+from transformers import GPT2ForSequenceClassification
+
+import common as c
+import experiments.gao as g
+import reward_model as rmod
+from experiments.loop import Config, key_of
+
+
+def tiny_classifier(path=None, seed=0):
+    torch.manual_seed(seed)
+    config = c.build_model(512, 1, 2, 32, 64).config
+    config.num_labels = 1
+    model = GPT2ForSequenceClassification(config)
+    if path is not None:
+        c.save_model(model, str(path))
+    return model
+
+
+def test_labelled_reviews_hold_out_the_evaluation_reviews():
+    train, test = g.labelled_reviews()
+    held_out = set(c.imdb()["valid"]) | set(c.imdb()["eval"])
+    assert len(test) == 2000 and {t for _, t, _ in test} == held_out
+    assert not held_out & {t for _, t, _ in train}
+    assert sum(s == "rotten_tomatoes" for s, _, _ in train) == 8530
+    assert {y for _, _, y in train + test} == {0, 1}
+
+
+def test_gold_reads_the_first_and_last_tokens_of_a_review():
+    enc = c.tokenizer(512)
+    long = " ".join(f"word{i}" for i in range(100))
+    ids = enc.encode_ordinary(long)
+    assert g.gold_inputs(enc, "imdb", long) == [ids[:48], ids[-48:]]
+    assert g.gold_inputs(enc, "rotten_tomatoes", long) == [ids[:48]]  # a sentence: once
+    assert g.gold_inputs(enc, "imdb", long, ends=False) == [ids[:48]]
+    assert g.gold_inputs(enc, "imdb", "a fine film") == [enc.encode_ordinary("a fine film")]
+
+
+def test_gold_step_is_binary_cross_entropy_on_the_logit():
+    model = tiny_classifier()
+    torch.nn.init.zeros_(model.score.weight)  # logit 0: −log σ(0) = log 2 whatever the label
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    tokens, labels = torch.randint(0, 500, (8, 10)), torch.tensor([1, 0] * 4)
+    assert g.gold_step(model, opt, tokens, labels) == pytest.approx(math.log(2), abs=1e-6)
+    for _ in range(30):
+        loss = g.gold_step(model, opt, tokens, labels)
+    assert loss < 0.3  # it learns the batch
+    assert g.gold_accuracy(model, [(t.tolist(), y.item()) for t, y in zip(tokens, labels)],
+                           513) == 1.0
+
+
+def test_sha256_and_a_gold_other_than_the_committed_one_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "x").write_bytes(b"abc")
+    assert g.sha256(tmp_path / "x") == \
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    (tmp_path / "gold").mkdir()
+    (tmp_path / "gold" / "model.safetensors").write_bytes(b"weights")
+    monkeypatch.setattr(g, "TAU", 0.1)
+    monkeypatch.setattr(g, "GOLD_SHA256", hashlib.sha256(b"weights").hexdigest())
+    g.check_frozen(str(tmp_path))  # the committed one: accepted
+    monkeypatch.setattr(g, "GOLD_SHA256", hashlib.sha256(b"other").hexdigest())
+    with pytest.raises(SystemExit):
+        g.check_frozen(str(tmp_path))
+    monkeypatch.setattr(g, "GOLD_SHA256", None)
+    with pytest.raises(SystemExit):
+        g.check_frozen(str(tmp_path))
+
+
+def test_learned_gold_is_the_classifier_logit_on_the_first_48_tokens(tmp_path):
+    model = tiny_classifier(tmp_path / "gold").eval()
+    (tmp_path / "gold" / "report.json").write_text("{}")
+    gold = c.gold_fn("learned", str(tmp_path))
+    enc = c.tokenizer(512)
+    texts = ["a fine film", " ".join(f"w{i}" for i in range(80))]
+    rows = [enc.encode_ordinary(t)[:48] for t in texts]
+    with torch.no_grad():
+        expected = [c.reward(model, torch.tensor([r])).item() for r in rows]
+    assert gold(texts).tolist() == pytest.approx(expected, abs=1e-5)
+    assert c.gold_fn("vader", str(tmp_path)) is c.gold_reward
+    with pytest.raises(SystemExit):
+        c.gold_fn("learned", str(tmp_path / "nowhere"))
+
+
+def test_evaluate_by_a_learned_gold_also_reports_vader():
+    model, enc = c.build_model(512, 1, 2, 32, 64).eval(), c.tokenizer(512)
+    prompts = c.prompts("eval", enc, 8)
+    const = lambda texts: torch.full((len(texts),), 2.5)  # noqa: E731
+    ev = c.evaluate(model, model, enc, prompts, 6, gold=const)
+    assert ev["gold"] == 2.5 and ev["gold_se"] == 0.0 and "gold_vader" in ev
+    ev = c.evaluate(model, model, enc, prompts, 6)  # VADER itself: no second copy
+    assert "gold_vader" not in ev
+
+
+def test_labeler_agreement_by_hand():
+    gold = torch.tensor([[0.0, 1.0, 1.0, 3.0]], dtype=torch.float64)
+    s = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    # pairs: |Δ| = 1, 1, 3, 0 (a tie: ½), 2, 2; τ = 1
+    expected = (2 * s(1) + s(3) + 0.5 + 2 * s(2)) / 6
+    assert g.labeler_agreement(gold, 1.0) == pytest.approx(expected)
+    assert expected == pytest.approx(0.77938, abs=1e-5)
+
+
+def test_tau_bisection_finds_the_agreement():
+    # two responses 1 apart: agreement σ(1/τ); σ(2) at τ = ½
+    assert g.tau_for_agreement(torch.tensor([[0.0, 1.0]], dtype=torch.float64),
+                               1 / (1 + math.exp(-2))) == pytest.approx(0.5, rel=1e-6)
+    gold = torch.randn(50, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    tau = g.tau_for_agreement(gold, 0.92)
+    assert g.labeler_agreement(gold, tau) == pytest.approx(0.92, abs=1e-6)
+
+
+def test_relabel_ranks_the_same_responses_by_the_gold_and_subsets_are_prefixes(tmp_path):
+    enc = c.tokenizer(512)
+    groups = [{"prompt_ids": [5 + i], "responses": [[7 + i], [8, 9], [10], [11, 12, 13]],
+               "gold": [0.0] * 4, "ranking": [0, 1, 2, 3]} for i in range(3)]
+    src, dst = str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl")
+    c.write_preferences(src, enc, rmod.preference_records({"train": groups,
+                                                           "valid": groups[:1]}))
+    length = lambda texts: torch.tensor([float(len(t)) for t in texts])  # noqa: E731
+    g.relabel(src, dst, length, 0.0, enc, n=(3, 1))  # τ = 0: the gold's own order
+    order = rmod.ranking_pairs(range(4))
+    back = c.read_comparisons(dst, "train", 3, 4, order)
+    for a, b in zip(groups, back):
+        texts = [c.decode(enc, b["prompt_ids"] + r) for r in b["responses"]]
+        assert b["gold"] == sorted(b["gold"], reverse=True)  # best first
+        assert b["gold"] == [float(len(t)) for t in texts]
+        assert sorted(map(tuple, b["responses"])) == sorted(map(tuple, a["responses"]))
+    assert c.read_comparisons(dst, "train", 2, 4, order) == back[:2]  # a count: the first prompts
+
+
+def test_pool_seeds_by_hand():
+    curves = [[{"step": 0, "gold": 0.1, "kl": 0.0, "proxy": 1.0},
+               {"step": 10, "gold": v, "kl": k, "proxy": 2.0}]
+              for v, k in ((0.1, 3.0), (0.2, 4.0), (0.3, 5.0))]
+    pooled = g.pool_seeds(curves)
+    assert pooled[0]["gold_se"] == pytest.approx(0.0) and pooled[1]["step"] == 10
+    assert pooled[1]["gold"] == pytest.approx(0.2) and pooled[1]["kl"] == pytest.approx(4.0)
+    assert pooled[1]["gold_se"] == pytest.approx(0.1 / math.sqrt(3))  # sd 0.1 over 3 seeds
+
+
+def test_the_pass_rule_by_hand():
+    pts = lambda ses: [{"step": i, "gold": v, "gold_se": se, "kl": i}  # noqa: E731
+                       for i, (v, se) in enumerate(zip((0.0, 0.5, 0.3), ses))]
+    f = g.fall(pts((0.01, 0.02, 0.03)))
+    assert f["peak"]["step"] == 1 and f["fall"] == pytest.approx(0.2)
+    assert f["fall_se"] == pytest.approx(math.sqrt(0.02 ** 2 + 0.03 ** 2))
+    assert f["in_ses"] == pytest.approx(5.547, abs=1e-3) and f["falls"]
+    f = g.fall(pts((0.01, 0.05, 0.05)))  # 0.2 / 0.0707 = 2.83 SE: below 3.2
+    assert f["in_ses"] == pytest.approx(2.828, abs=1e-3) and not f["falls"]
+    assert not g.fall(pts((0.01, 0.02, 0.03))[:2])["falls"]  # the peak is the last point
+
+
+def test_fit_drawn_only_where_it_fits():
+    d = torch.linspace(0.5, 6, 12)
+    R = g.gao_curve(d, 0.3, 0.1, "rl")
+    a, b, r2, ok = g.fit_quality(d, R, "rl")
+    assert (a, b) == pytest.approx((0.3, 0.1), abs=1e-6) and r2 == pytest.approx(1.0) and ok
+    bent = R.clone()
+    bent[-4:] -= torch.tensor([0.1, 0.2, 0.3, 0.4])  # a fall the form cannot follow
+    assert not g.fit_quality(d, bent, "rl")[3]
+
+
+def test_runs_are_rloo_against_each_proxy_scored_by_the_learned_gold(tmp_path):
+    cfg = Config(out=str(tmp_path))
+    runs = g.runs(cfg, "gao")
+    assert len(runs) == 12 and {r.script for r in runs} == {"rloo.py"}
+    flags = dict(zip(runs[4].flags[::2], runs[4].flags[1::2]))
+    assert flags == {"--beta": "0.005", "--steps": "150", "--max-kl": "500", "--seed": "1",
+                     "--gold": "learned"}
+    assert runs[4].root.endswith("proxy-1000-seed1")
+    assert "gold=learned" in key_of(runs[4].script, runs[4].flags, runs[4].root)
+    assert g.runs(cfg, "gao-gold") == []
