@@ -26,8 +26,10 @@ from experiments.points import mean_sd, said_pipelines
 from lib.config import machine
 from lib.results import write_jsonl
 
-GOLD_SHA256 = None  # the frozen gold's weights (gao-gold prints it; committed before any proxy)
-TAU = None  # the labeler's τ for that gold (gao-gold prints it; committed with the hash)
+# the frozen gold (its weights' SHA-256) and the labeler's τ for it, printed by gao-gold and
+# committed before any proxy was trained (docs/goodhart_design.md's table)
+GOLD_SHA256 = "1022ac8753f5e6a8b01048803d0fc0b43b247cda026a13b6f90cee3a5b9534d7"
+TAU = 0.2755
 GOLD_SHAPE = (6, 192)  # layers × width of the gold's trunk (heads of 48 dims)
 GOLD_EPOCHS, GOLD_LR, GOLD_BATCH, GOLD_SEED = 2, 3e-4, 64, 0
 AGREEMENT = 0.92  # τ: the labeler orders this share of π_SFT's pairs as the noiseless gold
