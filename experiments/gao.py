@@ -165,8 +165,8 @@ def sha256(path):
 def train_gold(out_dir, n_ranks, n_positions, device, epochs=GOLD_EPOCHS, limit=None):
     """Train the gold on labelled_reviews() and save it to out_dir with report.json (its test
     accuracy on the first c.GOLD_TOKENS tokens of the 2,000 held-out reviews, its weights'
-    SHA-256, minutes, machine) written last: a gold without report.json is not finished. limit: the first
-    examples only (tests)."""
+    SHA-256, minutes, machine) written last: a gold without report.json is not finished. limit:
+    the first examples only (tests)."""
     torch.manual_seed(GOLD_SEED)
     gen = torch.Generator().manual_seed(GOLD_SEED)
     enc = c.tokenizer(n_ranks)
@@ -301,6 +301,7 @@ def build_proxies(out):
     on its first n prompts' pairs with its seed, in <out>/gao/proxy-<n>-seed<s>/ (built if
     missing, as any input stage)."""
     labels = root(out, "preferences.jsonl")
+    os.makedirs(root(out), exist_ok=True)
     if not os.path.exists(labels):
         sft = c.load_model(os.path.join(out, "sft"))
         relabel(os.path.join(out, "preferences.jsonl"), labels, c.gold_fn("learned", out), TAU,
@@ -311,7 +312,7 @@ def build_proxies(out):
             link(out, name, ["sft", "gold"])
             c.require(os.path.join(root(out, name), "reward_model"), "reward_model.py",
                       ["--out", root(out, name), "--preferences", labels, "--n-prompts", str(n),
-                       "--seed", str(s), "--gold", "learned"],
+                       "--seed", str(s), "--gold", "learned", "--tau", str(TAU)],
                       built_from=[os.path.join(root(out, name), "sft")])
 
 
@@ -361,7 +362,33 @@ def collect(cfg):
                   if p["run"] == key]
         rows += [{**p, "label": r.label, **proxy_report(cfg.out, n, s)} for p in points]
     write_jsonl(os.path.join(cfg.out, "gao.jsonl"), rows)
+    write_samples(cfg.out, rows)
     return rows
+
+
+def write_samples(out, rows):
+    """<out>/gao_samples.md: the runs against the smallest and the largest proxy (seed 0) at
+    π_SFT, at their gold's peak and at their end: the first four held-out prompts' samples."""
+    lines = ["# Goodhart with a learned gold: samples at the start, the peak and the end", "",
+             "The first four held-out prompts at three evaluations of seed 0's runs against the"
+             " smallest and the largest proxy (temperature 1, the evaluation's own sampling noise,"
+             " the same at every step). Written by `python -m experiments --experiment gao`,"
+             f" {said_pipelines(rows)}.", ""]
+    for n in (PROXY_PROMPTS[0], PROXY_PROMPTS[-1]):
+        pts = sorted((r for r in rows if r["proxy_prompts"] == n and r["proxy_seed"] == 0),
+                     key=lambda r: r["step"])
+        path = os.path.join(root(out, proxy_name(n, 0)), "rloo", "eval_samples.jsonl")
+        if not pts or not os.path.exists(path):
+            continue
+        by_step = {r["step"]: r["samples"] for r in c.read_jsonl(path)}
+        lines += [f"## against the {6 * n:,}-pair proxy (seed 0)", ""]
+        for name, p in (("π_SFT", pts[0]), ("peak", max(pts, key=lambda r: r["gold"])),
+                        ("end", pts[-1])):
+            lines += [f"### {name}: iteration {p['step']}, KL {p['kl']:.1f}, learned gold"
+                      f" {p['gold']:.3f}, VADER {p['gold_vader']:.3f}, proxy {p['proxy']:.3f}",
+                      ""] + [f"- {t!r}" for t in by_step.get(p["step"], [])] + [""]
+    with open(os.path.join(out, "gao_samples.md"), "w") as f:
+        f.write("\n".join(lines))
 
 
 @torch.no_grad()
@@ -436,7 +463,8 @@ def pooled_curves(rows, key="step"):
     out = {}
     for n, curves in by_count(rows, key).items():
         m = min(map(len, curves))
-        out[n] = pool_seeds([[{**p, "step": p[key]} for p in cv[:m]] for cv in curves])
+        out[n] = pool_seeds([[{"kl": p.get("kl_bound"), **p, "step": p[key]} for p in cv[:m]]
+                             for cv in curves])  # (best-of-n: its KL bound as its KL)
     return out
 
 
@@ -448,9 +476,8 @@ def sqrt_kl(points, key="kl"):
     return [math.sqrt(max(p[key], 0)) for p in points]
 
 
-def table(rows, bon):
-    """The page's two tables (markdown lines): RL's seed-mean curves by label count with the pass
-    rule, and best-of-n's."""
+def rl_table(rows):
+    """RL's seed-mean curves by label count with the pass rule (markdown lines)."""
     lines = [f"| label count | proxy pairs | proxy's pair accuracy vs the gold order (mean of"
              f" seeds) | gold at π_SFT | peak (KL) | last (KL) | fall ± se | in SEs | falls"
              f" (> {Z_FALL} SE) | Gao's RL fit: R² |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -466,18 +493,21 @@ def table(rows, bon):
                      f" {f['last']['gold_se']:.3f} ({f['last']['kl']:.1f}) |"
                      f" {f['fall']:.3f} ± {f['fall_se']:.3f} | {f['in_ses']:.1f} |"
                      f" {'yes' if f['falls'] else 'no'} | {r2:.2f} |")
-    if bon:
-        lines += ["", "| label count | best-of-1 | best (n) | best-of-" f"{BON_N} | fall ± se |"
-                  " in SEs | turns | Gao's best-of-n fit: R² |", "|---" * 8 + "|"]
-        for n, pooled in pooled_curves(bon, key="n").items():
-            f = fall([{**p, "kl": p["step"]} for p in pooled])
-            r2 = fit_quality(sqrt_kl(pooled, "kl_bound") if "kl_bound" in pooled[0] else
-                             [math.sqrt(bon_kl_bound(p["step"])) for p in pooled],
-                             [p["gold"] - pooled[0]["gold"] for p in pooled], "bon")[2]
-            lines.append(f"| {n:,} prompts | {pooled[0]['gold']:.3f} |"
-                         f" {f['peak']['gold']:.3f} ({f['peak']['step']}) |"
-                         f" {pooled[-1]['gold']:.3f} | {f['fall']:.3f} ± {f['fall_se']:.3f} |"
-                         f" {f['in_ses']:.1f} | {'yes' if f['falls'] else 'no'} | {r2:.2f} |")
+    return lines
+
+
+def bon_table(bon):
+    """Best-of-n's seed-mean curves by label count with the pass rule (markdown lines)."""
+    lines = ["| label count | best-of-1 | best (n) | best-of-" f"{BON_N} | fall ± se |"
+             " in SEs | turns | Gao's best-of-n fit: R² |", "|---" * 8 + "|"]
+    for n, pooled in pooled_curves(bon, key="n").items():
+        f = fall([{**p, "kl": p["step"]} for p in pooled])
+        d = [math.sqrt(bon_kl_bound(p["step"])) for p in pooled]
+        r2 = fit_quality(d, [p["gold"] - pooled[0]["gold"] for p in pooled], "bon")[2]
+        lines.append(f"| {n:,} prompts | {pooled[0]['gold']:.3f} |"
+                     f" {f['peak']['gold']:.3f} ({f['peak']['step']}) |"
+                     f" {pooled[-1]['gold']:.3f} | {f['fall']:.3f} ± {f['fall_se']:.3f} |"
+                     f" {f['in_ses']:.1f} | {'yes' if f['falls'] else 'no'} | {r2:.2f} |")
     return lines
 
 
@@ -491,11 +521,15 @@ def draw(out):
     fig, axes = plt.subplots(1, len(counts), figsize=(4.2 * len(counts), 4), sharey=True)
     for ax, (n, curves) in zip(list(axes) if len(counts) > 1 else [axes], counts.items()):
         pts = curves[0]  # Gao's panel: one run, its proxy and its gold on one axis
-        for key, style in (("proxy", "--"), ("gold", "-")):
-            sd0 = (pts[0][f"{key}_se"] or 0) * math.sqrt(pts[0].get("n_eval", 256)) or 1.0
+        for key, style, colour, label in (
+                ("proxy", "--", COLOURS.get(n), "proxy r_φ"), ("gold", "-", COLOURS.get(n),
+                                                              "learned gold"),
+                ("gold_vader", ":", "grey", "VADER (a second view)")):
+            sd0 = (pts[0][f"{key}_se"] or 0) * math.sqrt(256) or 1.0  # (256 held-out prompts)
             ax.plot(sqrt_kl(pts), [(p[key] - pts[0][key]) / sd0 for p in pts], style,
-                    color=COLOURS.get(n), label=f"{key} (seed {pts[0]['proxy_seed']})")
-        ax.set(title=f"{6 * n / 1000:g}k pairs", xlabel="√KL(π‖π_ref)   [√nats]")
+                    color=colour, label=label)
+        ax.set(title=f"{6 * n / 1000:g}k pairs, seed {pts[0]['proxy_seed']}",
+               xlabel="√KL(π‖π_ref)   [√nats]")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     (axes[0] if len(counts) > 1 else axes).set_ylabel("change from π_SFT, in π_SFT's sd")
@@ -539,7 +573,7 @@ def draw(out):
              f"From gao.jsonl and gao_best_of_n.jsonl, {said_pipelines(rows + bon)}"
              " (`python -m experiments --experiment gao`); gold: the learned gold's logit on the"
              " 256 held-out prompts (best-of-n: 128); ± the seed-level standard error (sd over"
-             " seeds / √seeds).", "", *table(rows, bon), ""]
+             " seeds / √seeds).", "", *rl_table(rows), "", *(bon_table(bon) if bon else []), ""]
     with open(os.path.join(out, "gao_data.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -7,7 +7,7 @@ import glob, json, os, re, sys
 import pytest
 
 from conftest import ROOT
-from experiments import defaults, frontier, goodhart
+from experiments import defaults, frontier, gao, goodhart
 
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import reward_ladder  # noqa: E402
@@ -58,7 +58,8 @@ FIGURES = {"frontier.png": "results.jsonl", "proxy_and_gold.png": "results.jsonl
            "goodhart.png": "goodhart.jsonl", "mitigation.png": "goodhart.jsonl",
            "best_of_n.png": "best_of_n.jsonl", "loss_family.png": "measured.jsonl",
            "tax.png": "tax.jsonl", "iterative.png": "measured.jsonl",
-           "reward_ladder.png": "reward_ladder.jsonl"}
+           "reward_ladder.png": "reward_ladder.jsonl", "gao_panel.png": "gao.jsonl",
+           "gao_family.png": "gao.jsonl"}
 
 
 def pipeline_ids():
@@ -146,6 +147,17 @@ def test_seeds_and_goodhart_tables_match_their_files():
                         (goodhart.at_kl_table(rows("goodhart.jsonl")), rows("goodhart.jsonl")),
                         (goodhart.bon_table(rows("best_of_n.jsonl")), rows("best_of_n.jsonl"))):
         assert_quoted(table, page, data)
+
+
+def test_gao_tables_match_their_files():
+    """docs/gao.md quotes the RL table recomputed from gao.jsonl, and best-of-n's from
+    gao_best_of_n.jsonl once that part has landed (its own commit)."""
+    page = os.path.join(DOCS, "gao.md")
+    assert_quoted(gao.rl_table(rows("gao.jsonl")), page, rows("gao.jsonl"))
+    if os.path.exists(os.path.join(DOCS, "gao_best_of_n.jsonl")):
+        bon = rows("gao_best_of_n.jsonl")
+        assert pipelines_of(bon) == pipelines_of(rows("gao.jsonl"))  # (one figure draws both)
+        assert_quoted(gao.bon_table(bon), page, bon)
 
 
 def test_reward_ladder_table_matches_its_file():
