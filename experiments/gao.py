@@ -145,10 +145,10 @@ def gold_step(model, opt, tokens, labels):
 def gold_accuracy(model, examples, pad_id, batch=256):
     """The share of (tokens, label) examples whose logit has the label's sign."""
     model.eval()
-    right = 0
+    right, device = 0, next(model.parameters()).device
     for j in range(0, len(examples), batch):
         rows = examples[j:j + batch]
-        z = c.reward(model, pad_right([t for t, _ in rows], pad_id))
+        z = c.reward(model, pad_right([t for t, _ in rows], pad_id).to(device)).cpu()
         right += ((z > 0).long() == torch.tensor([y for _, y in rows])).sum().item()
     model.train()
     return right / len(examples)
@@ -195,8 +195,7 @@ def train_gold(out_dir, n_ranks, n_positions, device, epochs=GOLD_EPOCHS, limit=
                 print(f"gold step {step}/{steps}: loss {loss:.3f}"
                       f" (≈ {left:.1f} min left)", flush=True)
     with c.autocast(device):
-        acc = gold_accuracy(model, [(torch.tensor(t).tolist(), y) for t, y in test_examples],
-                            pad_id)
+        acc = gold_accuracy(model, test_examples, pad_id)
     os.makedirs(out_dir, exist_ok=True)
     c.save_model(model.cpu(), out_dir)
     report = {"test_acc": acc, "n_test": len(test_examples), "n_train_examples": len(examples),
