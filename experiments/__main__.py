@@ -46,19 +46,18 @@ def own_runs(cfg, name):
             if (r.script, r.flags, r.root) not in seen]
 
 
-def draw(out, strict=True):
-    """Every figure and table whose data are in out; one line if there are none (strict)."""
-    drew = [m.draw(out) for m in (frontier, goodhart, gao, lecture, defaults)]
-    if strict and not any(drew):
-        c.die(f"{out} has no evaluation points to draw (results.jsonl, goodhart.jsonl,"
-              " gao.jsonl, measured.jsonl, tax.jsonl, grad_variance.jsonl, defaults.jsonl)")
+def draw(out):
+    """Every figure and table whose data are in out; whether there were any."""
+    return any([m.draw(out) for m in (frontier, goodhart, gao, lecture, defaults)])
 
 
 def main():
     cfg = c.parse_config(Config, __doc__, CHOICES)
     device = c.setup(cfg.seed, cfg.precision)  # the runs inherit its precision
     if cfg.redraw:
-        draw(cfg.out)
+        if not draw(cfg.out):
+            c.die(f"{cfg.out} has no evaluation points to draw (results.jsonl, goodhart.jsonl,"
+                  " gao.jsonl, measured.jsonl, tax.jsonl, grad_variance.jsonl, defaults.jsonl)")
         return
     names = GROUPS.get(cfg.experiment, [cfg.experiment])
     sft_dir = os.path.join(cfg.out, "sft")
@@ -79,7 +78,7 @@ def main():
         failed += run_experiment(name, runs, minutes, cfg.out, after)
         if hasattr(module, "finish"):
             module.finish(cfg, name, device)
-    draw(cfg.out, strict=False)  # (gao-gold trains the gold alone: nothing to draw)
+    draw(cfg.out)  # (gao-gold trains the gold alone: nothing to draw)
     print(f"wrote the figures and tables in {cfg.out}")
     if failed:  # the others' points are kept
         c.die(f"{len(failed)} run(s) failed: {'; '.join(failed)}; the same command retries them")
