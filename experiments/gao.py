@@ -20,7 +20,7 @@ from transformers import GPT2ForSequenceClassification
 import common as c
 import reward_model as rmod
 import rloo
-from experiments.goodhart import best_of_n_gold, bon_kl_bound, fit_gao, gao_curve
+from experiments.goodhart import best_of_n_gold, bon_kl_bound, fit_gao, gao_curve, link_into
 from experiments.loop import as_run, key_of
 from experiments.points import mean_sd, said_pipelines
 from lib.config import machine
@@ -286,15 +286,6 @@ def relabel(pref_in, pref_out, gold, tau, enc, seed=0, n=(LABEL_PROMPTS, 300)):
     c.write_preferences(pref_out, enc, rmod.preference_records(splits))
 
 
-def link(out, name, stages):
-    """<out>/gao/<name>/ with links to the stages of <out> it reads (e.g. sft, gold)."""
-    os.makedirs(root(out, name), exist_ok=True)
-    for stage in stages:
-        path = os.path.join(root(out, name), stage)
-        if not os.path.lexists(path):
-            os.symlink(os.path.relpath(os.path.join(out, stage), root(out, name)), path)
-
-
 def build_proxies(out):
     """<out>/gao/preferences.jsonl (the relabelled set, made once) and each proxy: reward_model.py
     on its first n prompts' pairs with its seed, in <out>/gao/proxy-<n>-seed<s>/ (built if
@@ -308,7 +299,7 @@ def build_proxies(out):
     for n in PROXY_PROMPTS:
         for s in SEEDS:
             name = proxy_name(n, s)
-            link(out, name, ["sft", "gold"])
+            link_into(root(out, name), out, ["sft", "gold"])
             c.require(os.path.join(root(out, name), "reward_model"), "reward_model.py",
                       ["--out", root(out, name), "--preferences", labels, "--n-prompts", str(n),
                        "--seed", str(s), "--gold", "learned", "--tau", str(TAU)],

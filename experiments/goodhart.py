@@ -94,13 +94,18 @@ def finish(cfg, name, device):
         run_best_of_n(cfg.out, device)
 
 
+def link_into(directory, out, stages):
+    """directory (made if missing) with relative links to the stages of <out> it reads."""
+    os.makedirs(directory, exist_ok=True)
+    for stage in stages:
+        path = os.path.join(directory, stage)
+        if not os.path.lexists(path):
+            os.symlink(os.path.relpath(os.path.join(out, stage), directory), path)
+
+
 def link(out, name, stages):
     """<out>/goodhart/<name>/ with links to the stages of <out> it reads (e.g. sft)."""
-    os.makedirs(root(out, name), exist_ok=True)
-    for stage in stages:
-        path = os.path.join(root(out, name), stage)
-        if not os.path.lexists(path):
-            os.symlink(os.path.relpath(os.path.join(out, stage), root(out, name)), path)
+    link_into(root(out, name), out, stages)
 
 
 def build_proxies(out, experiment):
