@@ -7,8 +7,11 @@ named as there). Its parts, each resumable, each row naming its pipeline:
    bisection (tau_for_agreement). Then frozen: GOLD_SHA256 and TAU are committed before any proxy.
 2. gao: π_SFT's samples relabelled by the learned gold (relabel), 12 proxies (4 label counts × 3
    seeds), one RLOO run against each, best-of-n.
-3. gao-mitigation: ensembles, a larger β, early stopping, on the smallest count whose gold falls.
+3. gao-far (the design's §7, an addendum): RLOO at β 0 for 300 iterations against the smallest and
+   the largest count's proxies, to see whether the gold turns further out in KL.
+4. (not yet built) mitigations: ensembles, a larger β, early stopping, on a count whose gold falls.
 Run: python -m experiments --experiment gao-gold --out out   (≈ 35 min on a 2-core AVX2 CPU)
+     python -m experiments --experiment gao, then gao-far     (≈ 80 and 55 min)
 """
 import csv, hashlib, html, importlib.resources, json, math, os, time
 
@@ -39,7 +42,9 @@ SEEDS = (0, 1, 2)  # each proxy's seeds; the RL seed is the proxy's
 BETA, STEPS = 0.005, 150  # RLOO against each proxy
 BON_N, BON_PROMPTS = 512, 128  # best-of-n: samples per prompt, held-out prompts
 Z_FALL = 3.2  # a fall counts beyond this many standard errors (Bonferroni: 0.05 / (4 × 19))
-NAMES = ["gao-gold", "gao"]
+# §7's addendum: further in KL, without a penalty, against the smallest and the largest proxies
+FAR_BETA, FAR_STEPS, FAR_EVERY, FAR_PROMPTS = 0.0, 300, 20, (250, 10000)
+NAMES = ["gao-gold", "gao", "gao-far"]
 
 
 def root(out, name=""):
@@ -50,31 +55,51 @@ def proxy_name(n, seed):
     return f"proxy-{n}-seed{seed}"
 
 
+def far_root(out, n, s):
+    """gao-far's run against a proxy: its own directory (the proxy's holds gao's run), with links
+    to the proxy's stages."""
+    return root(out, "far-" + proxy_name(n, s))
+
+
+def proxies_of(name):
+    """The (label count, seed) of each proxy an experiment's runs optimise, in run order."""
+    return [(n, s) for n in {"gao": PROXY_PROMPTS, "gao-far": FAR_PROMPTS}.get(name, ())
+            for s in SEEDS]
+
+
 def runs(cfg, name):
-    """gao-gold trains no policy; gao: one RLOO run against each proxy, its seed the proxy's."""
-    if name != "gao":
-        return []
+    """gao-gold trains no policy; gao: one RLOO run against each proxy, its seed the proxy's;
+    gao-far: the same at β 0 and 300 iterations against the smallest and largest proxies."""
+    if name == "gao-far":
+        return [as_run("rloo.py", f"rloo β={FAR_BETA} vs {proxy_name(n, s)}",
+                       ["--beta", FAR_BETA, "--steps", FAR_STEPS, "--eval-every", FAR_EVERY,
+                        "--max-kl", 500, "--seed", s, "--gold", "learned", *cfg.extra.split()],
+                       far_root(cfg.out, n, s)) for n, s in proxies_of(name)]
     return [as_run("rloo.py", f"rloo β={BETA} vs {proxy_name(n, s)}",
                    ["--beta", BETA, "--steps", STEPS, "--max-kl", 500, "--seed", s, "--gold",
                     "learned", *cfg.extra.split()], root(cfg.out, proxy_name(n, s)))
-            for n in PROXY_PROMPTS for s in SEEDS]
+            for n, s in proxies_of(name)]
 
 
 def prepare(cfg, name, device):
-    """gao-gold: the gold and τ. gao: the frozen gold checked, the labels and the proxies."""
+    """gao-gold: the gold and τ. gao: the frozen gold checked, the labels and the proxies. gao-far:
+    the same, and its runs' directories linked to their proxies."""
     if name == "gao-gold":
         build_gold(cfg.out, device)
-    else:
-        check_frozen(cfg.out)
-        build_proxies(cfg.out)
+        return
+    check_frozen(cfg.out)
+    build_proxies(cfg.out)
+    for n, s in proxies_of("gao-far") if name == "gao-far" else []:
+        link_into(far_root(cfg.out, n, s), root(cfg.out, proxy_name(n, s)),
+                  ["sft", "gold", "reward_model"])
 
 
 def finish(cfg, name, device):
-    """After gao's runs: gao.jsonl from every run there is, and best-of-n if not yet made."""
-    if name != "gao":
-        return
-    collect(cfg)
-    if not os.path.exists(os.path.join(cfg.out, "gao_best_of_n.jsonl")):
+    """After gao's runs: gao.jsonl from every run there is, and best-of-n if not yet made; after
+    gao-far's: gao_far.jsonl."""
+    if name in ("gao", "gao-far"):
+        collect(cfg, name)
+    if name == "gao" and not os.path.exists(os.path.join(cfg.out, "gao_best_of_n.jsonl")):
         run_best_of_n(cfg.out, device)
 
 
@@ -342,42 +367,46 @@ def proxy_report(out, n, s):
             "proxy_acc_gold": report["val_acc_gold"], "proxy_id": c.record_id(rm_dir)}
 
 
-def collect(cfg):
-    """<out>/gao.jsonl: every evaluation of every gao run there is, with its proxy's size, seed
-    and accuracy."""
+def collect(cfg, name="gao"):
+    """<out>/gao.jsonl (gao-far: gao_far.jsonl): every evaluation of every run of the experiment
+    there is, with its proxy's size, seed and accuracy; and its samples' page."""
     rows = []
-    for r, (n, s) in zip(runs(cfg, "gao"), [(n, s) for n in PROXY_PROMPTS for s in SEEDS]):
+    for r, (n, s) in zip(runs(cfg, name), proxies_of(name)):
         key = key_of(r.script, r.flags, r.root)
         points = [p for p in c.read_results(os.path.join(r.root, "results.jsonl"))
                   if p["run"] == key]
         rows += [{**p, "label": r.label, **proxy_report(cfg.out, n, s)} for p in points]
-    write_jsonl(os.path.join(cfg.out, "gao.jsonl"), rows)
-    write_samples(cfg.out, rows)
+    write_jsonl(os.path.join(cfg.out, name.replace("-", "_") + ".jsonl"), rows)
+    write_samples(cfg.out, rows, name)
     return rows
 
 
-def write_samples(out, rows):
-    """<out>/gao_samples.md: the runs against the smallest and the largest proxy (seed 0) at
-    π_SFT, at their gold's peak and at their end: the first four held-out prompts' samples."""
-    lines = ["# Goodhart with a learned gold: samples at the start, the peak and the end", "",
+def write_samples(out, rows, name="gao"):
+    """<out>/gao_samples.md (gao-far: gao_far_samples.md): the runs against the smallest and the
+    largest proxy (seed 0) at π_SFT, at their gold's peak and at their end: the first four
+    held-out prompts' samples."""
+    run_dir = {"gao": lambda n: root(out, proxy_name(n, 0)),
+               "gao-far": lambda n: far_root(out, n, 0)}
+    lines = ["# Goodhart with a learned gold: samples at the start, the peak and the end"
+             + (f" (β {FAR_BETA}, {FAR_STEPS} iterations)" if name == "gao-far" else ""), "",
              "The first four held-out prompts at three evaluations of seed 0's runs against the"
              " smallest and the largest proxy (temperature 1, the evaluation's own sampling noise,"
-             " the same at every step). Written by `python -m experiments --experiment gao`,"
+             f" the same at every step). Written by `python -m experiments --experiment {name}`,"
              f" {said_pipelines(rows)}.", ""]
     for n in (PROXY_PROMPTS[0], PROXY_PROMPTS[-1]):
         pts = sorted((r for r in rows if r["proxy_prompts"] == n and r["proxy_seed"] == 0),
                      key=lambda r: r["step"])
-        path = os.path.join(root(out, proxy_name(n, 0)), "rloo", "eval_samples.jsonl")
+        path = os.path.join(run_dir[name](n), "rloo", "eval_samples.jsonl")
         if not pts or not os.path.exists(path):
             continue
         by_step = {r["step"]: r["samples"] for r in c.read_jsonl(path)}
         lines += [f"## against the {6 * n:,}-pair proxy (seed 0)", ""]
-        for name, p in (("π_SFT", pts[0]), ("peak", max(pts, key=lambda r: r["gold"])),
+        for when, p in (("π_SFT", pts[0]), ("peak", max(pts, key=lambda r: r["gold"])),
                         ("end", pts[-1])):
-            lines += [f"### {name}: iteration {p['step']}, KL {p['kl']:.1f}, learned gold"
+            lines += [f"### {when}: iteration {p['step']}, KL {p['kl']:.1f}, learned gold"
                       f" {p['gold']:.3f}, VADER {p['gold_vader']:.3f}, proxy {p['proxy']:.3f}",
                       ""] + [f"- {t!r}" for t in by_step.get(p["step"], [])] + [""]
-    with open(os.path.join(out, "gao_samples.md"), "w") as f:
+    with open(os.path.join(out, name.replace("-", "_") + "_samples.md"), "w") as f:
         f.write("\n".join(lines))
 
 

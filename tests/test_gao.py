@@ -1,7 +1,7 @@
 """experiments/gao.py (Goodhart with a learned gold, docs/goodhart_design.md): the gold's data,
 training step, freezing and scoring; τ's bisection; the relabelled labels and their subsets; the
 pooling of seeds, the pass rule and the fits, each against values worked by hand."""
-import hashlib, json, math
+import hashlib, json, math, os
 
 import pytest
 import torch
@@ -176,3 +176,18 @@ def test_runs_are_rloo_against_each_proxy_scored_by_the_learned_gold(tmp_path):
     assert runs[4].root.endswith("proxy-1000-seed1")
     assert "gold=learned" in key_of(runs[4].script, runs[4].flags, runs[4].root)
     assert g.runs(cfg, "gao-gold") == []
+
+
+def test_far_runs_are_rloo_at_beta_0_against_the_smallest_and_largest_proxies(tmp_path):
+    """The design's §7: β 0, 300 iterations, evaluations every 20, the 250- and 10,000-prompt
+    proxies with seeds 0–2, each run in its own directory (the proxy's holds gao's run)."""
+    cfg = Config(out=str(tmp_path))
+    runs = g.runs(cfg, "gao-far")
+    assert [os.path.basename(r.root) for r in runs] == [
+        f"far-proxy-{n}-seed{s}" for n in (250, 10000) for s in (0, 1, 2)]
+    flags = dict(zip(runs[5].flags[::2], runs[5].flags[1::2]))
+    assert flags == {"--beta": "0.0", "--steps": "300", "--eval-every": "20", "--max-kl": "500",
+                     "--seed": "2", "--gold": "learned"}
+    key = key_of(runs[5].script, runs[5].flags, runs[5].root)
+    assert "beta=0.0" in key and "steps=300" in key and "gold=learned" in key
+    assert key != key_of(g.runs(cfg, "gao")[11].script, g.runs(cfg, "gao")[11].flags, runs[5].root)
