@@ -90,8 +90,8 @@ def prepare(cfg, name, device):
     check_frozen(cfg.out)
     build_proxies(cfg.out)
     for n, s in proxies_of("gao-far") if name == "gao-far" else []:
-        link_into(far_root(cfg.out, n, s), root(cfg.out, proxy_name(n, s)),
-                  ["sft", "gold", "reward_model"])
+        link_into(far_root(cfg.out, n, s), root(cfg.out, proxy_name(n, s)),  # (its record
+                  ["sft", "gold", "reward_model", "preferences.jsonl"])  # lists its pairs' file)
 
 
 def finish(cfg, name, device):
