@@ -588,12 +588,64 @@ def draw(out):
         ax.legend(fontsize=7)
     c.save_figure(fig, os.path.join(out, "gao_family.png"))
 
+    far = c.read_jsonl(os.path.join(out, "gao_far.jsonl"))
     lines = ["# Goodhart with a learned gold: the data's numbers", "",
              f"From gao.jsonl and gao_best_of_n.jsonl, {said_pipelines(rows + bon)}"
              " (`python -m experiments --experiment gao`); gold: the learned gold's logit on the"
              " 256 held-out prompts (best-of-n: 128); ± the seed-level standard error (sd over"
-             " seeds / √seeds).", "", *rl_table(rows), "", *(bon_table(bon) if bon else []), ""]
+             " seeds / √seeds).", "", *rl_table(rows), "", *(bon_table(bon) if bon else []), "",
+             *(far_lines(far) if far else [])]
+    if far:
+        draw_far(out, rows, far)
     with open(os.path.join(out, "gao_data.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     return True
+
+
+def far_kl_table(far):
+    """Each gao-far run's largest and last KL, and its gold there (markdown lines)."""
+    lines = ["| label count | seed | iterations | largest KL | last KL | gold at π_SFT | gold at"
+             " the end | proxy at the end |", "|---" * 8 + "|"]
+    for n, curves in by_count(far).items():
+        for pts in curves:
+            lines.append(f"| {n:,} prompts | {pts[0]['proxy_seed']} | {pts[-1]['step']} |"
+                         f" {max(p['kl'] for p in pts):.1f} | {pts[-1]['kl']:.1f} |"
+                         f" {pts[0]['gold']:.3f} | {pts[-1]['gold']:.3f} |"
+                         f" {pts[-1]['proxy']:.3f} |")
+    return lines
+
+
+def far_lines(far):
+    """gao_data.md's part for the design's §7 (gao_far.jsonl)."""
+    return [f"## Further in KL: β {FAR_BETA}, {FAR_STEPS} iterations (the design's §7)", "",
+            f"From gao_far.jsonl, {said_pipelines(far)}"
+            " (`python -m experiments --experiment gao-far`), as above; the pass rule picks"
+            f" among {len(by_count(far))} curves here.", "", *rl_table(far), "",
+            *far_kl_table(far), ""]
+
+
+def draw_far(out, rows, far):
+    """gao_far.png: for each of gao-far's label counts, the seed-mean gold (± se) and proxy at
+    β 0 against √KL, beside gao's gold at β 0.005 against the same proxies."""
+    near, further = pooled_curves(rows), pooled_curves(far)
+    fig, axes = plt.subplots(1, len(further), figsize=(6 * len(further), 4.4), squeeze=False)
+    for ax, (n, pooled) in zip(axes[0], further.items()):
+        colour, d = COLOURS.get(n), sqrt_kl(pooled)
+        g, se = [p["gold"] for p in pooled], [p["gold_se"] for p in pooled]
+        ax.plot(d, g, "-", color=colour, lw=2, label=f"learned gold, β {FAR_BETA}")
+        ax.fill_between(d, [a - b for a, b in zip(g, se)], [a + b for a, b in zip(g, se)],
+                        color=colour, alpha=0.2)
+        ax.plot(d, [p["proxy"] for p in pooled], "--", color=colour,
+                label=f"proxy r_φ, β {FAR_BETA}")
+        pk = fall(pooled)["peak"]
+        ax.plot(math.sqrt(max(pk["kl"], 0)), pk["gold"], "*", ms=12, color=colour, mec="black",
+                label="gold's peak")
+        if n in near:
+            ax.plot(sqrt_kl(near[n]), [p["gold"] for p in near[n]], ":", color="grey", lw=1.5,
+                    label=f"learned gold, β {BETA} ({STEPS} iterations)")
+        ax.set(title=f"{6 * n / 1000:g}k pairs: seed means of {pooled[0]['seeds']} seeds ± se",
+               xlabel="√KL(π‖π_ref)   [√nats]", ylabel="logit (gold) and score (proxy)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    c.save_figure(fig, os.path.join(out, "gao_far.png"))
