@@ -196,8 +196,9 @@ def last_index(tokens, pad_id):
 def reward(rm, tokens):
     """Scalar reward r_φ(x, y) read at the last real token of each sequence: (B,); of an
     ensemble (RewardEnsemble), its members' rewards combined."""
-    if isinstance(rm, RewardEnsemble):
-        return ensemble_reward(torch.stack([reward(m, tokens) for m in rm.members]), rm.combine)
+    if isinstance(rm, RewardEnsemble):  # (each member in units of its sd on π_SFT's samples)
+        rewards = torch.stack([reward(m, tokens) for m in rm.members])  # (M, B)
+        return ensemble_reward(rewards / rm.sd.to(rewards.device)[:, None], rm.combine)
     hidden = forward(rm, tokens)  # (B, L, D)
     last = hidden[torch.arange(len(tokens)), last_index(tokens, rm.config.pad_token_id)]
     return rm.score(last).squeeze(-1).float()
@@ -225,31 +226,40 @@ def score_responses(kind, rm, enc, tokens, gold=gold_reward):
     return reward(rm, tokens)
 
 
-def ensemble_reward(rewards, combine):
-    """Coste et al. (2024): the members' rewards (M, B) → one (B,): their mean, or their minimum
-    (worst-case optimisation: a response is only as good as the least convinced member)."""
+def ensemble_reward(rewards, combine, lam=0.5):
+    """Coste et al. (2024): the members' rewards (M, B) → one (B,): their mean, their minimum
+    (worst-case optimisation, WCO: a response is only as good as the least convinced member), or
+    uncertainty-weighted (UWO): mean − λ·(unbiased) variance over the members."""
+    if combine == "uwo":
+        return rewards.mean(0) - lam * rewards.var(0)
     return rewards.mean(0) if combine == "mean" else rewards.min(0).values
 
 
 class RewardEnsemble(torch.nn.Module):
     """Reward models read as one (reward() combines them): a directory with ensemble.json,
-    {"members": [their directories, relative to it], "combine": "mean" or "min"}. RLOO, GRPO and
-    DPO's judge read it as r_φ; PPO cannot (its critic starts from one reward model)."""
+    {"members": [their directories, relative to it], "combine": "mean", "min" or "uwo", and
+    optionally "sd": each member's sd on π_SFT's samples}. RLOO, GRPO and DPO's judge read it
+    as r_φ; PPO cannot (its critic starts from one reward model)."""
 
-    def __init__(self, members, combine):
+    def __init__(self, members, combine, sd=None):
         super().__init__()
         self.members, self.combine = torch.nn.ModuleList(members), combine
+        self.sd = torch.ones(len(members)) if sd is None else torch.tensor(sd, dtype=torch.float)
 
 
 def load_reward_model(rm_dir, policy):
     """r_φ (frozen), refused in one line if it reads another vocabulary than the policy's; an
     ensemble's members, if rm_dir holds ensemble.json."""
     if os.path.exists(spec := os.path.join(rm_dir, "ensemble.json")):
-        spec = read_json(spec, members=list, combine=str)
-        if spec["combine"] not in ("mean", "min"):
-            die(f"{rm_dir}/ensemble.json: combine is {spec.get('combine')!r}; give mean or min")
+        spec, path = read_json(spec, members=list, combine=str), spec
+        sd = spec.get("sd", [1.0] * len(spec["members"]))
+        if spec["combine"] not in ("mean", "min", "uwo"):
+            die(f"{path}: combine is {spec.get('combine')!r}; give mean, min or uwo")
+        if len(sd) != len(spec["members"]) or not all(isinstance(v, (int, float)) and v > 0
+                                                      for v in sd):
+            die(f"{path}: sd must give one positive number per member; rewrite it")
         return RewardEnsemble([load_reward_model(os.path.join(rm_dir, m), policy)
-                               for m in spec["members"]], spec["combine"])
+                               for m in spec["members"]], spec["combine"], sd)
     rm = load_model(rm_dir, GPT2ForSequenceClassification).eval().requires_grad_(False)
     if rm.config.bpe_ranks != policy.config.bpe_ranks:
         die(f"{rm_dir} reads {rm.config.bpe_ranks} BPE ranks, the policy {policy.config.bpe_ranks}:"

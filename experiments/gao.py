@@ -9,11 +9,12 @@ named as there). Its parts, each resumable, each row naming its pipeline:
    seeds), one RLOO run against each, best-of-n.
 3. gao-far (the design's §7, an addendum): RLOO at β 0 for 300 iterations against the smallest and
    the largest count's proxies, to see whether the gold turns further out in KL.
-4. (not yet built) mitigations: ensembles, a larger β, early stopping, on a count whose gold falls.
+4. gao-mitigation (§8): on the smallest count whose gao-far curve falls, ensembles of bootstrap-
+   label reward models (mean, WCO, UWO) and a larger β, compared with gao-far's runs at equal KL.
 Run: python -m experiments --experiment gao-gold --out out   (≈ 35 min on a 2-core AVX2 CPU)
-     python -m experiments --experiment gao, then gao-far     (≈ 80 and 55 min)
+     python -m experiments --experiment gao, then gao-far, then gao-mitigation
 """
-import csv, hashlib, html, importlib.resources, json, math, os, time
+import csv, hashlib, html, importlib.resources, json, math, os, time, uuid
 
 import matplotlib.pyplot as plt
 import torch
@@ -25,7 +26,7 @@ import reward_model as rmod
 import rloo
 from experiments.goodhart import best_of_n_gold, bon_kl_bound, fit_gao, gao_curve, link_into
 from experiments.loop import as_run, key_of
-from experiments.points import mean_sd, said_pipelines
+from experiments.points import gold_at_kl, mean_sd, said_pipelines
 from lib.config import machine
 from lib.results import write_jsonl
 
@@ -44,7 +45,10 @@ BON_N, BON_PROMPTS = 512, 128  # best-of-n: samples per prompt, held-out prompts
 Z_FALL = 3.2  # a fall counts beyond this many standard errors (Bonferroni: 0.05 / (4 × 19))
 # §7's addendum: further in KL, without a penalty, against the smallest and the largest proxies
 FAR_BETA, FAR_STEPS, FAR_EVERY, FAR_PROMPTS = 0.0, 300, 20, (250, 10000)
-NAMES = ["gao-gold", "gao", "gao-far"]
+# §8's mitigations: 3-member ensembles on bootstrap resamples of the labels, combined as
+# common.ensemble_reward does (mean; min, WCO; mean − ½ variance, UWO); a larger β
+COMBINES, MEMBERS, MIT_BETA, MIT_STEPS = ("mean", "min", "uwo"), 3, 0.05, 150
+NAMES = ["gao-gold", "gao", "gao-far", "gao-mitigation"]
 
 
 def root(out, name=""):
@@ -67,17 +71,59 @@ def proxies_of(name):
             for s in SEEDS]
 
 
+def member_seed(s, j):
+    """The bootstrap and training seed of member j of RL seed s's ensembles (§8)."""
+    return 10 + 3 * s + j
+
+
+def ensemble_root(out, n, how, s):
+    return root(out, f"ensemble-{how}-{n}-seed{s}")
+
+
+def beta_root(out, n, s):
+    return root(out, f"beta{MIT_BETA}-{proxy_name(n, s)}")
+
+
+def rloo_flags(cfg, beta, steps, s, every=None):
+    return ["--beta", beta, "--steps", steps, *(["--eval-every", every] if every else []),
+            "--max-kl", 500, "--seed", s, "--gold", "learned", *cfg.extra.split()]
+
+
+def mitigated_count(out):
+    """§8: the smallest label count whose gao-far curve falls by the pass rule (None if none,
+    or no gao_far.jsonl in out)."""
+    falls = [n for n, pooled in pooled_curves(c.read_jsonl(os.path.join(out, "gao_far.jsonl")))
+             .items() if fall(pooled)["falls"]]
+    return min(falls) if falls else None
+
+
+def mitigation_runs(cfg):
+    """(run, what its rows say of it), seed by seed: the three ensembles, then β 0.05."""
+    n, out = mitigated_count(cfg.out), []
+    for s in SEEDS if n else []:
+        far = rloo_flags(cfg, FAR_BETA, FAR_STEPS, s, FAR_EVERY)
+        out += [(as_run("rloo.py", f"rloo β={FAR_BETA} vs ensemble-{how} of {n}-prompt"
+                        f" bootstraps, seed {s}", far, ensemble_root(cfg.out, n, how, s)),
+                 {"mitigation": f"ensemble-{how}", "proxy_prompts": n, "proxy_seed": s})
+                for how in COMBINES]
+        out.append((as_run("rloo.py", f"rloo β={MIT_BETA} vs {proxy_name(n, s)}",
+                           rloo_flags(cfg, MIT_BETA, MIT_STEPS, s), beta_root(cfg.out, n, s)),
+                    {"mitigation": f"β {MIT_BETA}", "proxy_prompts": n, "proxy_seed": s}))
+    return out
+
+
 def runs(cfg, name):
     """gao-gold trains no policy; gao: one RLOO run against each proxy, its seed the proxy's;
-    gao-far: the same at β 0 and 300 iterations against the smallest and largest proxies."""
+    gao-far: the same at β 0 and 300 iterations against the smallest and largest proxies;
+    gao-mitigation: mitigation_runs (none until a gao-far curve falls)."""
+    if name == "gao-mitigation":
+        return [r for r, _ in mitigation_runs(cfg)]
     if name == "gao-far":
         return [as_run("rloo.py", f"rloo β={FAR_BETA} vs {proxy_name(n, s)}",
-                       ["--beta", FAR_BETA, "--steps", FAR_STEPS, "--eval-every", FAR_EVERY,
-                        "--max-kl", 500, "--seed", s, "--gold", "learned", *cfg.extra.split()],
+                       rloo_flags(cfg, FAR_BETA, FAR_STEPS, s, FAR_EVERY),
                        far_root(cfg.out, n, s)) for n, s in proxies_of(name)]
     return [as_run("rloo.py", f"rloo β={BETA} vs {proxy_name(n, s)}",
-                   ["--beta", BETA, "--steps", STEPS, "--max-kl", 500, "--seed", s, "--gold",
-                    "learned", *cfg.extra.split()], root(cfg.out, proxy_name(n, s)))
+                   rloo_flags(cfg, BETA, STEPS, s), root(cfg.out, proxy_name(n, s)))
             for n, s in proxies_of(name)]
 
 
@@ -92,12 +138,14 @@ def prepare(cfg, name, device):
     for n, s in proxies_of("gao-far") if name == "gao-far" else []:
         link_into(far_root(cfg.out, n, s), root(cfg.out, proxy_name(n, s)),  # (its record
                   ["sft", "gold", "reward_model", "preferences.jsonl"])  # lists its pairs' file)
+    if name == "gao-mitigation":
+        build_mitigations(cfg.out, device)
 
 
 def finish(cfg, name, device):
     """After gao's runs: gao.jsonl from every run there is, and best-of-n if not yet made; after
     gao-far's: gao_far.jsonl."""
-    if name in ("gao", "gao-far"):
+    if name in ("gao", "gao-far", "gao-mitigation"):
         collect(cfg, name)
     if name == "gao" and not os.path.exists(os.path.join(cfg.out, "gao_best_of_n.jsonl")):
         run_best_of_n(cfg.out, device)
@@ -331,6 +379,82 @@ def build_proxies(out):
                       built_from=[os.path.join(root(out, name), "sft")])
 
 
+def member_root(out, n, m):
+    return root(out, f"member-{n}-seed{m}")
+
+
+def bootstrap(labels, path, n, seed, k=4):
+    """path: a preferences file whose train split is n prompts drawn with replacement from the
+    first n of labels' (each drawn prompt with all its k(k−1)/2 pairs, in order; the draw:
+    torch.randint with a generator seeded by seed), and whose validation split is labels'."""
+    rows, m = c.read_jsonl(labels), k * (k - 1) // 2
+    train = [r for r in rows if r["split"] == "train"][:n * m]
+    if len(train) < n * m:
+        c.die(f"{labels} has fewer than {n} training prompts; rebuild it (gao)")
+    picks = torch.randint(n, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+    with open(path + ".tmp", "w") as f:
+        for r in [*(r for i in picks for r in train[i * m:(i + 1) * m]),
+                  *(r for r in rows if r["split"] == "valid")]:
+            f.write(json.dumps(r) + "\n")
+    os.replace(path + ".tmp", path)
+    return picks
+
+
+def write_ensemble(directory, out, members, how, sds):
+    """<directory>/reward_model: ensemble.json (members, combine, their sds) and a record, written
+    anew only when a member changed; <directory>/sft and gold: links."""
+    link_into(directory, out, ["sft", "gold"])
+    rm_dir, ids = os.path.join(directory, "reward_model"), [c.record_id(m) for m in members]
+    if (c.read_record(rm_dir) or {}).get("members") == ids:
+        return
+    os.makedirs(rm_dir, exist_ok=True)
+    spec = {"members": [os.path.relpath(m, rm_dir) for m in members], "combine": how, "sd": sds}
+    record = {"id": uuid.uuid4().hex, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "command": f"gao.py: ensemble ({how}) of {len(members)} bootstrap members",
+              "inputs": {"sft": c.record_id(os.path.join(out, "sft"))}, "members": ids}
+    for name, obj in (("ensemble.json", spec), ("run.json", record)):  # (the record last)
+        with open(os.path.join(rm_dir, name + ".tmp"), "w") as f:
+            json.dump(obj, f)
+        os.replace(os.path.join(rm_dir, name + ".tmp"), os.path.join(rm_dir, name))
+
+
+def build_mitigations(out, device):
+    """§8 on the smallest count whose gao-far curve falls: each RL seed's 3 bootstrap members
+    (built if missing), their sds on π_SFT's validation responses, its three ensembles; and the
+    β 0.05 runs' directories, linked to the proxies."""
+    n = mitigated_count(out)
+    if n is None:
+        c.die(f"gao-mitigation: no curve of {os.path.join(out, 'gao_far.jsonl')} falls by the pass"
+              " rule (or the file is missing): nothing to mitigate; run gao-far first")
+    labels = root(out, "preferences.jsonl")
+    val = c.read_comparisons(labels, "valid", 300, 4, rmod.ranking_pairs(range(4)))
+    for s in SEEDS:
+        members = []
+        for j in range(MEMBERS):
+            m = member_seed(s, j)
+            d = member_root(out, n, m)
+            link_into(d, out, ["sft", "gold"])
+            if not os.path.exists(os.path.join(d, "bootstrap.jsonl")):
+                bootstrap(labels, os.path.join(d, "bootstrap.jsonl"), n, m)
+            c.require(os.path.join(d, "reward_model"), "reward_model.py",
+                      ["--out", d, "--preferences", os.path.join(d, "bootstrap.jsonl"),
+                       "--n-prompts", str(n), "--seed", str(m), "--gold", "learned", "--tau",
+                       str(TAU)], built_from=[os.path.join(d, "sft")])
+            members.append(os.path.join(d, "reward_model"))
+        sds = [member_sd(m, val, device) for m in members]
+        for how in COMBINES:
+            write_ensemble(ensemble_root(out, n, how, s), out, members, how, sds)
+        link_into(beta_root(out, n, s), root(out, proxy_name(n, s)),
+                  ["sft", "gold", "reward_model", "preferences.jsonl"])
+
+
+@torch.no_grad()
+def member_sd(rm_dir, val, device):
+    """A member's sd over π_SFT's responses to the validation prompts (its mean there is 0)."""
+    rm = c.load_model(rm_dir, GPT2ForSequenceClassification).to(device).eval()
+    return rmod.all_rewards(rm, val, device).float().std().item()
+
+
 # ---------------------------------------------------------------- pooling seeds, the pass rule
 
 
@@ -368,16 +492,20 @@ def proxy_report(out, n, s):
 
 
 def collect(cfg, name="gao"):
-    """<out>/gao.jsonl (gao-far: gao_far.jsonl): every evaluation of every run of the experiment
-    there is, with its proxy's size, seed and accuracy; and its samples' page."""
+    """<out>/gao.jsonl (gao-far: gao_far.jsonl, gao-mitigation: gao_mitigation.jsonl): every
+    evaluation of every run of the experiment there is, with its proxy's size, seed and
+    accuracy (a mitigation: what it is); and (not for the mitigations) its samples' page."""
+    annotated = mitigation_runs(cfg) if name == "gao-mitigation" else [
+        (r, proxy_report(cfg.out, n, s)) for r, (n, s) in zip(runs(cfg, name), proxies_of(name))]
     rows = []
-    for r, (n, s) in zip(runs(cfg, name), proxies_of(name)):
+    for r, info in annotated:
         key = key_of(r.script, r.flags, r.root)
         points = [p for p in c.read_results(os.path.join(r.root, "results.jsonl"))
                   if p["run"] == key]
-        rows += [{**p, "label": r.label, **proxy_report(cfg.out, n, s)} for p in points]
+        rows += [{**p, "label": r.label, **info} for p in points]
     write_jsonl(os.path.join(cfg.out, name.replace("-", "_") + ".jsonl"), rows)
-    write_samples(cfg.out, rows, name)
+    if name != "gao-mitigation":
+        write_samples(cfg.out, rows, name)
     return rows
 
 
@@ -597,6 +725,10 @@ def draw(out):
              *(far_lines(far) if far else [])]
     if far:
         draw_far(out, rows, far)
+    mit = c.read_jsonl(os.path.join(out, "gao_mitigation.jsonl"))
+    if mit and far:
+        lines += mitigation_lines(rows, far, mit)
+        draw_mitigation(out, rows, far, mit)
     with open(os.path.join(out, "gao_data.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -649,3 +781,108 @@ def draw_far(out, rows, far):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     c.save_figure(fig, os.path.join(out, "gao_far.png"))
+
+
+MIT_STYLE = {"ensemble-mean": ("tab:red", "ensemble, mean"), "ensemble-min": (
+    "tab:purple", "ensemble, worst case (WCO)"), "ensemble-uwo": (
+    "tab:orange", "ensemble, uncertainty-weighted (UWO)"), f"β {MIT_BETA}": (
+    "tab:blue", f"β {MIT_BETA}, {MIT_STEPS} iterations"), f"β {BETA}": (
+    "grey", f"β {BETA}, {STEPS} iterations (gao's runs)")}
+
+
+def mitigation_curves(rows, far, mit):
+    """The mitigated count, and {name: each seed's points in step order}: the baseline (gao-far's
+    runs on that count), then every mitigation there is, with gao's β 0.005 runs of the count."""
+    n = mit[0]["proxy_prompts"]
+    out = {f"baseline: β {FAR_BETA}, {FAR_STEPS} iterations": by_count(far)[n]}
+    for kind in [f"ensemble-{how}" for how in COMBINES] + [f"β {MIT_BETA}"]:
+        these = [r for r in mit if r["mitigation"] == kind]
+        if these:
+            out[kind] = by_count(these)[n]
+    if n in by_count(rows):
+        out[f"β {BETA}"] = by_count(rows)[n]
+    return n, out
+
+
+def at_kl(curves, kl):
+    """Each seed's gold where its KL first reaches kl (points.gold_at_kl), their mean and
+    seed-level se; (None, None, k) if only k of the seeds reach it."""
+    golds = [gold_at_kl([(p["kl"], p["gold"]) for p in pts], kl) for pts in curves]
+    got = [v for v in golds if v is not None]
+    if len(got) < len(golds) or not got:
+        return None, None, len(got)
+    m, sd = mean_sd(got)
+    return m, sd / math.sqrt(len(got)), len(got)
+
+
+def helps(value, se, base, base_se):
+    """§5: a mitigation helps at a KL if it is above the baseline by more than 2 SEs of the
+    difference: (difference, its se, whether it helps)."""
+    diff, diff_se = value - base, math.hypot(se, base_se)
+    return diff, diff_se, diff > 2 * diff_se
+
+
+def mitigation_lines(rows, far, mit):
+    """gao_data.md's part for §8: each run kind's own curve (the pass rule) and its gold at the
+    baseline's peak KL and last KL, against the baseline's there."""
+    n, curves = mitigation_curves(rows, far, mit)
+    base_name = next(iter(curves))
+    base = pooled_curves(far)[n]
+    kls = (fall(base)["peak"]["kl"], base[-1]["kl"])
+    bases = [at_kl(curves[base_name], k) for k in kls]
+    lines = [f"## Mitigations on the {6 * n:,}-pair proxy (the design's §8)", "",
+             f"From gao_mitigation.jsonl and gao_far.jsonl, {said_pipelines(mit + far)}"
+             " (`python -m experiments --experiment gao-mitigation`); gold at a KL: each seed's"
+             " gold where its KL first reaches it (interpolated), mean ± seed-level se; Δ: minus"
+             " the baseline's there; helps: Δ > 2 se of the difference.", "",
+             "| run | seeds | last KL | peak gold (KL) | last gold | fall in SEs |"
+             f" gold at KL {kls[0]:.1f} (the baseline's peak) | Δ ± se | helps |"
+             f" gold at KL {kls[1]:.1f} (its last) | Δ ± se | helps |", "|---" * 12 + "|"]
+    for name, cvs in curves.items():
+        m = min(map(len, cvs))
+        pooled = pool_seeds([cv[:m] for cv in cvs])
+        f = fall(pooled)
+        cells = []
+        for (base_g, base_se, _), k in zip(bases, kls):
+            g, se, got = at_kl(cvs, k)
+            if g is None:
+                cells += [f"not reached ({got} of {len(cvs)} seeds)", "—", "—"]
+            elif name == base_name:
+                cells += [f"{g:.3f} ± {se:.3f}", "—", "—"]
+            else:
+                d, d_se, ok = helps(g, se, base_g, base_se)
+                cells += [f"{g:.3f} ± {se:.3f}", f"{d:+.3f} ± {d_se:.3f}", "yes" if ok else "no"]
+        lines.append(f"| {MIT_STYLE.get(name, (None, name))[1]} | {len(cvs)} |"
+                     f" {pooled[-1]['kl']:.1f} | {f['peak']['gold']:.3f} ±"
+                     f" {f['peak']['gold_se']:.3f} ({f['peak']['kl']:.1f}) |"
+                     f" {f['last']['gold']:.3f} ± {f['last']['gold_se']:.3f} |"
+                     f" {f['in_ses']:.1f} | {' | '.join(cells)} |")
+    return lines + [""]
+
+
+def draw_mitigation(out, rows, far, mit):
+    """gao_mitigation.png: the seed-mean gold against √KL of the baseline and each mitigation,
+    the baseline's peak KL and last KL marked (where they are compared)."""
+    n, curves = mitigation_curves(rows, far, mit)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for i, (name, cvs) in enumerate(curves.items()):
+        m = min(map(len, cvs))
+        pooled = pool_seeds([cv[:m] for cv in cvs])
+        colour, label = MIT_STYLE.get(name, (COLOURS.get(n), name))
+        d, g = sqrt_kl(pooled), [p["gold"] for p in pooled]
+        se = [p["gold_se"] for p in pooled]
+        ax.plot(d, g, "-", color=colour, lw=2.5 if i == 0 else 1.3,
+                label=f"{label} ({len(cvs)} seeds)")
+        ax.fill_between(d, [a - b for a, b in zip(g, se)], [a + b for a, b in zip(g, se)],
+                        color=colour, alpha=0.15)
+    base = pooled_curves(far)[n]
+    lo, hi = ax.get_ylim()
+    for k, what, y in ((fall(base)["peak"]["kl"], "baseline's peak", hi),
+                       (base[-1]["kl"], "its last", hi - 0.06 * (hi - lo))):
+        ax.axvline(math.sqrt(k), color="black", ls=":", lw=0.8)
+        ax.text(math.sqrt(k), y, f" {what}: KL {k:.0f}", fontsize=7, va="top")
+    ax.set(title=f"mitigations against the {6 * n / 1000:g}k-pair proxy: seed means ± se",
+           xlabel="√KL(π‖π_ref)   [√nats]", ylabel="learned gold (logit), held-out")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    c.save_figure(fig, os.path.join(out, "gao_mitigation.png"))

@@ -11,6 +11,7 @@ import common as c
 import experiments.gao as g
 import reward_model as rmod
 from experiments.loop import Config, key_of
+from lib.results import write_jsonl
 
 
 def tiny_classifier(path=None, seed=0):
@@ -191,3 +192,63 @@ def test_far_runs_are_rloo_at_beta_0_against_the_smallest_and_largest_proxies(tm
     key = key_of(runs[5].script, runs[5].flags, runs[5].root)
     assert "beta=0.0" in key and "steps=300" in key and "gold=learned" in key
     assert key != key_of(g.runs(cfg, "gao")[11].script, g.runs(cfg, "gao")[11].flags, runs[5].root)
+
+
+def far_rows(falls_at):
+    """gao_far.jsonl rows of two counts × 3 seeds: a curve that rises and ends 1 below its peak
+    (every seed alike but for ±0.01) for the counts in falls_at, one that ends at its peak else."""
+    rows = []
+    for n in (250, 10000):
+        for s, jitter in zip((0, 1, 2), (-0.01, 0.0, 0.01)):
+            rows += [{"proxy_prompts": n, "proxy_seed": s, "step": i, "kl": 10.0 * i,
+                      "gold": v + jitter, "proxy": float(i)}
+                     for i, v in enumerate((0.0, 2.0, 1.0 if n in falls_at else 3.0))]
+    return rows
+
+
+def test_mitigations_act_on_the_smallest_count_whose_far_curve_falls(tmp_path):
+    cfg = Config(out=str(tmp_path))
+    assert g.mitigated_count(cfg.out) is None and g.runs(cfg, "gao-mitigation") == []
+    with pytest.raises(SystemExit):  # one line: nothing to mitigate
+        g.build_mitigations(cfg.out, "cpu")
+    for falls_at, count in (((10000,), 10000), ((250, 10000), 250)):
+        write_jsonl(str(tmp_path / "gao_far.jsonl"), far_rows(falls_at))
+        assert g.mitigated_count(cfg.out) == count
+    runs = g.runs(cfg, "gao-mitigation")  # seed by seed: mean, WCO, UWO at β 0, then β 0.05
+    assert [os.path.basename(r.root) for r in runs[:4]] == [
+        "ensemble-mean-250-seed0", "ensemble-min-250-seed0", "ensemble-uwo-250-seed0",
+        "beta0.05-proxy-250-seed0"] and len(runs) == 12
+    flags = [dict(zip(r.flags[::2], r.flags[1::2])) for r in (runs[5], runs[7])]
+    assert flags[0]["--beta"] == "0.0" and flags[0]["--steps"] == "300"
+    assert flags[1]["--beta"] == "0.05" and flags[1]["--steps"] == "150"
+    assert flags[0]["--seed"] == flags[1]["--seed"] == "1"
+    assert [g.member_seed(s, j) for s in (0, 2) for j in (0, 1, 2)] == [10, 11, 12, 16, 17, 18]
+
+
+def test_bootstrap_draws_whole_prompts_with_replacement(tmp_path):
+    """3 prompts of k = 3 (3 pairs each) and 2 validation rows: n = 2 draws from the first 2
+    prompts, each drawn prompt's 3 pairs kept together and in order, the validation kept."""
+    rows = [{"split": "train", "prompt": p, "pair": q} for p in "abc" for q in range(3)]
+    rows += [{"split": "valid", "prompt": "v", "pair": q} for q in range(2)]
+    write_jsonl(str(tmp_path / "labels.jsonl"), rows)
+    path = str(tmp_path / "boot.jsonl")
+    picks = g.bootstrap(str(tmp_path / "labels.jsonl"), path, 2, seed=3, k=3)
+    assert picks == torch.randint(2, (2,), generator=torch.Generator().manual_seed(3)).tolist()
+    out = c.read_jsonl(path)
+    assert [(r["prompt"], r["pair"]) for r in out] == [
+        ("ab"[i], q) for i in picks for q in range(3)] + [("v", 0), ("v", 1)]
+    draws = {tuple(g.bootstrap(str(tmp_path / "labels.jsonl"), path, 2, seed=s, k=3))
+             for s in range(20)}
+    assert (0, 0) in draws and (1, 1) in draws  # with replacement: a prompt can come twice
+
+
+def test_gold_at_equal_kl_and_the_help_rule_by_hand():
+    """Seeds' gold where KL first reaches 5: 0.5 and 1.5 (linear between evaluations), mean 1,
+    sd √0.5, se ½; at KL 15 one seed never gets there. Helps: Δ 0.8 with se √(0.3² + 0.4²) = 0.5
+    is not above 2 se; Δ 1.1 is."""
+    curves = [[{"kl": 0.0, "gold": 0.0}, {"kl": 10.0, "gold": 1.0}],
+              [{"kl": 0.0, "gold": 0.0}, {"kl": 20.0, "gold": 6.0}]]
+    assert g.at_kl(curves, 5.0) == pytest.approx((1.0, 0.5, 2))
+    assert g.at_kl(curves, 15.0) == (None, None, 1)
+    assert g.helps(1.0, 0.3, 0.2, 0.4) == pytest.approx((0.8, 0.5, False))
+    assert g.helps(1.3, 0.3, 0.2, 0.4)[2]

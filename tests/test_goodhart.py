@@ -38,6 +38,8 @@ def test_ensemble_reward_mean_and_min():
     r = torch.tensor([[1.0, 2.0], [3.0, 0.0], [2.0, 1.0]])
     assert c.ensemble_reward(r, "mean").tolist() == [2.0, 1.0]
     assert c.ensemble_reward(r, "min").tolist() == [1.0, 0.0]
+    # UWO: mean − ½·unbiased variance; both columns have variance ((−1)² + 1² + 0²) / 2 = 1
+    assert c.ensemble_reward(r, "uwo").tolist() == [1.5, 0.5]
 
 
 def test_ensemble_directory_is_read_as_its_members_combined(tmp_path):
@@ -56,6 +58,13 @@ def test_ensemble_directory_is_read_as_its_members_combined(tmp_path):
     tokens = torch.randint(0, 500, (3, 6))
     with torch.no_grad():
         expected = torch.minimum(c.reward(models[0], tokens), c.reward(models[1], tokens))
+        assert torch.allclose(c.reward(ens, tokens), expected)
+    # each member in units of its sd on π_SFT's samples, when ensemble.json gives them
+    (tmp_path / "ens" / "ensemble.json").write_text(json.dumps(
+        {"members": ["../m0", "../m1"], "combine": "min", "sd": [2.0, 0.5]}))
+    ens = c.load_reward_model(str(tmp_path / "ens"), models[0])
+    with torch.no_grad():
+        expected = torch.minimum(c.reward(models[0], tokens) / 2, c.reward(models[1], tokens) * 2)
         assert torch.allclose(c.reward(ens, tokens), expected)
 
 

@@ -552,7 +552,9 @@ def test_files_of_the_wrong_shape_stop_with_one_line(tmp_path, capsys):
     from experiments import loop
     ens = tmp_path / "ens"
     ens.mkdir()
-    for text in ('{"members": ["../m0"], "comb', '{"combine": "mean"}', '[1, 2]'):
+    for text in ('{"members": ["../m0"], "comb', '{"combine": "mean"}', '[1, 2]',
+                 '{"members": ["../m0"], "combine": "mean", "sd": [0]}',
+                 '{"members": ["../m0"], "combine": "wco"}'):
         (ens / "ensemble.json").write_text(text)
         with pytest.raises(SystemExit):
             c.load_reward_model(str(ens), None)
