@@ -823,19 +823,25 @@ def helps(value, se, base, base_se):
 
 
 def mitigation_lines(rows, far, mit):
-    """gao_data.md's part for §8: each run kind's own curve (the pass rule) and its gold at the
-    baseline's peak KL and last KL, against the baseline's there."""
+    """gao_data.md's part for §8 (mitigation_table)."""
+    n = mit[0]["proxy_prompts"]
+    return [f"## Mitigations on the {6 * n:,}-pair proxy (the design's §8)", "",
+            f"From gao_mitigation.jsonl and gao_far.jsonl, {said_pipelines(mit + far)}"
+            " (`python -m experiments --experiment gao-mitigation`); gold at a KL: each seed's"
+            " gold where its KL first reaches it (interpolated), mean ± seed-level se; Δ: minus"
+            " the baseline's there; helps: Δ > 2 se of the difference.", "",
+            *mitigation_table(rows, far, mit), ""]
+
+
+def mitigation_table(rows, far, mit):
+    """Each run kind's own curve (the pass rule) and its gold at the baseline's peak KL and last
+    KL, against the baseline's there (markdown lines)."""
     n, curves = mitigation_curves(rows, far, mit)
     base_name = next(iter(curves))
     base = pooled_curves(far)[n]
     kls = (fall(base)["peak"]["kl"], base[-1]["kl"])
     bases = [at_kl(curves[base_name], k) for k in kls]
-    lines = [f"## Mitigations on the {6 * n:,}-pair proxy (the design's §8)", "",
-             f"From gao_mitigation.jsonl and gao_far.jsonl, {said_pipelines(mit + far)}"
-             " (`python -m experiments --experiment gao-mitigation`); gold at a KL: each seed's"
-             " gold where its KL first reaches it (interpolated), mean ± seed-level se; Δ: minus"
-             " the baseline's there; helps: Δ > 2 se of the difference.", "",
-             "| run | seeds | last KL | peak gold (KL) | last gold | fall in SEs |"
+    lines = ["| run | seeds | last KL | peak gold (KL) | last gold | fall in SEs |"
              f" gold at KL {kls[0]:.1f} (the baseline's peak) | Δ ± se | helps |"
              f" gold at KL {kls[1]:.1f} (its last) | Δ ± se | helps |", "|---" * 12 + "|"]
     for name, cvs in curves.items():
@@ -857,7 +863,7 @@ def mitigation_lines(rows, far, mit):
                      f" {f['peak']['gold_se']:.3f} ({f['peak']['kl']:.1f}) |"
                      f" {f['last']['gold']:.3f} ± {f['last']['gold_se']:.3f} |"
                      f" {f['in_ses']:.1f} | {' | '.join(cells)} |")
-    return lines + [""]
+    return lines
 
 
 def draw_mitigation(out, rows, far, mit):

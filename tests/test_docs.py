@@ -59,7 +59,8 @@ FIGURES = {"frontier.png": "results.jsonl", "proxy_and_gold.png": "results.jsonl
            "best_of_n.png": "best_of_n.jsonl", "loss_family.png": "measured.jsonl",
            "tax.png": "tax.jsonl", "iterative.png": "measured.jsonl",
            "reward_ladder.png": "reward_ladder.jsonl", "gao_panel.png": "gao.jsonl",
-           "gao_family.png": "gao.jsonl"}
+           "gao_family.png": "gao.jsonl", "gao_far.png": "gao_far.jsonl",
+           "gao_mitigation.png": "gao_mitigation.jsonl"}
 
 
 def pipeline_ids():
@@ -158,6 +159,13 @@ def test_gao_tables_match_their_files():
         bon = rows("gao_best_of_n.jsonl")
         assert pipelines_of(bon) == pipelines_of(rows("gao.jsonl"))  # (one figure draws both)
         assert_quoted(gao.bon_table(bon), page, bon)
+    if os.path.exists(os.path.join(DOCS, "gao_far.jsonl")):  # the design's §7, then §8
+        far = rows("gao_far.jsonl")
+        for table in (gao.rl_table(far), gao.far_kl_table(far)):
+            assert_quoted(table, page, far)
+        if os.path.exists(os.path.join(DOCS, "gao_mitigation.jsonl")):
+            mit = rows("gao_mitigation.jsonl")
+            assert_quoted(gao.mitigation_table(rows("gao.jsonl"), far, mit), page, mit + far)
 
 
 def test_reward_ladder_table_matches_its_file():
