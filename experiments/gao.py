@@ -90,25 +90,28 @@ def rloo_flags(cfg, beta, steps, s, every=None):
 
 
 def mitigated_count(out):
-    """§8: the smallest label count whose gao-far curve falls by the pass rule (None if none,
-    or no gao_far.jsonl in out)."""
-    falls = [n for n, pooled in pooled_curves(c.read_jsonl(os.path.join(out, "gao_far.jsonl")))
-             .items() if fall(pooled)["falls"]]
-    return min(falls) if falls else None
+    """§8: the smallest label count whose gao-far curve falls by the pass rule, and False; if
+    none falls, §9: the smallest count gao-far has all seeds of, and True (exploratory); (None,
+    None) if gao_far.jsonl is missing in out."""
+    pooled = pooled_curves(c.read_jsonl(os.path.join(out, "gao_far.jsonl")))
+    falls = [n for n, curve in pooled.items() if fall(curve)["falls"]]
+    whole = [n for n, curve in pooled.items() if curve[0]["seeds"] == len(SEEDS)]
+    return (min(falls), False) if falls else (min(whole), True) if whole else (None, None)
 
 
 def mitigation_runs(cfg):
     """(run, what its rows say of it), seed by seed: the three ensembles, then β 0.05."""
-    n, out = mitigated_count(cfg.out), []
+    (n, exploratory), out = mitigated_count(cfg.out), []
     for s in SEEDS if n else []:
         far = rloo_flags(cfg, FAR_BETA, FAR_STEPS, s, FAR_EVERY)
         out += [(as_run("rloo.py", f"rloo β={FAR_BETA} vs ensemble-{how} of {n}-prompt"
                         f" bootstraps, seed {s}", far, ensemble_root(cfg.out, n, how, s)),
-                 {"mitigation": f"ensemble-{how}", "proxy_prompts": n, "proxy_seed": s})
-                for how in COMBINES]
+                 {"mitigation": f"ensemble-{how}", "proxy_prompts": n, "proxy_seed": s,
+                  "exploratory": exploratory}) for how in COMBINES]
         out.append((as_run("rloo.py", f"rloo β={MIT_BETA} vs {proxy_name(n, s)}",
                            rloo_flags(cfg, MIT_BETA, MIT_STEPS, s), beta_root(cfg.out, n, s)),
-                    {"mitigation": f"β {MIT_BETA}", "proxy_prompts": n, "proxy_seed": s}))
+                    {"mitigation": f"β {MIT_BETA}", "proxy_prompts": n, "proxy_seed": s,
+                     "exploratory": exploratory}))
     return out
 
 
@@ -422,10 +425,13 @@ def build_mitigations(out, device):
     """§8 on the smallest count whose gao-far curve falls: each RL seed's 3 bootstrap members
     (built if missing), their sds on π_SFT's validation responses, its three ensembles; and the
     β 0.05 runs' directories, linked to the proxies."""
-    n = mitigated_count(out)
+    n, exploratory = mitigated_count(out)
     if n is None:
-        c.die(f"gao-mitigation: no curve of {os.path.join(out, 'gao_far.jsonl')} falls by the pass"
-              " rule (or the file is missing): nothing to mitigate; run gao-far first")
+        c.die(f"gao-mitigation: {os.path.join(out, 'gao_far.jsonl')} is missing or has no count"
+              " with all its seeds: nothing to mitigate yet; run gao-far first")
+    print(f"gao-mitigation on the {6 * n:,}-pair proxy: " + (
+        "no gao-far curve falls by the rule, so exploratory (the design's §9)" if exploratory
+        else "the smallest count whose gao-far curve falls (the design's §8)"), flush=True)
     labels = root(out, "preferences.jsonl")
     val = c.read_comparisons(labels, "valid", 300, 4, rmod.ranking_pairs(range(4)))
     for s in SEEDS:
@@ -824,8 +830,9 @@ def helps(value, se, base, base_se):
 
 def mitigation_lines(rows, far, mit):
     """gao_data.md's part for §8 (mitigation_table)."""
-    n = mit[0]["proxy_prompts"]
-    return [f"## Mitigations on the {6 * n:,}-pair proxy (the design's §8)", "",
+    n, explore = mit[0]["proxy_prompts"], mit[0].get("exploratory")
+    return [f"## Mitigations on the {6 * n:,}-pair proxy (the design's "
+            + ("§9: exploratory, as no curve falls by the rule)" if explore else "§8)"), "",
             f"From gao_mitigation.jsonl and gao_far.jsonl, {said_pipelines(mit + far)}"
             " (`python -m experiments --experiment gao-mitigation`); gold at a KL: each seed's"
             " gold where its KL first reaches it (interpolated), mean ± seed-level se; Δ: minus"
@@ -843,7 +850,8 @@ def mitigation_table(rows, far, mit):
     bases = [at_kl(curves[base_name], k) for k in kls]
     lines = ["| run | seeds | last KL | peak gold (KL) | last gold | fall in SEs |"
              f" gold at KL {kls[0]:.1f} (the baseline's peak) | Δ ± se | helps |"
-             f" gold at KL {kls[1]:.1f} (its last) | Δ ± se | helps |", "|---" * 12 + "|"]
+             f" gold at KL {kls[1]:.1f} (its last) | Δ ± se | helps | each seed: its peak →"
+             " its last |", "|---" * 13 + "|"]
     for name, cvs in curves.items():
         m = min(map(len, cvs))
         pooled = pool_seeds([cv[:m] for cv in cvs])
@@ -862,8 +870,13 @@ def mitigation_table(rows, far, mit):
                      f" {pooled[-1]['kl']:.1f} | {f['peak']['gold']:.3f} ±"
                      f" {f['peak']['gold_se']:.3f} ({f['peak']['kl']:.1f}) |"
                      f" {f['last']['gold']:.3f} ± {f['last']['gold_se']:.3f} |"
-                     f" {f['in_ses']:.1f} | {' | '.join(cells)} |")
+                     f" {f['in_ses']:.1f} | {' | '.join(cells)} | {seed_falls(cvs)} |")
     return lines
+
+
+def seed_falls(curves):
+    """Each seed's own peak gold → its last gold ("2.757 → 0.047; …")."""
+    return "; ".join(f"{max(p['gold'] for p in cv):.3f} → {cv[-1]['gold']:.3f}" for cv in curves)
 
 
 def draw_mitigation(out, rows, far, mit):

@@ -208,10 +208,12 @@ def far_rows(falls_at):
 
 def test_mitigations_act_on_the_smallest_count_whose_far_curve_falls(tmp_path):
     cfg = Config(out=str(tmp_path))
-    assert g.mitigated_count(cfg.out) is None and g.runs(cfg, "gao-mitigation") == []
-    with pytest.raises(SystemExit):  # one line: nothing to mitigate
+    assert g.mitigated_count(cfg.out) == (None, None) and g.runs(cfg, "gao-mitigation") == []
+    with pytest.raises(SystemExit):  # one line: nothing to mitigate yet
         g.build_mitigations(cfg.out, "cpu")
-    for falls_at, count in (((10000,), 10000), ((250, 10000), 250)):
+    # §8: the smallest count that falls; §9: none falls, so the smallest, exploratory
+    for falls_at, count in (((10000,), (10000, False)), ((), (250, True)),
+                            ((250, 10000), (250, False))):
         write_jsonl(str(tmp_path / "gao_far.jsonl"), far_rows(falls_at))
         assert g.mitigated_count(cfg.out) == count
     runs = g.runs(cfg, "gao-mitigation")  # seed by seed: mean, WCO, UWO at β 0, then β 0.05
