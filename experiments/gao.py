@@ -759,13 +759,14 @@ def far_lines(far):
     return [f"## Further in KL: β {FAR_BETA}, {FAR_STEPS} iterations (the design's §7)", "",
             f"From gao_far.jsonl, {said_pipelines(far)}"
             " (`python -m experiments --experiment gao-far`), as above; the pass rule picks"
-            f" among {len(by_count(far))} curves here.", "", *rl_table(far), "",
+            f" among the design's {len(FAR_PROMPTS)} curves × about 19 steps (§7).", "", *rl_table(far), "",
             *far_kl_table(far), ""]
 
 
 def draw_far(out, rows, far):
     """gao_far.png: for each of gao-far's label counts, the seed-mean gold (± se) and proxy at
-    β 0 against √KL, beside gao's gold at β 0.005 against the same proxies."""
+    β 0 against √KL, each seed's gold (thin), beside gao's gold at β 0.005 against the same
+    proxies."""
     near, further = pooled_curves(rows), pooled_curves(far)
     fig, axes = plt.subplots(1, len(further), figsize=(6 * len(further), 4.4), squeeze=False)
     for ax, (n, pooled) in zip(axes[0], further.items()):
@@ -776,6 +777,9 @@ def draw_far(out, rows, far):
                         color=colour, alpha=0.2)
         ax.plot(d, [p["proxy"] for p in pooled], "--", color=colour,
                 label=f"proxy r_φ, β {FAR_BETA}")
+        for i, pts in enumerate(by_count(far)[n]):  # each seed's own run, thin
+            ax.plot(sqrt_kl(pts), [p["gold"] for p in pts], "-", color=colour, lw=0.7,
+                    alpha=0.5, label="learned gold, each seed" if i == 0 else None)
         pk = fall(pooled)["peak"]
         ax.plot(math.sqrt(max(pk["kl"], 0)), pk["gold"], "*", ms=12, color=colour, mec="black",
                 label="gold's peak")
