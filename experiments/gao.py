@@ -500,8 +500,9 @@ def proxy_report(out, n, s):
 def collect(cfg, name="gao"):
     """<out>/gao.jsonl (gao-far: gao_far.jsonl, gao-mitigation: gao_mitigation.jsonl): every
     evaluation of every run of the experiment there is, with its proxy's size, seed and
-    accuracy (a mitigation: what it is); and (not for the mitigations) its samples' page."""
-    annotated = mitigation_runs(cfg) if name == "gao-mitigation" else [
+    accuracy (a mitigation: what it is, and its reward models' accuracies); its samples' page."""
+    annotated = [(r, {**info, **members_report(cfg.out, info)}) for r, info in
+                 mitigation_runs(cfg)] if name == "gao-mitigation" else [
         (r, proxy_report(cfg.out, n, s)) for r, (n, s) in zip(runs(cfg, name), proxies_of(name))]
     rows = []
     for r, info in annotated:
@@ -510,31 +511,49 @@ def collect(cfg, name="gao"):
                   if p["run"] == key]
         rows += [{**p, "label": r.label, **info} for p in points]
     write_jsonl(os.path.join(cfg.out, name.replace("-", "_") + ".jsonl"), rows)
-    if name != "gao-mitigation":
-        write_samples(cfg.out, rows, name)
+    write_samples(cfg.out, rows, name)
     return rows
 
 
+def members_report(out, info):
+    """A mitigation run's reward models: an ensemble's members' pair accuracies against the gold
+    order (held out), or the proxy's (β 0.05)."""
+    n, s = info["proxy_prompts"], info["proxy_seed"]
+    if not info["mitigation"].startswith("ensemble"):
+        return {"proxy_acc_gold": proxy_report(out, n, s)["proxy_acc_gold"]}
+    return {"members_acc_gold": [c.read_json(os.path.join(
+        member_root(out, n, member_seed(s, j)), "reward_model", "report.json"),
+        val_acc_gold=float)["val_acc_gold"] for j in range(MEMBERS)]}
+
+
 def write_samples(out, rows, name="gao"):
-    """<out>/gao_samples.md (gao-far: gao_far_samples.md): the runs against the smallest and the
-    largest proxy (seed 0) at π_SFT, at their gold's peak and at their end: the first four
-    held-out prompts' samples."""
-    run_dir = {"gao": lambda n: root(out, proxy_name(n, 0)),
-               "gao-far": lambda n: far_root(out, n, 0)}
+    """<out>/gao_samples.md (gao-far: gao_far_samples.md; gao-mitigation:
+    gao_mitigation_samples.md): seed 0's runs (gao, gao-far: against the smallest and the
+    largest proxy; gao-mitigation: each mitigation) at π_SFT, at their gold's peak and at their
+    end: the first four held-out prompts' samples."""
+    if name == "gao-mitigation":
+        n = rows[0]["proxy_prompts"] if rows else 0
+        sections = [(MIT_STYLE[k][1], [r for r in rows if r["mitigation"] == k],
+                     ensemble_root(out, n, k[9:], 0) if k.startswith("ensemble")
+                     else beta_root(out, n, 0)) for k in list(MIT_STYLE)[:-1]]
+    else:
+        sections = [(f"against the {6 * n:,}-pair proxy",
+                     [r for r in rows if r["proxy_prompts"] == n],
+                     root(out, proxy_name(n, 0)) if name == "gao" else far_root(out, n, 0))
+                    for n in (PROXY_PROMPTS[0], PROXY_PROMPTS[-1])]
     lines = ["# Goodhart with a learned gold: samples at the start, the peak and the end"
-             + (f" (β {FAR_BETA}, {FAR_STEPS} iterations)" if name == "gao-far" else ""), "",
-             "The first four held-out prompts at three evaluations of seed 0's runs against the"
-             " smallest and the largest proxy (temperature 1, the evaluation's own sampling noise,"
-             f" the same at every step). Written by `python -m experiments --experiment {name}`,"
-             f" {said_pipelines(rows)}.", ""]
-    for n in (PROXY_PROMPTS[0], PROXY_PROMPTS[-1]):
-        pts = sorted((r for r in rows if r["proxy_prompts"] == n and r["proxy_seed"] == 0),
-                     key=lambda r: r["step"])
-        path = os.path.join(run_dir[name](n), "rloo", "eval_samples.jsonl")
+             + {"gao-far": f" (β {FAR_BETA}, {FAR_STEPS} iterations)",
+                "gao-mitigation": ": the mitigations"}.get(name, ""), "",
+             "The first four held-out prompts at three evaluations of seed 0's runs (temperature"
+             " 1, the evaluation's own sampling noise, the same at every step). Written by"
+             f" `python -m experiments --experiment {name}`, {said_pipelines(rows)}.", ""]
+    for title, these, run_root in sections:
+        pts = sorted((r for r in these if r["proxy_seed"] == 0), key=lambda r: r["step"])
+        path = os.path.join(run_root, "rloo", "eval_samples.jsonl")
         if not pts or not os.path.exists(path):
             continue
         by_step = {r["step"]: r["samples"] for r in c.read_jsonl(path)}
-        lines += [f"## against the {6 * n:,}-pair proxy (seed 0)", ""]
+        lines += [f"## {title} (seed 0)", ""]
         for when, p in (("π_SFT", pts[0]), ("peak", max(pts, key=lambda r: r["gold"])),
                         ("end", pts[-1])):
             lines += [f"### {when}: iteration {p['step']}, KL {p['kl']:.1f}, learned gold"
@@ -759,7 +778,8 @@ def far_lines(far):
     return [f"## Further in KL: β {FAR_BETA}, {FAR_STEPS} iterations (the design's §7)", "",
             f"From gao_far.jsonl, {said_pipelines(far)}"
             " (`python -m experiments --experiment gao-far`), as above; the pass rule picks"
-            f" among the design's {len(FAR_PROMPTS)} curves × about 19 steps (§7).", "", *rl_table(far), "",
+            f" among the design's {len(FAR_PROMPTS)} curves × about 19 steps (§7).", "",
+            *rl_table(far), "",
             *far_kl_table(far), ""]
 
 
