@@ -881,11 +881,11 @@ def mitigation_table(rows, far, mit):
         pooled = pool_seeds([cv[:m] for cv in cvs])
         f = fall(pooled)
         cells = []
-        for (base_g, base_se, _), k in zip(bases, kls):
+        for (base_g, base_se, base_got), k in zip(bases, kls):
             g, se, got = at_kl(cvs, k)
             if g is None:
                 cells += [f"not reached ({got} of {len(cvs)} seeds)", "—", "—"]
-            elif name == base_name:
+            elif name == base_name or base_g is None:  # (nothing to compare with)
                 cells += [f"{g:.3f} ± {se:.3f}", "—", "—"]
             else:
                 d, d_se, ok = helps(g, se, base_g, base_se)
