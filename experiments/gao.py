@@ -554,8 +554,11 @@ def write_samples(out, rows, name="gao"):
             continue
         by_step = {r["step"]: r["samples"] for r in c.read_jsonl(path)}
         lines += [f"## {title} (seed 0)", ""]
-        for when, p in (("π_SFT", pts[0]), ("peak", max(pts, key=lambda r: r["gold"])),
-                        ("end", pts[-1])):
+        peak = max(pts, key=lambda r: r["gold"])
+        for when, p in (("π_SFT", pts[0]), ("peak", peak), ("end", pts[-1])):
+            if p is peak and peak is pts[-1]:
+                lines += ["### peak: the last evaluation (below)", ""]
+                continue
             lines += [f"### {when}: iteration {p['step']}, KL {p['kl']:.1f}, learned gold"
                       f" {p['gold']:.3f}, VADER {p['gold_vader']:.3f}, proxy {p['proxy']:.3f}",
                       ""] + [f"- {t!r}" for t in by_step.get(p["step"], [])] + [""]
@@ -797,9 +800,11 @@ def draw_far(out, rows, far):
                         color=colour, alpha=0.2)
         ax.plot(d, [p["proxy"] for p in pooled], "--", color=colour,
                 label=f"proxy r_φ, β {FAR_BETA}")
-        for i, pts in enumerate(by_count(far)[n]):  # each seed's own run, thin
+        for i, pts in enumerate(by_count(far)[n]):  # each seed's own run, thin, named
             ax.plot(sqrt_kl(pts), [p["gold"] for p in pts], "-", color=colour, lw=0.7,
                     alpha=0.5, label="learned gold, each seed" if i == 0 else None)
+            ax.annotate(f"seed {pts[0]['proxy_seed']}", (sqrt_kl(pts)[-1], pts[-1]["gold"]),
+                        fontsize=7, color=colour, xytext=(3, 0), textcoords="offset points")
         pk = fall(pooled)["peak"]
         ax.plot(math.sqrt(max(pk["kl"], 0)), pk["gold"], "*", ms=12, color=colour, mec="black",
                 label="gold's peak")
@@ -875,7 +880,7 @@ def mitigation_table(rows, far, mit):
     lines = ["| run | seeds | last KL | peak gold (KL) | last gold | fall in SEs |"
              f" gold at KL {kls[0]:.1f} (the baseline's peak) | Δ ± se | helps |"
              f" gold at KL {kls[1]:.1f} (its last) | Δ ± se | helps | each seed: its peak →"
-             " its last |", "|---" * 13 + "|"]
+             " its last gold (its proxy at the end) |", "|---" * 13 + "|"]
     for name, cvs in curves.items():
         m = min(map(len, cvs))
         pooled = pool_seeds([cv[:m] for cv in cvs])
@@ -899,8 +904,10 @@ def mitigation_table(rows, far, mit):
 
 
 def seed_falls(curves):
-    """Each seed's own peak gold → its last gold ("2.757 → 0.047; …")."""
-    return "; ".join(f"{max(p['gold'] for p in cv):.3f} → {cv[-1]['gold']:.3f}" for cv in curves)
+    """Each seed's own peak gold → its last gold, and its proxy at the end ("2.757 → 0.047
+    (proxy 1.106); …")."""
+    return "; ".join(f"{max(p['gold'] for p in cv):.3f} → {cv[-1]['gold']:.3f} (proxy"
+                     f" {cv[-1]['proxy']:.3f})" for cv in curves)
 
 
 def draw_mitigation(out, rows, far, mit):
