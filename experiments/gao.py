@@ -14,7 +14,7 @@ named as there). Its parts, each resumable, each row naming its pipeline:
 Run: python -m experiments --experiment gao-gold --out out   (≈ 35 min on a 2-core AVX2 CPU)
      python -m experiments --experiment gao, then gao-far, then gao-mitigation
 """
-import csv, hashlib, html, importlib.resources, json, math, os, time, uuid
+import csv, hashlib, html, importlib.resources, json, math, os, time
 
 import matplotlib.pyplot as plt
 import torch
@@ -24,7 +24,8 @@ from transformers import GPT2ForSequenceClassification
 import common as c
 import reward_model as rmod
 import rloo
-from experiments.goodhart import best_of_n_gold, bon_kl_bound, fit_gao, gao_curve, link_into
+from experiments.goodhart import (best_of_n_gold, bon_kl_bound, fit_gao, gao_curve, link_into,
+                                 write_ensemble)
 from experiments.loop import as_run, key_of
 from experiments.points import gold_at_kl, mean_sd, said_pipelines
 from lib.config import machine
@@ -403,24 +404,6 @@ def bootstrap(labels, path, n, seed, k=4):
     return picks
 
 
-def write_ensemble(directory, out, members, how, sds):
-    """<directory>/reward_model: ensemble.json (members, combine, their sds) and a record, written
-    anew only when a member changed; <directory>/sft and gold: links."""
-    link_into(directory, out, ["sft", "gold"])
-    rm_dir, ids = os.path.join(directory, "reward_model"), [c.record_id(m) for m in members]
-    if (c.read_record(rm_dir) or {}).get("members") == ids:
-        return
-    os.makedirs(rm_dir, exist_ok=True)
-    spec = {"members": [os.path.relpath(m, rm_dir) for m in members], "combine": how, "sd": sds}
-    record = {"id": uuid.uuid4().hex, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "command": f"gao.py: ensemble ({how}) of {len(members)} bootstrap members",
-              "inputs": {"sft": c.record_id(os.path.join(out, "sft"))}, "members": ids}
-    for name, obj in (("ensemble.json", spec), ("run.json", record)):  # (the record last)
-        with open(os.path.join(rm_dir, name + ".tmp"), "w") as f:
-            json.dump(obj, f)
-        os.replace(os.path.join(rm_dir, name + ".tmp"), os.path.join(rm_dir, name))
-
-
 def build_mitigations(out, device):
     """§8 on the smallest count whose gao-far curve falls: each RL seed's 3 bootstrap members
     (built if missing), their sds on π_SFT's validation responses, its three ensembles; and the
@@ -449,7 +432,10 @@ def build_mitigations(out, device):
             members.append(os.path.join(d, "reward_model"))
         sds = [member_sd(m, val, device) for m in members]
         for how in COMBINES:
-            write_ensemble(ensemble_root(out, n, how, s), out, members, how, sds)
+            d = ensemble_root(out, n, how, s)
+            link_into(d, out, ["sft", "gold"])
+            write_ensemble(os.path.join(d, "reward_model"), out, members, how,
+                           f"gao.py: ensemble ({how}) of {len(members)} bootstrap members", sds)
         link_into(beta_root(out, n, s), root(out, proxy_name(n, s)),
                   ["sft", "gold", "reward_model", "preferences.jsonl"])
 

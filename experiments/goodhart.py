@@ -137,25 +137,30 @@ def build_proxies(out, experiment):
         return
     link(out, "vader", ["sft", "reward_model", "preferences.jsonl"])  # (the record lists it)
     members = [os.path.join(root(out, proxy_name(MITIGATE, s)), "reward_model") for s in SEEDS]
-    ids = [c.record_id(m) for m in members]
     for how in ("mean", "min"):
         name = f"reader-ensemble-{how}"
         link(out, name, ["sft"])
-        rm_dir = os.path.join(root(out, name), "reward_model")
-        if (c.read_record(rm_dir) or {}).get("members") == ids:
-            continue
-        os.makedirs(rm_dir, exist_ok=True)
-        spec = os.path.join(rm_dir, "ensemble.json")
-        with open(spec + ".tmp", "w") as f:  # then renamed: never half there
-            json.dump({"members": [os.path.relpath(m, rm_dir) for m in members],
-                       "combine": how}, f)
-        os.replace(spec + ".tmp", spec)
-        record = {"id": uuid.uuid4().hex, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                  "command": f"goodhart.py: ensemble ({how}) of {len(members)} seeds",
-                  "inputs": {"sft": c.record_id(os.path.join(out, "sft"))}, "members": ids}
-        with open(os.path.join(rm_dir, "run.json.tmp"), "w") as f:
-            json.dump(record, f)
-        os.replace(os.path.join(rm_dir, "run.json.tmp"), os.path.join(rm_dir, "run.json"))
+        write_ensemble(os.path.join(root(out, name), "reward_model"), out, members, how,
+                       f"goodhart.py: ensemble ({how}) of {len(members)} seeds")
+
+
+def write_ensemble(rm_dir, out, members, how, command, sd=None):
+    """<rm_dir>: ensemble.json (its members, how they combine, their sds if given) and a record
+    naming the members' records, each written to a temporary name and renamed (the record last,
+    so never half there); rewritten only when a member changed."""
+    ids = [c.record_id(m) for m in members]
+    if (c.read_record(rm_dir) or {}).get("members") == ids:
+        return
+    os.makedirs(rm_dir, exist_ok=True)
+    spec = {"members": [os.path.relpath(m, rm_dir) for m in members], "combine": how,
+            **({"sd": sd} if sd is not None else {})}
+    record = {"id": uuid.uuid4().hex, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "command": command, "inputs": {"sft": c.record_id(os.path.join(out, "sft"))},
+              "members": ids}
+    for name, obj in (("ensemble.json", spec), ("run.json", record)):
+        with open(os.path.join(rm_dir, name + ".tmp"), "w") as f:
+            json.dump(obj, f)
+        os.replace(os.path.join(rm_dir, name + ".tmp"), os.path.join(rm_dir, name))
 
 
 # ---------------------------------------------------------------- the formulas

@@ -233,6 +233,29 @@ def test_the_two_experiments_split_the_runs_and_the_proxies(tmp_path, monkeypatc
     assert spec["combine"] == "min" and len(spec["members"]) == 3
 
 
+def test_an_ensemble_is_written_whole_and_only_when_a_member_changed(tmp_path, monkeypatch):
+    """ensemble.json and its record (naming the members' records) are written once; the same
+    members leave them as they are; a rebuilt member rewrites both. sds go in when given."""
+    ids = {"a": "1", "b": "2"}
+    monkeypatch.setattr(g.c, "record_id", lambda d: ids.get(os.path.basename(d), "sft"))
+    members, rm_dir = [str(tmp_path / m) for m in "ab"], str(tmp_path / "ens")
+    g.write_ensemble(rm_dir, str(tmp_path), members, "uwo", "test", sd=[0.5, 2.0])
+    spec = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
+    assert spec == {"members": ["../a", "../b"], "combine": "uwo", "sd": [0.5, 2.0]}
+    record = json.loads((tmp_path / "ens" / "run.json").read_text())
+    assert record["members"] == ["1", "2"] and record["inputs"] == {"sft": "sft"}
+    assert sorted(os.listdir(rm_dir)) == ["ensemble.json", "run.json"]  # no .tmp left
+    monkeypatch.setattr(g.c, "read_record", lambda d: json.loads(
+        (tmp_path / "ens" / "run.json").read_text()))
+    g.write_ensemble(rm_dir, str(tmp_path), members, "min", "test")  # same members: kept
+    assert json.loads((tmp_path / "ens" / "run.json").read_text())["id"] == record["id"]
+    ids["b"] = "3"
+    g.write_ensemble(rm_dir, str(tmp_path), members, "min", "test")  # b rebuilt: rewritten
+    assert json.loads((tmp_path / "ens" / "ensemble.json").read_text()) == {
+        "members": ["../a", "../b"], "combine": "min"}
+    assert json.loads((tmp_path / "ens" / "run.json").read_text())["members"] == ["1", "3"]
+
+
 def test_pair_agreement_by_hand():
     sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "bench"))
     import reader_gold
