@@ -386,7 +386,8 @@ def evaluate(policy, ref, enc, prompt_ids, max_new_tokens, rm=None, batch_size=6
             vader = gold_reward(texts)
             rows = {"gold": vader if gold is gold_reward else gold(texts).float(),
                     "gold_vader": vader if gold is not gold_reward else None,
-                    "gold_reader": reader_reward(texts, vader),
+                    "gold_reader": reader_reward(texts, vader),  # (and a held-out proxy's:)
+                    "heldout": gold.heldout(texts).float() if hasattr(gold, "heldout") else None,
                     "proxy": reward(rm, tokens).cpu() if rm is not None else None,
                     "kl": sequence_kl(logprobs, ref_logprobs, mask).cpu(),
                     "entropy": ((entropy * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu(),
@@ -397,7 +398,7 @@ def evaluate(policy, ref, enc, prompt_ids, max_new_tokens, rm=None, batch_size=6
     rows = {k: torch.cat([r[k] for r, _ in scored]).float() for k, v in scored[0][0].items()
             if v is not None}
     out = {k: v.mean().item() for k, v in rows.items()}
-    for k in ("gold", "gold_vader", "gold_reader", "proxy", "kl"):  # standard errors of the means
+    for k in ("gold", "gold_vader", "gold_reader", "heldout", "proxy", "kl"):  # their means' se
         if k in rows or k == "proxy":
             out[f"{k}_se"] = rows[k].std().item() / math.sqrt(len(rows[k])) if k in rows else None
     out["proxy"] = out.get("proxy")

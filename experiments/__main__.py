@@ -7,7 +7,7 @@ that fails does not stop the others (the command ends by naming it, and the same
 it). After the runs, every figure and table whose data are in --out is drawn again.
   frontier, dpo-epochs, online-offline, seeds         experiments/frontier.py
   goodhart, goodhart-mitigation                       experiments/goodhart.py (amx-217's record)
-  gao-gold, gao, gao-far, gao-mitigation              experiments/gao.py (a learned gold)
+  gao-gold, gao, gao-far, gao-mitigation, gao-stop    experiments/gao.py (a learned gold)
   variance, loss-family, tax, iterative, sensitivity  experiments/lecture.py (all five: lecture)
   defaults                                            experiments/defaults.py (README's table)
 Run: python -m experiments --quick      (the β sweep: ≈ 19 min on a 2-core bf16 CPU once out/sft
@@ -32,6 +32,7 @@ EXPERIMENTS = {
     "goodhart": (goodhart, 20, None), "goodhart-mitigation": (goodhart, 19, None),
     "gao-gold": (gao, None, None), "gao": (gao, None, None),
     "gao-far": (gao, None, None), "gao-mitigation": (gao, None, None),
+    "gao-stop": (gao, None, None),
     "variance": (lecture, 5.8, 5.8), "loss-family": (lecture, 12.5, 12.5),
     "tax": (lecture, 5.3, 5.3), "iterative": (lecture, 4.1, 4.1),
     "sensitivity": (lecture, 8.7, 8.7), "defaults": (defaults, None, None)}

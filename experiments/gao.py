@@ -49,7 +49,9 @@ FAR_BETA, FAR_STEPS, FAR_EVERY, FAR_PROMPTS = 0.0, 300, 20, (250, 10000)
 # §8's mitigations: 3-member ensembles on bootstrap resamples of the labels, combined as
 # common.ensemble_reward does (mean; min, WCO; mean − ½ variance, UWO); a larger β
 COMBINES, MEMBERS, MIT_BETA, MIT_STEPS = ("mean", "min", "uwo"), 3, 0.05, 150
-NAMES = ["gao-gold", "gao", "gao-far", "gao-mitigation"]
+# §10's early stopping: a held-out proxy on the next prompts (its seed 20 + s), patience 3
+HELDOUT_SEED, PATIENCE = 20, 3
+NAMES = ["gao-gold", "gao", "gao-far", "gao-mitigation", "gao-stop"]
 
 
 def root(out, name=""):
@@ -85,6 +87,14 @@ def beta_root(out, n, s):
     return root(out, f"beta{MIT_BETA}-{proxy_name(n, s)}")
 
 
+def heldout_root(out, n, s):
+    return root(out, f"heldout-{n}-seed{HELDOUT_SEED + s}")
+
+
+def stop_root(out, n, s):
+    return root(out, f"stop-{proxy_name(n, s)}")
+
+
 def rloo_flags(cfg, beta, steps, s, every=None):
     return ["--beta", beta, "--steps", steps, *(["--eval-every", every] if every else []),
             "--max-kl", 500, "--seed", s, "--gold", "learned", *cfg.extra.split()]
@@ -116,12 +126,22 @@ def mitigation_runs(cfg):
     return out
 
 
+def stop_runs(cfg):
+    """§10: (run, what its rows say of it): gao-far's run of each seed again on the count
+    gao-mitigation acts on, in its own directory, where <root>/heldout is the held-out proxy."""
+    n, exploratory = mitigated_count(cfg.out)
+    return [(as_run("rloo.py", f"rloo β={FAR_BETA} vs {proxy_name(n, s)}, held-out proxy scored",
+                    rloo_flags(cfg, FAR_BETA, FAR_STEPS, s, FAR_EVERY), stop_root(cfg.out, n, s)),
+             {"mitigation": "early stop", "proxy_prompts": n, "proxy_seed": s,
+              "exploratory": exploratory}) for s in (SEEDS if n else [])]
+
+
 def runs(cfg, name):
     """gao-gold trains no policy; gao: one RLOO run against each proxy, its seed the proxy's;
     gao-far: the same at β 0 and 300 iterations against the smallest and largest proxies;
-    gao-mitigation: mitigation_runs (none until a gao-far curve falls)."""
-    if name == "gao-mitigation":
-        return [r for r, _ in mitigation_runs(cfg)]
+    gao-mitigation: mitigation_runs (none until a gao-far curve falls); gao-stop: stop_runs."""
+    if name in ("gao-mitigation", "gao-stop"):
+        return [r for r, _ in (mitigation_runs if name == "gao-mitigation" else stop_runs)(cfg)]
     if name == "gao-far":
         return [as_run("rloo.py", f"rloo β={FAR_BETA} vs {proxy_name(n, s)}",
                        rloo_flags(cfg, FAR_BETA, FAR_STEPS, s, FAR_EVERY),
@@ -144,12 +164,14 @@ def prepare(cfg, name, device):
                   ["sft", "gold", "reward_model", "preferences.jsonl"])  # lists its pairs' file)
     if name == "gao-mitigation":
         build_mitigations(cfg.out, device)
+    if name == "gao-stop":
+        build_heldout(cfg.out)
 
 
 def finish(cfg, name, device):
     """After gao's runs: gao.jsonl from every run there is, and best-of-n if not yet made; after
     gao-far's: gao_far.jsonl."""
-    if name in ("gao", "gao-far", "gao-mitigation"):
+    if name in ("gao", "gao-far", "gao-mitigation", "gao-stop"):
         collect(cfg, name)
     if name == "gao" and not os.path.exists(os.path.join(cfg.out, "gao_best_of_n.jsonl")):
         run_best_of_n(cfg.out, device)
@@ -387,21 +409,57 @@ def member_root(out, n, m):
     return root(out, f"member-{n}-seed{m}")
 
 
-def bootstrap(labels, path, n, seed, k=4):
-    """path: a preferences file whose train split is n prompts drawn with replacement from the
-    first n of labels' (each drawn prompt with all its k(k−1)/2 pairs, in order; the draw:
-    torch.randint with a generator seeded by seed), and whose validation split is labels'."""
+def subset(labels, path, picks, k=4):
+    """path: a preferences file whose train split is labels' training prompts picks (indices;
+    each with all its k(k−1)/2 pairs, in order; repeats kept) and whose validation split is
+    labels'."""
     rows, m = c.read_jsonl(labels), k * (k - 1) // 2
-    train = [r for r in rows if r["split"] == "train"][:n * m]
-    if len(train) < n * m:
-        c.die(f"{labels} has fewer than {n} training prompts; rebuild it (gao)")
-    picks = torch.randint(n, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+    train = [r for r in rows if r["split"] == "train"]
+    if len(train) < (max(picks) + 1) * m:
+        c.die(f"{labels} has fewer than {max(picks) + 1} training prompts; rebuild it (gao)")
     with open(path + ".tmp", "w") as f:
         for r in [*(r for i in picks for r in train[i * m:(i + 1) * m]),
                   *(r for r in rows if r["split"] == "valid")]:
             f.write(json.dumps(r) + "\n")
     os.replace(path + ".tmp", path)
+
+
+def bootstrap(labels, path, n, seed, k=4):
+    """§8: a subset of n prompts drawn with replacement from the first n of labels' (the draw:
+    torch.randint with a generator seeded by seed); the picks."""
+    picks = torch.randint(n, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+    subset(labels, path, picks, k)
     return picks
+
+
+def train_on(d, pairs, n, seed):
+    """<d>/reward_model: a reward model trained as the proxies are (TAU, the learned gold) on
+    the first n prompts of the preferences file pairs, with its seed (built if missing)."""
+    c.require(os.path.join(d, "reward_model"), "reward_model.py",
+              ["--out", d, "--preferences", pairs, "--n-prompts", str(n), "--seed", str(seed),
+               "--gold", "learned", "--tau", str(TAU)], built_from=[os.path.join(d, "sft")])
+    return os.path.join(d, "reward_model")
+
+
+def build_heldout(out):
+    """§10: for each seed, the held-out proxy (the next n prompts' labels, seed 20 + s) and the
+    run's directory: the proxy's stages, and the held-out proxy linked as <root>/heldout."""
+    n, _ = mitigated_count(out)
+    if n is None:
+        c.die(f"gao-stop: {os.path.join(out, 'gao_far.jsonl')} is missing or has no count with"
+              " all its seeds; run gao-far first")
+    for s in SEEDS:
+        d = heldout_root(out, n, s)
+        link_into(d, out, ["sft", "gold"])
+        if not os.path.exists(os.path.join(d, "labels.jsonl")):
+            subset(root(out, "preferences.jsonl"), os.path.join(d, "labels.jsonl"),
+                   range(n, 2 * n))
+        heldout = train_on(d, os.path.join(d, "labels.jsonl"), n, HELDOUT_SEED + s)
+        d = stop_root(out, n, s)
+        link_into(d, root(out, proxy_name(n, s)), ["sft", "gold", "reward_model",
+                                                  "preferences.jsonl"])
+        if not os.path.lexists(os.path.join(d, "heldout")):
+            os.symlink(os.path.relpath(heldout, d), os.path.join(d, "heldout"))
 
 
 def build_mitigations(out, device):
@@ -425,11 +483,7 @@ def build_mitigations(out, device):
             link_into(d, out, ["sft", "gold"])
             if not os.path.exists(os.path.join(d, "bootstrap.jsonl")):
                 bootstrap(labels, os.path.join(d, "bootstrap.jsonl"), n, m)
-            c.require(os.path.join(d, "reward_model"), "reward_model.py",
-                      ["--out", d, "--preferences", os.path.join(d, "bootstrap.jsonl"),
-                       "--n-prompts", str(n), "--seed", str(m), "--gold", "learned", "--tau",
-                       str(TAU)], built_from=[os.path.join(d, "sft")])
-            members.append(os.path.join(d, "reward_model"))
+            members.append(train_on(d, os.path.join(d, "bootstrap.jsonl"), n, m))
         sds = [member_sd(m, val, device) for m in members]
         for how in COMBINES:
             d = ensemble_root(out, n, how, s)
@@ -487,9 +541,12 @@ def collect(cfg, name="gao"):
     """<out>/gao.jsonl (gao-far: gao_far.jsonl, gao-mitigation: gao_mitigation.jsonl): every
     evaluation of every run of the experiment there is, with its proxy's size, seed and
     accuracy (a mitigation: what it is, and its reward models' accuracies); its samples' page."""
-    annotated = [(r, {**info, **members_report(cfg.out, info)}) for r, info in
-                 mitigation_runs(cfg)] if name == "gao-mitigation" else [
-        (r, proxy_report(cfg.out, n, s)) for r, (n, s) in zip(runs(cfg, name), proxies_of(name))]
+    if name in ("gao-mitigation", "gao-stop"):
+        annotated = [(r, {**info, **members_report(cfg.out, info)}) for r, info in
+                     (mitigation_runs if name == "gao-mitigation" else stop_runs)(cfg)]
+    else:
+        annotated = [(r, proxy_report(cfg.out, n, s))
+                     for r, (n, s) in zip(runs(cfg, name), proxies_of(name))]
     rows = []
     for r, info in annotated:
         key = key_of(r.script, r.flags, r.root)
@@ -497,14 +554,20 @@ def collect(cfg, name="gao"):
                   if p["run"] == key]
         rows += [{**p, "label": r.label, **info} for p in points]
     write_jsonl(os.path.join(cfg.out, name.replace("-", "_") + ".jsonl"), rows)
-    write_samples(cfg.out, rows, name)
+    if name != "gao-stop":  # (its runs retrace gao-far's)
+        write_samples(cfg.out, rows, name)
     return rows
 
 
 def members_report(out, info):
     """A mitigation run's reward models: an ensemble's members' pair accuracies against the gold
-    order (held out), or the proxy's (β 0.05)."""
+    order (held out), or the proxy's (β 0.05; early stopping: and the held-out proxy's)."""
     n, s = info["proxy_prompts"], info["proxy_seed"]
+    if info["mitigation"] == "early stop":  # (and the held-out proxy's)
+        return {"proxy_acc_gold": proxy_report(out, n, s)["proxy_acc_gold"],
+                "heldout_acc_gold": c.read_json(os.path.join(heldout_root(out, n, s),
+                                                             "reward_model", "report.json"),
+                                                val_acc_gold=float)["val_acc_gold"]}
     if not info["mitigation"].startswith("ensemble"):
         return {"proxy_acc_gold": proxy_report(out, n, s)["proxy_acc_gold"]}
     return {"members_acc_gold": [c.read_json(os.path.join(
@@ -743,6 +806,10 @@ def draw(out):
     if mit and far:
         lines += mitigation_lines(rows, far, mit)
         draw_mitigation(out, rows, far, mit)
+    stop = c.read_jsonl(os.path.join(out, "gao_stop.jsonl"))
+    if stop and far:
+        lines += stop_lines(far, stop)
+        draw_stop(out, stop)
     with open(os.path.join(out, "gao_data.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -922,3 +989,94 @@ def draw_mitigation(out, rows, far, mit):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     c.save_figure(fig, os.path.join(out, "gao_mitigation.png"))
+
+
+# ---------------------------------------------------------------- §10: early stopping
+
+
+def early_stop(steps, heldout, every=FAR_EVERY, patience=PATIENCE):
+    """§10: the index (into steps) of the evaluation early stopping keeps, reading the held-out
+    proxy's means at the evaluations on the grid (step 0 and every `every`): the best so far once
+    `patience` of them in a row have not exceeded it; the last grid evaluation if never."""
+    grid = [i for i, s in enumerate(steps) if s % every == 0]
+    best, since = grid[0], 0
+    for i in grid[1:]:
+        if heldout[i] > heldout[best]:
+            best, since = i, 0
+        elif (since := since + 1) == patience:
+            return best
+    return grid[-1]
+
+
+def paired(a, b):
+    """The mean of the seeds' differences a − b, its seed-level se, and whether it is above
+    2 se (§10's rule: the same runs, so paired)."""
+    d, sd = mean_sd([x - y for x, y in zip(a, b)])
+    se = sd / math.sqrt(len(a))
+    return d, se, d > 2 * se
+
+
+def stop_lines(far, stop):
+    """gao_data.md's part for §10: each seed's kept evaluation, whether its run retraced
+    gao-far's, and the seed means against the baseline's peak step and last (markdown lines)."""
+    n, explore = stop[0]["proxy_prompts"], stop[0].get("exploratory")
+    curves, far_curves = by_count(stop)[n], by_count(far).get(n, [])
+    if any(len(cv) < len(curves[0]) for cv in curves) or len(curves) < len(SEEDS):
+        return [f"## Early stopping on the {6 * n:,}-pair proxy: {len(curves)} of {len(SEEDS)}"
+                " seeds so far", ""]
+    peak = fall(pool_seeds(curves))["peak"]["step"]
+    lines = [f"## Early stopping on a held-out proxy, {6 * n:,}-pair proxy (the design's §10"
+             + (", exploratory)" if explore else ")"), "",
+             f"From gao_stop.jsonl and gao_far.jsonl, {said_pipelines(stop + far)}"
+             " (`python -m experiments --experiment gao-stop`); each run is gao-far's of its"
+             " seed again, with a held-out proxy (the next prompts' labels) scored at every"
+             f" evaluation; kept: the best held-out evaluation once {PATIENCE} evaluations"
+             f" every {FAR_EVERY} iterations have not beaten it.", "",
+             "| seed | held-out proxy's pair accuracy | kept: iteration | KL | gold | the run's"
+             f" gold at its peak (iteration) | at the baseline's seed-mean peak (iteration"
+             f" {peak}) | at its last | largest gold difference from gao-far's run |",
+             "|---" * 9 + "|"]
+    kept, at_peak, last = [], [], []
+    for cv in curves:
+        s = cv[0]["proxy_seed"]
+        i = early_stop([p["step"] for p in cv], [p["heldout"] for p in cv])
+        top = max(cv, key=lambda p: p["gold"])
+        twin = next((f for f in far_curves if f[0]["proxy_seed"] == s), None)
+        same = (f"{max(abs(a['gold'] - b['gold']) for a, b in zip(cv, twin)):.3f}"
+                if twin and len(twin) == len(cv) else "—")
+        kept.append(cv[i]["gold"])
+        at_peak.append(next(p["gold"] for p in cv if p["step"] == peak))
+        last.append(cv[-1]["gold"])
+        lines.append(f"| {s} | {cv[0]['heldout_acc_gold']:.3f} | {cv[i]['step']} |"
+                     f" {cv[i]['kl']:.1f} | {kept[-1]:.3f} | {top['gold']:.3f} ({top['step']})"
+                     f" | {at_peak[-1]:.3f} | {last[-1]:.3f} | {same} |")
+    m, sd = mean_sd(kept)
+    lines += ["", f"Kept gold, seed mean: {m:.3f} ± {sd / math.sqrt(len(kept)):.3f}."]
+    for what, other in (("last", last), (f"seed-mean peak (iteration {peak})", at_peak)):
+        d, se, ok = paired(kept, other)
+        lines.append(f"Against the baseline's {what}: {d:+.3f} ± {se:.3f} (paired), "
+                     + ("above it by more than 2 se." if ok else "not above it by 2 se."))
+    return lines + [""]
+
+
+def draw_stop(out, stop):
+    """gao_stop.png: each seed's run, its gold, proxy and held-out proxy against √KL, the
+    evaluation early stopping keeps marked."""
+    n = stop[0]["proxy_prompts"]
+    curves = by_count(stop)[n]
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.4 * len(curves), 4), sharey=True)
+    for ax, cv in zip(list(axes) if len(curves) > 1 else [axes], curves):
+        d = sqrt_kl(cv)
+        for key, style, label in (("gold", "-", "learned gold"), ("proxy", "--", "proxy r_φ"),
+                                  ("heldout", ":", "held-out proxy")):
+            ax.plot(d, [p[key] for p in cv], style, color=COLOURS.get(n), label=label)
+        i = early_stop([p["step"] for p in cv], [p["heldout"] for p in cv])
+        ax.axvline(d[i], color="black", lw=0.8)
+        ax.plot(d[i], cv[i]["gold"], "o", color="black",
+                label=f"kept: iteration {cv[i]['step']}, gold {cv[i]['gold']:.2f}")
+        ax.set(title=f"{6 * n / 1000:g}k pairs, seed {cv[0]['proxy_seed']}",
+               xlabel="√KL(π‖π_ref)   [√nats]")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    (axes[0] if len(curves) > 1 else axes).set_ylabel("logit (gold) and score (proxies)")
+    c.save_figure(fig, os.path.join(out, "gao_stop.png"))

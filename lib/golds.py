@@ -50,15 +50,26 @@ GOLD_TOKENS = 48  # what the learned gold reads of a text: its first 48 tokens
 
 def gold_fn(name, out):
     """The gold function (texts → rewards) a --gold flag names: GOLDS', or the learned gold in
-    <out>/gold."""
-    return learned_gold(os.path.join(out, "gold")) if name == "learned" else GOLDS[name]
+    <out>/gold. Where <out>/heldout holds a reward model (docs/goodhart_design.md §10), the
+    learned gold carries it as .heldout, a text scorer the evaluation reports beside the gold."""
+    if name != "learned":
+        return GOLDS[name]
+    gold, heldout = learned_gold(os.path.join(out, "gold")), os.path.join(out, "heldout")
+    if not os.path.isfile(os.path.join(heldout, "report.json")):
+        return gold
+
+    def with_heldout(texts):
+        return gold(texts)
+    with_heldout.heldout = learned_gold(heldout, None)
+    return with_heldout
 
 
 @functools.lru_cache
-def learned_gold(gold_dir):
+def learned_gold(gold_dir, max_tokens=GOLD_TOKENS):
     """The learned gold of docs/goodhart_design.md, the sentiment classifier in gold_dir (trained
     by experiments/gao.py), as a gold function: a text's reward is the classifier's logit on its
-    first GOLD_TOKENS tokens, read at the last of them, in fp32 whatever the run's precision."""
+    first max_tokens tokens (None: all), read at the last of them, in fp32 whatever the run's
+    precision. Any reward model reads a text so (a held-out proxy: max_tokens None)."""
     from transformers import GPT2ForSequenceClassification
     if not os.path.isfile(os.path.join(gold_dir, "report.json")):
         die(f"--gold learned: {gold_dir} holds no finished gold; train it with `python -m"
@@ -72,7 +83,7 @@ def learned_gold(gold_dir):
     def learned(texts, batch=256):
         scores = []
         for j in range(0, len(texts), batch):
-            rows = [enc.encode_ordinary(t)[:GOLD_TOKENS] or [enc.eot_token]
+            rows = [enc.encode_ordinary(t)[:max_tokens] or [enc.eot_token]
                     for t in texts[j:j + batch]]
             tokens = torch.full((len(rows), max(map(len, rows))), pad_id, dtype=torch.long)
             for i, r in enumerate(rows):  # right-padded: HF reads each row's last real token

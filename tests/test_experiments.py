@@ -141,7 +141,8 @@ def test_a_tiny_experiment_resumes_records_failures_and_measures_the_tax(
 
 def test_one_table_of_experiments_counts_shared_runs_once():
     """python -m experiments' table names each experiment of the five files once, every one
-    has runs (but gao-gold, which trains the gold alone, and gao-mitigation before gao-far),
+    has runs (but gao-gold, which trains the gold alone, and gao-mitigation and gao-stop before
+    gao-far),
     and an experiment's minutes are for the runs no earlier one shares."""
     cfg = Config(out="out", quick=True)
     names = [n for m in (entry.frontier, entry.goodhart, entry.gao, lecture, entry.defaults)
@@ -149,7 +150,7 @@ def test_one_table_of_experiments_counts_shared_runs_once():
     assert sorted(entry.EXPERIMENTS) == sorted(names) and len(set(names)) == len(names)
     for name, (module, _, _) in entry.EXPERIMENTS.items():
         assert name in module.NAMES and (module.runs(cfg, name) or name in (
-            "gao-gold", "gao-mitigation")), name  # (the mitigations: once a gao-far curve falls)
+            "gao-gold", "gao-mitigation", "gao-stop")), name  # (these: after gao-far)
     # the tax's PPO at 20 iterations is variance's: measured there
     assert len(entry.own_runs(cfg, "tax")) == len(lecture.runs(cfg, "tax")) - 1
     assert entry.GROUPS["lecture"] == lecture.NAMES

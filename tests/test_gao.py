@@ -86,6 +86,19 @@ def test_learned_gold_is_the_classifier_logit_on_the_first_48_tokens(tmp_path):
     assert c.gold_fn("vader", str(tmp_path)) is c.gold_reward
     with pytest.raises(SystemExit):
         c.gold_fn("learned", str(tmp_path / "nowhere"))
+    # §10: a held-out proxy in <out>/heldout rides along, reading the whole text
+    assert not hasattr(gold, "heldout")
+    proxy = tiny_classifier(tmp_path / "heldout").eval()
+    (tmp_path / "heldout" / "report.json").write_text("{}")
+    gold = c.gold_fn("learned", str(tmp_path))
+    texts = ["a fine film", " ".join(f"w{i}" for i in range(20))]  # (within its 64 positions)
+    with torch.no_grad():
+        whole = [c.reward(proxy, torch.tensor([enc.encode_ordinary(t)])).item() for t in texts]
+        expected = [c.reward(model, torch.tensor([enc.encode_ordinary(t)[:48]])).item()
+                    for t in texts]
+    assert len(enc.encode_ordinary(texts[1])) > 48  # so that reading it all differs
+    assert gold.heldout(texts).tolist() == pytest.approx(whole, abs=1e-5)
+    assert gold(texts).tolist() == pytest.approx(expected, abs=1e-5)  # the gold unchanged
 
 
 def test_evaluate_by_a_learned_gold_also_reports_vader():
@@ -96,6 +109,10 @@ def test_evaluate_by_a_learned_gold_also_reports_vader():
     assert ev["gold"] == 2.5 and ev["gold_se"] == 0.0 and "gold_vader" in ev
     ev = c.evaluate(model, model, enc, prompts, 6)  # VADER itself: no second copy
     assert "gold_vader" not in ev
+    const.heldout = lambda texts: torch.arange(len(texts), dtype=torch.float)  # 0 … 7
+    ev = c.evaluate(model, model, enc, prompts, 6, gold=const)
+    assert ev["heldout"] == 3.5 and ev["heldout_se"] == pytest.approx(2.44949 / math.sqrt(8))
+    assert "heldout" not in c.evaluate(model, model, enc, prompts, 6)
 
 
 def test_labeler_agreement_by_hand():
@@ -242,6 +259,49 @@ def test_bootstrap_draws_whole_prompts_with_replacement(tmp_path):
     draws = {tuple(g.bootstrap(str(tmp_path / "labels.jsonl"), path, 2, seed=s, k=3))
              for s in range(20)}
     assert (0, 0) in draws and (1, 1) in draws  # with replacement: a prompt can come twice
+
+
+def test_early_stopping_keeps_the_best_held_out_evaluation_by_hand():
+    """§10 on evaluations at 0, 1, 2, 4, 8, 20, 40, …: only the grid (0, 20, 40, …) counts, so
+    the dip at 1, 2, 4, 8 stops nothing. Held-out 0.0, 1.0, 3.0 (iteration 40), then 2.0, 2.5,
+    3.0 (not above 3.0: three in a row) → iteration 40 is kept; rising to the end → the last."""
+    steps = [0, 1, 2, 4, 8, 20, 40, 60, 80, 100, 120]
+    held = [0.0, -1.0, -1.0, -1.0, -1.0, 1.0, 3.0, 2.0, 2.5, 3.0, 9.0]
+    assert g.early_stop(steps, held) == 6
+    assert g.early_stop(steps[:10], held[:9] + [3.5]) == 9  # beaten at the third: goes on
+    assert g.early_stop([0, 20, 40], [0.0, 1.0, 2.0]) == 2
+    assert g.early_stop([0, 20, 40, 60, 80], [5.0, 1.0, 1.0, 1.0, 9.0]) == 0
+    # paired: differences 1, 2, 3 → mean 2, sd 1, se 1/√3 = 0.577; 2 > 1.155: above
+    d, se, above = g.paired([2.0, 3.0, 4.0], [1.0, 1.0, 1.0])
+    assert (d, se) == pytest.approx((2.0, 1 / math.sqrt(3))) and above
+    assert not g.paired([1.0, 3.0, 2.0], [0.0, 0.0, 2.0])[2]  # 1, 3, 0: mean 1.333, se 0.882
+
+
+def test_early_stopping_reruns_the_baseline_with_a_held_out_proxy(tmp_path, monkeypatch):
+    """gao-stop: nothing before gao-far; then gao-far's flags, seed by seed, in its own
+    directory; the held-out proxy learns the next n prompts (seed 20 + s), linked as heldout."""
+    cfg = Config(out=str(tmp_path))
+    assert g.runs(cfg, "gao-stop") == []
+    with pytest.raises(SystemExit):
+        g.build_heldout(cfg.out)
+    write_jsonl(str(tmp_path / "gao_far.jsonl"), far_rows(()))
+    runs, far = g.runs(cfg, "gao-stop"), g.runs(cfg, "gao-far")
+    assert [r.flags for r in runs] == [r.flags for r in far[:3]]
+    assert [os.path.basename(r.root) for r in runs] == [f"stop-proxy-250-seed{s}"
+                                                        for s in (0, 1, 2)]
+    rows = [{"split": "train", "prompt": i, "pair": q} for i in range(500) for q in range(6)]
+    (tmp_path / "gao").mkdir()
+    write_jsonl(str(tmp_path / "gao" / "preferences.jsonl"), rows)
+    trained = []
+    monkeypatch.setattr(g.c, "require", lambda d, script, args, built_from: trained.append(
+        dict(zip(args[::2], args[1::2]))))
+    g.build_heldout(cfg.out)
+    assert [(t["--seed"], t["--n-prompts"]) for t in trained] == [
+        ("20", "250"), ("21", "250"), ("22", "250")]
+    held = c.read_jsonl(trained[2]["--preferences"])
+    assert [r["prompt"] for r in held[::6]] == list(range(250, 500))  # disjoint from 0 … 249
+    link = tmp_path / "gao" / "stop-proxy-250-seed2" / "heldout"
+    assert os.path.realpath(link) == str(tmp_path / "gao" / "heldout-250-seed22" / "reward_model")
 
 
 def test_gold_at_equal_kl_and_the_help_rule_by_hand():
