@@ -304,6 +304,24 @@ def test_early_stopping_reruns_the_baseline_with_a_held_out_proxy(tmp_path, monk
     assert os.path.realpath(link) == str(tmp_path / "gao" / "heldout-250-seed22" / "reward_model")
 
 
+def test_the_early_stopping_table_by_hand():
+    """3 seeds at iterations 0, 20, 40, 60, 80, 100: held-out peaks at 20 for every seed, so 20
+    is kept (gold 1, 2, 3); the seed-mean gold peaks at 40 (2, 3, 4) and ends at 0, 0, 0. Kept
+    − last: 2.000 ± 0.577 (paired), above 2 se; kept − peak: −1 each, se 0, not above."""
+    rows = []
+    for s in (0, 1, 2):
+        for i, (g_, h) in enumerate(zip((0, 1 + s, 2 + s, 1, 0.5, 0), (0, 2, 1, 1, 1, 1))):
+            rows.append({"proxy_prompts": 250, "proxy_seed": s, "step": 20 * i, "kl": 10.0 * i,
+                         "gold": float(g_), "heldout": float(h), "proxy": float(i),
+                         "heldout_acc_gold": 0.6, "exploratory": True, "pipeline": "p"})
+    far = [{k: v for k, v in r.items() if k != "heldout"} for r in rows]
+    text = "\n".join(g.stop_lines(far, rows))
+    assert "| 2 | 0.600 | 20 | 10.0 | 3.000 | 4.000 (40) | 4.000 | 0.000 | 0.000 |" in text
+    assert "Kept gold, seed mean: 2.000 ± 0.577." in text
+    assert "baseline's last: +2.000 ± 0.577 (paired), above it" in text
+    assert "(iteration 40): -1.000 ± 0.000 (paired), not above" in text
+
+
 def test_gold_at_equal_kl_and_the_help_rule_by_hand():
     """Seeds' gold where KL first reaches 5: 0.5 and 1.5 (linear between evaluations), mean 1,
     sd √0.5, se ½; at KL 15 one seed never gets there. Helps: Δ 0.8 with se √(0.3² + 0.4²) = 0.5
