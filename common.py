@@ -1,6 +1,6 @@
 """common.py: the shared plumbing of the RLHF scripts. No algorithm lives here.
 
-Model build/load/save, log-probs and KL estimators, reward models (one, or an ensemble), the
+Model build/load/save, log-probs and KL estimators, reward models (one, or an ensemble: lib/), the
 shared evaluation (docs/metrics.md), and the steps every RL script shares. The plumbing
 (flags and precision, the process, stage records, the results file, the log, plots, data and
 tokenizer, the sampler, the golds, data parallelism, Muon) lives in lib/, one concern a file;
@@ -35,6 +35,7 @@ from lib.golds import (GOLD_NAMES, GOLD_TOKENS, GOLDS, gold_fn, gold_reward,  # 
                        labeler_scores, reader_reward, repetition)
 from lib.parallel import all_mean, average_gradients, gather, rank, share, split_map, world  # noqa
 from lib.muon import Muon  # noqa: F401 (sft.py --optimizer muon)
+from lib.ensemble import RewardEnsemble, ensemble_reward, read_ensemble  # noqa: F401
 
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
@@ -226,40 +227,12 @@ def score_responses(kind, rm, enc, tokens, gold=gold_reward):
     return reward(rm, tokens)
 
 
-def ensemble_reward(rewards, combine, lam=0.5):
-    """Coste et al. (2024): the members' rewards (M, B) → one (B,): their mean, their minimum
-    (worst-case optimisation, WCO: a response is only as good as the least convinced member), or
-    uncertainty-weighted (UWO): mean − λ·(unbiased) variance over the members."""
-    if combine == "uwo":
-        return rewards.mean(0) - lam * rewards.var(0)
-    return rewards.mean(0) if combine == "mean" else rewards.min(0).values
-
-
-class RewardEnsemble(torch.nn.Module):
-    """Reward models read as one (reward() combines them): a directory with ensemble.json,
-    {"members": [their directories, relative to it], "combine": "mean", "min" or "uwo", and
-    optionally "sd": each member's sd on π_SFT's samples}. RLOO, GRPO and DPO's judge read it
-    as r_φ; PPO cannot (its critic starts from one reward model)."""
-
-    def __init__(self, members, combine, sd=None):
-        super().__init__()
-        self.members, self.combine = torch.nn.ModuleList(members), combine
-        self.sd = torch.ones(len(members)) if sd is None else torch.tensor(sd, dtype=torch.float)
-
-
 def load_reward_model(rm_dir, policy):
     """r_φ (frozen), refused in one line if it reads another vocabulary than the policy's; an
     ensemble's members, if rm_dir holds ensemble.json."""
-    if os.path.exists(spec := os.path.join(rm_dir, "ensemble.json")):
-        spec, path = read_json(spec, members=list, combine=str), spec
-        sd = spec.get("sd", [1.0] * len(spec["members"]))
-        if spec["combine"] not in ("mean", "min", "uwo"):
-            die(f"{path}: combine is {spec.get('combine')!r}; give mean, min or uwo")
-        if len(sd) != len(spec["members"]) or not all(isinstance(v, (int, float)) and v > 0
-                                                      for v in sd):
-            die(f"{path}: sd must give one positive number per member; rewrite it")
-        return RewardEnsemble([load_reward_model(os.path.join(rm_dir, m), policy)
-                               for m in spec["members"]], spec["combine"], sd)
+    if (spec := read_ensemble(rm_dir)) is not None:
+        members, combine, sd = spec
+        return RewardEnsemble([load_reward_model(m, policy) for m in members], combine, sd)
     rm = load_model(rm_dir, GPT2ForSequenceClassification).eval().requires_grad_(False)
     if rm.config.bpe_ranks != policy.config.bpe_ranks:
         die(f"{rm_dir} reads {rm.config.bpe_ranks} BPE ranks, the policy {policy.config.bpe_ranks}:"

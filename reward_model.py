@@ -18,7 +18,7 @@ the labeler's own agreement with that order (the ceiling); correlation of r_φ w
 --gold reader or learned: the labeler ranks by the reader's gold (docs/goodhart.md) or by the
 learned gold in out/gold (docs/goodhart_design.md) instead; --preferences
 FILE: train on an earlier run's comparisons instead of sampling (Goodhart's proxies: subsets of one
-labelled set, ensembles: one set and several seeds; combined by common.RewardEnsemble).
+labelled set, ensembles: one set and several seeds; combined by lib/ensemble.py: RewardEnsemble).
 
 Left out: a separate labeler pool per split, ties ("equally good") as labels.
 Run: python reward_model.py

@@ -47,7 +47,7 @@ Z_FALL = 3.2  # a fall counts beyond this many standard errors (Bonferroni: 0.05
 # §7's addendum: further in KL, without a penalty, against the smallest and the largest proxies
 FAR_BETA, FAR_STEPS, FAR_EVERY, FAR_PROMPTS = 0.0, 300, 20, (250, 10000)
 # §8's mitigations: 3-member ensembles on bootstrap resamples of the labels, combined as
-# common.ensemble_reward does (mean; min, WCO; mean − ½ variance, UWO); a larger β
+# lib/ensemble.py: ensemble_reward does (mean; min, WCO; mean − ½ variance, UWO); a larger β
 COMBINES, MEMBERS, MIT_BETA, MIT_STEPS = ("mean", "min", "uwo"), 3, 0.05, 150
 # §10's early stopping: a held-out proxy on the next prompts (its seed 20 + s), patience 3
 HELDOUT_SEED, PATIENCE = 20, 3
