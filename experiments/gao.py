@@ -11,8 +11,10 @@ named as there). Its parts, each resumable, each row naming its pipeline:
    the largest count's proxies, to see whether the gold turns further out in KL.
 4. gao-mitigation (§8): on the smallest count whose gao-far curve falls, ensembles of bootstrap-
    label reward models (mean, WCO, UWO) and a larger β, compared with gao-far's runs at equal KL.
+5. gao-stop (§10): gao-far's runs again with a held-out proxy scored at every evaluation (the
+   next prompts' labels), and the evaluation early stopping on it keeps.
 Run: python -m experiments --experiment gao-gold --out out   (≈ 35 min on a 2-core AVX2 CPU)
-     python -m experiments --experiment gao, then gao-far, then gao-mitigation
+     python -m experiments --experiment gao, then gao-far, gao-mitigation, gao-stop
 """
 import csv, hashlib, html, importlib.resources, json, math, os, time
 
@@ -1017,22 +1019,29 @@ def paired(a, b):
 
 
 def stop_lines(far, stop):
-    """gao_data.md's part for §10: each seed's kept evaluation, whether its run retraced
-    gao-far's, and the seed means against the baseline's peak step and last (markdown lines)."""
+    """gao_data.md's part for §10 (stop_table), once every seed has landed."""
     n, explore = stop[0]["proxy_prompts"], stop[0].get("exploratory")
-    curves, far_curves = by_count(stop)[n], by_count(far).get(n, [])
+    curves = by_count(stop)[n]
     if any(len(cv) < len(curves[0]) for cv in curves) or len(curves) < len(SEEDS):
         return [f"## Early stopping on the {6 * n:,}-pair proxy: {len(curves)} of {len(SEEDS)}"
                 " seeds so far", ""]
+    table, summary = stop_table(far, stop)
+    return [f"## Early stopping on a held-out proxy, {6 * n:,}-pair proxy (the design's §10"
+            + (", exploratory)" if explore else ")"), "",
+            f"From gao_stop.jsonl and gao_far.jsonl, {said_pipelines(stop + far)}"
+            " (`python -m experiments --experiment gao-stop`); each run is gao-far's of its"
+            " seed again, with a held-out proxy (the next prompts' labels) scored at every"
+            f" evaluation; kept: the best held-out evaluation once {PATIENCE} evaluations"
+            f" every {FAR_EVERY} iterations have not beaten it.", "", *table, "", *summary, ""]
+
+
+def stop_table(far, stop):
+    """Each seed's kept evaluation, whether its run retraced gao-far's, and the seed means
+    against the baseline's seed-mean peak step and its last: (table lines, summary lines)."""
+    n = stop[0]["proxy_prompts"]
+    curves, far_curves = by_count(stop)[n], by_count(far).get(n, [])
     peak = fall(pool_seeds(curves))["peak"]["step"]
-    lines = [f"## Early stopping on a held-out proxy, {6 * n:,}-pair proxy (the design's §10"
-             + (", exploratory)" if explore else ")"), "",
-             f"From gao_stop.jsonl and gao_far.jsonl, {said_pipelines(stop + far)}"
-             " (`python -m experiments --experiment gao-stop`); each run is gao-far's of its"
-             " seed again, with a held-out proxy (the next prompts' labels) scored at every"
-             f" evaluation; kept: the best held-out evaluation once {PATIENCE} evaluations"
-             f" every {FAR_EVERY} iterations have not beaten it.", "",
-             "| seed | held-out proxy's pair accuracy | kept: iteration | KL | gold | the run's"
+    lines = ["| seed | held-out proxy's pair accuracy | kept: iteration | KL | gold | the run's"
              f" gold at its peak (iteration) | at the baseline's seed-mean peak (iteration"
              f" {peak}) | at its last | largest gold difference from gao-far's run |",
              "|---" * 9 + "|"]
@@ -1051,12 +1060,12 @@ def stop_lines(far, stop):
                      f" {cv[i]['kl']:.1f} | {kept[-1]:.3f} | {top['gold']:.3f} ({top['step']})"
                      f" | {at_peak[-1]:.3f} | {last[-1]:.3f} | {same} |")
     m, sd = mean_sd(kept)
-    lines += ["", f"Kept gold, seed mean: {m:.3f} ± {sd / math.sqrt(len(kept)):.3f}."]
+    summary = [f"Kept gold, seed mean: {m:.3f} ± {sd / math.sqrt(len(kept)):.3f}."]
     for what, other in (("last", last), (f"seed-mean peak (iteration {peak})", at_peak)):
         d, se, ok = paired(kept, other)
-        lines.append(f"Against the baseline's {what}: {d:+.3f} ± {se:.3f} (paired), "
-                     + ("above it by more than 2 se." if ok else "not above it by 2 se."))
-    return lines + [""]
+        summary.append(f"Against the baseline's {what}: {d:+.3f} ± {se:.3f} (paired), "
+                       + ("above it by more than 2 se." if ok else "not above it by 2 se."))
+    return lines, summary
 
 
 def draw_stop(out, stop):

@@ -60,7 +60,7 @@ FIGURES = {"frontier.png": "results.jsonl", "proxy_and_gold.png": "results.jsonl
            "tax.png": "tax.jsonl", "iterative.png": "measured.jsonl",
            "reward_ladder.png": "reward_ladder.jsonl", "gao_panel.png": "gao.jsonl",
            "gao_family.png": "gao.jsonl", "gao_far.png": "gao_far.jsonl",
-           "gao_mitigation.png": "gao_mitigation.jsonl"}
+           "gao_mitigation.png": "gao_mitigation.jsonl", "gao_stop.png": "gao_stop.jsonl"}
 
 
 def pipeline_ids():
@@ -166,6 +166,11 @@ def test_gao_tables_match_their_files():
         if os.path.exists(os.path.join(DOCS, "gao_mitigation.jsonl")):
             mit = rows("gao_mitigation.jsonl")
             assert_quoted(gao.mitigation_table(rows("gao.jsonl"), far, mit), page, mit + far)
+        if os.path.exists(os.path.join(DOCS, "gao_stop.jsonl")):  # §10
+            stop = rows("gao_stop.jsonl")
+            table, summary = gao.stop_table(far, stop)
+            assert_quoted(table, page, stop + far)
+            assert all(line in read(page) for line in summary), summary
 
 
 def test_reward_ladder_table_matches_its_file():
