@@ -1069,22 +1069,22 @@ def stop_table(far, stop):
 
 
 def draw_stop(out, stop):
-    """gao_stop.png: each seed's run, its gold, proxy and held-out proxy against √KL, the
-    evaluation early stopping keeps marked."""
+    """gao_stop.png: each seed's run, its gold, proxy and held-out proxy against the iteration
+    (its KL doubles back, so not against √KL), the evaluation early stopping keeps marked."""
     n = stop[0]["proxy_prompts"]
     curves = by_count(stop)[n]
     fig, axes = plt.subplots(1, len(curves), figsize=(4.4 * len(curves), 4), sharey=True)
     for ax, cv in zip(list(axes) if len(curves) > 1 else [axes], curves):
-        d = sqrt_kl(cv)
+        it = [p["step"] for p in cv]
         for key, style, label in (("gold", "-", "learned gold"), ("proxy", "--", "proxy r_φ"),
                                   ("heldout", ":", "held-out proxy")):
-            ax.plot(d, [p[key] for p in cv], style, color=COLOURS.get(n), label=label)
-        i = early_stop([p["step"] for p in cv], [p["heldout"] for p in cv])
-        ax.axvline(d[i], color="black", lw=0.8)
-        ax.plot(d[i], cv[i]["gold"], "o", color="black",
-                label=f"kept: iteration {cv[i]['step']}, gold {cv[i]['gold']:.2f}")
-        ax.set(title=f"{6 * n / 1000:g}k pairs, seed {cv[0]['proxy_seed']}",
-               xlabel="√KL(π‖π_ref)   [√nats]")
+            ax.plot(it, [p[key] for p in cv], style, color=COLOURS.get(n), label=label)
+        i = early_stop(it, [p["heldout"] for p in cv])
+        ax.axvline(it[i], color="black", lw=0.8)
+        ax.plot(it[i], cv[i]["gold"], "o", color="black", label=f"kept: iteration {it[i]},"
+                f" KL {cv[i]['kl']:.0f}, gold {cv[i]['gold']:.2f}")
+        ax.set(title=f"{6 * n / 1000:g}k pairs, seed {cv[0]['proxy_seed']}: last KL"
+               f" {cv[-1]['kl']:.0f}", xlabel="RLOO iteration (β 0)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     (axes[0] if len(curves) > 1 else axes).set_ylabel("logit (gold) and score (proxies)")
