@@ -138,12 +138,15 @@ def stop_runs(cfg):
               "exploratory": exploratory}) for s in (SEEDS if n else [])]
 
 
+ANNOTATED = {"gao-mitigation": mitigation_runs, "gao-stop": stop_runs}  # (run, what rows say)
+
+
 def runs(cfg, name):
     """gao-gold trains no policy; gao: one RLOO run against each proxy, its seed the proxy's;
     gao-far: the same at β 0 and 300 iterations against the smallest and largest proxies;
     gao-mitigation: mitigation_runs (none until a gao-far curve falls); gao-stop: stop_runs."""
-    if name in ("gao-mitigation", "gao-stop"):
-        return [r for r, _ in (mitigation_runs if name == "gao-mitigation" else stop_runs)(cfg)]
+    if name in ANNOTATED:
+        return [r for r, _ in ANNOTATED[name](cfg)]
     if name == "gao-far":
         return [as_run("rloo.py", f"rloo β={FAR_BETA} vs {proxy_name(n, s)}",
                        rloo_flags(cfg, FAR_BETA, FAR_STEPS, s, FAR_EVERY),
@@ -434,9 +437,14 @@ def bootstrap(labels, path, n, seed, k=4):
     return picks
 
 
-def train_on(d, pairs, n, seed):
+def train_on(d, out, pairs, write, n, seed):
     """<d>/reward_model: a reward model trained as the proxies are (TAU, the learned gold) on
-    the first n prompts of the preferences file pairs, with its seed (built if missing)."""
+    the first n prompts of the preferences file <d>/<pairs> (written once by write(path)), with
+    its seed (built if missing); <d>/sft and gold: links to out's."""
+    link_into(d, out, ["sft", "gold"])
+    pairs = os.path.join(d, pairs)
+    if not os.path.exists(pairs):
+        write(pairs)
     c.require(os.path.join(d, "reward_model"), "reward_model.py",
               ["--out", d, "--preferences", pairs, "--n-prompts", str(n), "--seed", str(seed),
                "--gold", "learned", "--tau", str(TAU)], built_from=[os.path.join(d, "sft")])
@@ -451,12 +459,8 @@ def build_heldout(out):
         c.die(f"gao-stop: {os.path.join(out, 'gao_far.jsonl')} is missing or has no count with"
               " all its seeds; run gao-far first")
     for s in SEEDS:
-        d = heldout_root(out, n, s)
-        link_into(d, out, ["sft", "gold"])
-        if not os.path.exists(os.path.join(d, "labels.jsonl")):
-            subset(root(out, "preferences.jsonl"), os.path.join(d, "labels.jsonl"),
-                   range(n, 2 * n))
-        heldout = train_on(d, os.path.join(d, "labels.jsonl"), n, HELDOUT_SEED + s)
+        heldout = train_on(heldout_root(out, n, s), out, "labels.jsonl", lambda path: subset(
+            root(out, "preferences.jsonl"), path, range(n, 2 * n)), n, HELDOUT_SEED + s)
         d = stop_root(out, n, s)
         link_into(d, root(out, proxy_name(n, s)), ["sft", "gold", "reward_model",
                                                   "preferences.jsonl"])
@@ -481,11 +485,8 @@ def build_mitigations(out, device):
         members = []
         for j in range(MEMBERS):
             m = member_seed(s, j)
-            d = member_root(out, n, m)
-            link_into(d, out, ["sft", "gold"])
-            if not os.path.exists(os.path.join(d, "bootstrap.jsonl")):
-                bootstrap(labels, os.path.join(d, "bootstrap.jsonl"), n, m)
-            members.append(train_on(d, os.path.join(d, "bootstrap.jsonl"), n, m))
+            members.append(train_on(member_root(out, n, m), out, "bootstrap.jsonl",
+                                    lambda path: bootstrap(labels, path, n, m), n, m))
         sds = [member_sd(m, val, device) for m in members]
         for how in COMBINES:
             d = ensemble_root(out, n, how, s)
@@ -543,9 +544,9 @@ def collect(cfg, name="gao"):
     """<out>/gao.jsonl (gao-far: gao_far.jsonl, gao-mitigation: gao_mitigation.jsonl): every
     evaluation of every run of the experiment there is, with its proxy's size, seed and
     accuracy (a mitigation: what it is, and its reward models' accuracies); its samples' page."""
-    if name in ("gao-mitigation", "gao-stop"):
-        annotated = [(r, {**info, **members_report(cfg.out, info)}) for r, info in
-                     (mitigation_runs if name == "gao-mitigation" else stop_runs)(cfg)]
+    if name in ANNOTATED:
+        annotated = [(r, {**info, **members_report(cfg.out, info)})
+                     for r, info in ANNOTATED[name](cfg)]
     else:
         annotated = [(r, proxy_report(cfg.out, n, s))
                      for r, (n, s) in zip(runs(cfg, name), proxies_of(name))]
